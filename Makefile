@@ -1,0 +1,33 @@
+# The two commands of README.md: `make demo` (install + run the main job), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install test lint demo bench-eval clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "stream-ae needs Python 3.11+"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev,eval]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check stream_ae trainer tests bench
+	$(BIN)/mypy stream_ae
+
+# pytest exits 5 when it collects no test: that is not a failure of the suite's code.
+test: lint
+	$(BIN)/pytest -q -rs --durations=15 $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+demo: install
+	$(BIN)/stream-ae demo
+
+bench-eval: install
+	$(BIN)/python -m bench.evaluate_adbench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,37 @@
+"""Small admin helpers over aiokafka: create topics and wait until they are usable."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+
+async def ensure_topics(
+    client_kwargs: dict[str, Any],
+    topics: dict[str, int],
+    *,
+    compacted: set[str] | None = None,
+) -> None:
+    """Create each ``topic -> partitions`` that does not exist yet (existing ones are kept)."""
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                name,
+                num_partitions=parts,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact"} if name in (compacted or set()) else {},
+            )
+            for name, parts in topics.items()
+            if name not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently: fine
+                await admin.create_topics(new)
+    finally:
+        await admin.close()

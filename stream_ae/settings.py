@@ -1,0 +1,112 @@
+"""One typed settings object for every stream-ae process, read from ``STREAM_AE_*``.
+
+Every knob has one name: the field ``batch_max_size`` is ``STREAM_AE_BATCH_MAX_SIZE`` in the
+environment and appears under that name in README.md. An optional env file is read when
+``STREAM_AE_ENV_FILE`` names one (environment variables win over the file).
+
+Example:
+    >>> s = Settings(input_topics=["payments"], batch_max_size=512)
+    >>> s.batch_max_size, s.input_topics
+    (512, ['payments'])
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Device = Literal["auto", "cuda", "cpu"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class Settings(BaseSettings):
+    """Configuration of the worker, the trainer and the CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_AE_", env_file=os.environ.get("STREAM_AE_ENV_FILE"), extra="ignore"
+    )
+
+    # Kafka connection
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    # topics and group
+    input_topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["events"])
+    output_topic: str = "anomalies"
+    dead_letter_topic: str = "events.dlq"
+    scores_topic: str | None = None
+    control_topic: str = "stream-ae.models"
+    group_id: str = "stream-ae-worker"
+    app_id: str = "stream-ae"
+
+    # hot path
+    batch_max_size: int = Field(2048, ge=1)
+    batch_max_wait_ms: int = Field(50, ge=0)
+    max_message_bytes: int = Field(1_048_576, ge=64)
+    top_k_features: int = Field(3, ge=0)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    device: Device = "auto"
+
+    # model registry
+    model_dir: Path = Path("models")
+    model_version: str | None = None  # pin a version; None follows the registry's latest
+
+    # observability
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    log_level: str = "INFO"
+
+    # trainer
+    trainer_group_id: str = "stream-ae-trainer"
+    trainer_interval_s: float = Field(900.0, gt=0)
+    trainer_window_events: int = Field(50_000, ge=100)
+    trainer_exclude_anomalies: bool = True
+    trainer_warm_start: bool = True
+    trainer_metrics_port: int = 9109
+    registry_keep: int = Field(5, ge=1)
+    drift_psi_threshold: float = Field(0.25, gt=0)
+    drift_window_events: int = Field(20_000, ge=100)
+    target_false_alarm_rate: float = Field(0.001, gt=0, lt=0.5)
+    variant: str = "ncae"
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection keyword arguments shared by every aiokafka client of this process."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return kwargs

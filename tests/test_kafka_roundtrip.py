@@ -1,0 +1,86 @@
+"""The foundation's contract with Kafka: a consumer group resumes exactly at its commit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream_ae.kafka_admin import ensure_topics
+from stream_ae.kafka_local import LocalKafka
+
+pytestmark = pytest.mark.kafka
+
+N_EVENTS = 20_000
+
+
+async def _consume(bootstrap: str, topic: str, group: str, limit: int | None) -> list[int]:
+    """Read values in a group with manual commits; stop after ``limit`` (committed) or at the end."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group,
+        enable_auto_commit=False, auto_offset_reset="earliest",
+    )  # fmt: skip
+    await consumer.start()
+    seen: list[int] = []
+    try:
+        idle = 0
+        while limit is None or len(seen) < limit:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            if not batches:
+                idle += 1
+                if idle > 6:
+                    break
+                continue
+            idle = 0
+            offsets: dict[TopicPartition, int] = {}
+            for tp, msgs in batches.items():
+                seen.extend(int(m.value) for m in msgs)
+                offsets[tp] = msgs[-1].offset + 1
+            await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+    return seen
+
+
+async def test_group_resumes_from_committed_offsets(bootstrap: str, topic_name: str) -> None:
+    await ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 4})
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic_name, str(i).encode(), key=str(i % 97).encode())
+            for i in range(N_EVENTS)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+    first = await _consume(bootstrap, topic_name, "g1", limit=N_EVENTS // 2)
+    second = await _consume(bootstrap, topic_name, "g1", limit=None)
+
+    assert len(first) >= N_EVENTS // 2
+    assert sorted(first + second) == list(range(N_EVENTS)), "every event exactly once across the handover"
+
+
+def test_broker_restart_keeps_data_and_port(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broker = LocalKafka(tmp_path / "k", die_with_parent=True)
+    broker.start()
+    port = broker.port
+    broker.stop()
+    assert broker.running_pid() is None
+    again = LocalKafka(tmp_path / "k", die_with_parent=True)
+    assert again.port == port
+    again.start()
+    try:
+        assert (tmp_path / "k" / "kraft-logs" / "meta.properties").exists()
+    finally:
+        again.stop()
+
+
+def test_stale_pid_file_is_not_trusted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broker = LocalKafka(tmp_path / "k")
+    broker.data_dir.mkdir(parents=True)
+    broker.pid_file.write_text("1")  # pid 1 is alive but is no Kafka broker
+    assert broker.running_pid() is None
+    assert not broker.pid_file.exists()
