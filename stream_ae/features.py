@@ -1,0 +1,355 @@
+"""Feature encoding: JSON-like events (dicts) to float32 matrices, column by column.
+
+A :class:`FeatureSchema` declares the fields (``numeric``, ``categorical``, ``boolean``,
+``timestamp``); it is written by hand (YAML/JSON) or inferred from a sample and then frozen.
+:class:`FeatureEncoder` learns statistics at fit time and encodes whole batches:
+
+* numeric: robust scaling ``(x - median) / IQR``;
+* categorical: a learned vocabulary (most frequent values) plus an unknown bucket, one-hot;
+  or a stable CRC32 hash into ``hash_buckets`` buckets for high cardinality;
+* boolean: 0/1;
+* timestamp (epoch seconds or ISO-8601): optional cyclic hour-of-day and day-of-week;
+* an optional field adds a ``<name>__missing`` indicator and is imputed (median / unknown).
+
+Bad input never yields garbage: :meth:`FeatureEncoder.encode` returns the rows it could
+encode plus a reason for every row it could not (the worker dead-letters those), and
+:meth:`FeatureEncoder.transform` raises :class:`EncodeError` naming the field.
+
+Example:
+    >>> schema = FeatureSchema.infer([{"amount": 12.5, "country": "DE"}, {"amount": 3.0, "country": "FR"}])
+    >>> enc = FeatureEncoder(schema).fit([{"amount": 12.5, "country": "DE"}, {"amount": 3.0, "country": "FR"}])
+    >>> enc.transform([{"amount": 7.0, "country": "DE"}]).shape
+    (1, 4)
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+Event = Mapping[str, Any]
+_NUMBER_TYPES = (int, float)
+_MISSING = object()
+
+
+class FieldKind(StrEnum):
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+    BOOLEAN = "boolean"
+    TIMESTAMP = "timestamp"
+
+
+class EncodeError(ValueError):
+    """An event cannot be encoded: ``field`` names the culprit, ``reason`` is a short code."""
+
+    def __init__(self, field: str, reason: str, detail: str = "", row: int | None = None) -> None:
+        self.field, self.reason, self.detail, self.row = field, reason, detail, row
+        where = f" (row {row})" if row is not None else ""
+        super().__init__(f"field {field!r}: {reason}{where}{': ' + detail if detail else ''}")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: FieldKind
+    required: bool = True
+    max_categories: int = 64
+    hash_buckets: int = 0  # > 0: hash categoricals instead of a vocabulary
+    cyclic: bool = True  # timestamps: add hour-of-day / day-of-week sin-cos
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """The declared fields of an event, plus which fields give its id and event time."""
+
+    fields: tuple[FieldSpec, ...]
+    id_field: str | None = None
+    time_field: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fields": [{**asdict(f), "kind": f.kind.value} for f in self.fields],
+            "id_field": self.id_field,
+            "time_field": self.time_field,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
+        fields = tuple(FieldSpec(**{**f, "kind": FieldKind(f["kind"])}) for f in data["fields"])
+        if not fields:
+            raise ValueError("a feature schema needs at least one field")
+        return cls(fields, data.get("id_field"), data.get("time_field"))
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureSchema:
+        """Read a schema from a ``.json`` or ``.yaml``/``.yml`` file."""
+        text = Path(path).read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return cls.from_dict(yaml.safe_load(text))
+        import json
+
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def infer(
+        cls,
+        sample: Sequence[Event],
+        id_field: str | None = None,
+        time_field: str | None = None,
+        high_cardinality: int = 200,
+    ) -> FeatureSchema:
+        """Guess a schema from a sample: numbers are numeric, booleans boolean, strings
+        categorical (hashed above ``high_cardinality`` distinct values); ``time_field`` is a
+        timestamp; ``id_field`` is left out of the features. A field is required when every
+        sampled event has it."""
+        if not sample:
+            raise ValueError("cannot infer a schema from an empty sample")
+        names: dict[str, None] = {}
+        for e in sample:
+            names.update(dict.fromkeys(e))
+        specs = []
+        for name in names:
+            if name == id_field:
+                continue
+            values = [e.get(name) for e in sample]
+            present = [v for v in values if v is not None]
+            required = len(present) == len(values)
+            if name == time_field:
+                specs.append(FieldSpec(name, FieldKind.TIMESTAMP, required))
+            elif present and all(type(v) is bool for v in present):
+                specs.append(FieldSpec(name, FieldKind.BOOLEAN, required))
+            elif present and all(type(v) in _NUMBER_TYPES for v in present):
+                specs.append(FieldSpec(name, FieldKind.NUMERIC, required))
+            elif present and all(isinstance(v, str) for v in present):
+                distinct = len(set(present))
+                buckets = 64 if distinct > high_cardinality else 0
+                specs.append(FieldSpec(name, FieldKind.CATEGORICAL, required, hash_buckets=buckets))
+            # fields of mixed or nested types are left out of an inferred schema
+        if not specs:
+            raise ValueError("no usable field found in the sample")
+        return cls(tuple(specs), id_field, time_field)
+
+
+@dataclass
+class EncodedBatch:
+    """The result of encoding a batch: ``X`` holds the rows in ``ok`` (indices into the
+    input), ``errors`` maps every other input index to its :class:`EncodeError`."""
+
+    X: NDArray[np.float32]
+    ok: NDArray[np.int64]
+    errors: dict[int, EncodeError] = field(default_factory=dict)
+
+
+def _to_epoch(value: Any) -> float:
+    if type(value) in _NUMBER_TYPES:
+        v = float(value)
+        return v / 1000.0 if v > 1e11 else v  # epoch milliseconds are accepted too
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    raise TypeError(type(value).__name__)
+
+
+class FeatureEncoder:
+    """Learns per-field statistics and turns event batches into float32 matrices."""
+
+    def __init__(self, schema: FeatureSchema) -> None:
+        self.schema = schema
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.fitted = False
+
+    # -- column extraction ---------------------------------------------------------------
+    def _column(
+        self, spec: FieldSpec, events: Sequence[Event], bad: dict[int, EncodeError]
+    ) -> tuple[NDArray[np.float64] | list[Any], NDArray[np.bool_]]:
+        """Raw values of a field and its missing mask; records rows with wrong types."""
+        name = spec.name
+        values = [e.get(name, None) for e in events]
+        missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+        if missing.any() and spec.required:
+            for i in np.flatnonzero(missing).tolist():
+                bad.setdefault(int(i), EncodeError(name, "missing_field", "required field is absent or null"))
+        if spec.kind is FieldKind.NUMERIC:
+            types = set(map(type, values))
+            if not types <= {int, float, type(None)}:
+                for i, v in enumerate(values):
+                    if v is not None and type(v) not in _NUMBER_TYPES:
+                        bad.setdefault(i, EncodeError(name, "wrong_type", f"expected a number, got {type(v).__name__}"))
+                        values[i] = None
+            try:
+                col = np.array(values, dtype=np.float64)
+            except OverflowError:  # integers beyond float range
+                col = np.array([_safe_float(v) for v in values], dtype=np.float64)
+            nonfinite = ~np.isfinite(col) & ~missing
+            for i in np.flatnonzero(nonfinite).tolist():
+                if int(i) not in bad:
+                    bad[int(i)] = EncodeError(name, "non_finite", f"value {col[i]!r} is not finite")
+            return col, missing
+        if spec.kind is FieldKind.BOOLEAN:
+            for i, v in enumerate(values):
+                if v is not None and type(v) is not bool:
+                    bad.setdefault(i, EncodeError(name, "wrong_type", f"expected a boolean, got {type(v).__name__}"))
+            return np.array([v is True for v in values], dtype=np.float64), missing
+        if spec.kind is FieldKind.TIMESTAMP:
+            col = np.full(len(values), np.nan)
+            for i, v in enumerate(values):
+                if v is None:
+                    continue
+                try:
+                    col[i] = _to_epoch(v)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    bad.setdefault(i, EncodeError(name, "bad_timestamp", str(exc)[:80]))
+            nonfinite = ~np.isfinite(col) & ~missing
+            for i in np.flatnonzero(nonfinite).tolist():
+                bad.setdefault(int(i), EncodeError(name, "non_finite", "timestamp is not finite"))
+            return col, missing
+        # categorical
+        for i, v in enumerate(values):
+            if (v is not None and not isinstance(v, str | int)) or type(v) is bool:
+                bad.setdefault(i, EncodeError(name, "wrong_type", f"expected a string, got {type(v).__name__}"))
+                values[i] = None
+        return values, missing
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit(self, events: Sequence[Event]) -> FeatureEncoder:
+        """Learn statistics from events; rows that cannot be encoded are skipped."""
+        bad: dict[int, EncodeError] = {}
+        cols = {spec.name: self._column(spec, events, bad) for spec in self.schema.fields}
+        keep = np.ones(len(events), dtype=bool)
+        keep[list(bad)] = False
+        if not keep.any():
+            raise ValueError("no event of the sample could be encoded")
+        for spec in self.schema.fields:
+            raw, missing = cols[spec.name]
+            rows = keep & ~missing
+            if spec.kind is FieldKind.NUMERIC:
+                v = np.asarray(raw)[rows]
+                med = float(np.median(v)) if len(v) else 0.0
+                q75, q25 = (np.percentile(v, [75, 25]) if len(v) else (1.0, 0.0))
+                iqr = float(q75 - q25)
+                if iqr <= 1e-12:
+                    iqr = float(v.std()) if len(v) else 1.0
+                self.stats[spec.name] = {"median": med, "iqr": iqr if iqr > 1e-12 else 1.0}
+            elif spec.kind is FieldKind.CATEGORICAL and not spec.hash_buckets:
+                counts = Counter(str(raw[i]) for i in np.flatnonzero(rows))
+                vocab = [v for v, _ in counts.most_common(spec.max_categories)]
+                self.stats[spec.name] = {"vocab": sorted(vocab)}
+            else:
+                self.stats[spec.name] = {}
+        self.fitted = True
+        self._index = {
+            s.name: {v: i for i, v in enumerate(self.stats[s.name].get("vocab", []))} for s in self.schema.fields
+        }
+        return self
+
+    # -- encoding ------------------------------------------------------------------------
+    @property
+    def feature_names(self) -> list[str]:
+        names: list[str] = []
+        for spec in self.schema.fields:
+            n = spec.name
+            if spec.kind in (FieldKind.NUMERIC, FieldKind.BOOLEAN):
+                names.append(n)
+            elif spec.kind is FieldKind.TIMESTAMP:
+                if spec.cyclic:
+                    names += [f"{n}.hour_sin", f"{n}.hour_cos", f"{n}.dow_sin", f"{n}.dow_cos"]
+            elif spec.hash_buckets:
+                names += [f"{n}#{b}" for b in range(spec.hash_buckets)]
+            else:
+                names += [f"{n}={v}" for v in self.stats[n]["vocab"]] + [f"{n}=<unknown>"]
+            if not spec.required:
+                names.append(f"{n}__missing")
+        return names
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def encode(self, events: Sequence[Event]) -> EncodedBatch:
+        """Encode a batch; rows with bad values are reported in ``errors``, not encoded."""
+        if not self.fitted:
+            raise RuntimeError("fit the encoder first")
+        n = len(events)
+        bad: dict[int, EncodeError] = {}
+        blocks: list[NDArray[np.float64]] = []
+        for spec in self.schema.fields:
+            raw, missing = self._column(spec, events, bad)
+            st = self.stats[spec.name]
+            if spec.kind is FieldKind.NUMERIC:
+                col = (np.asarray(raw) - st["median"]) / st["iqr"]
+                blocks.append(np.where(missing, 0.0, col)[:, None])
+            elif spec.kind is FieldKind.BOOLEAN:
+                blocks.append(np.asarray(raw)[:, None])
+            elif spec.kind is FieldKind.TIMESTAMP:
+                if spec.cyclic:
+                    t = np.where(missing, 0.0, np.nan_to_num(np.asarray(raw)))
+                    hour = 2 * math.pi * ((t % 86400) / 86400)
+                    dow = 2 * math.pi * (((t // 86400 + 3) % 7) / 7)  # 1970-01-01 was a Thursday
+                    blocks.append(np.stack([np.sin(hour), np.cos(hour), np.sin(dow), np.cos(dow)], 1))
+            else:
+                blocks.append(self._one_hot(spec, raw, missing))
+            if not spec.required:
+                blocks.append(missing[:, None].astype(np.float64))
+        X = np.hstack(blocks) if blocks else np.zeros((n, 0))
+        ok = np.ones(n, dtype=bool)
+        ok[list(bad)] = False
+        idx = np.flatnonzero(ok)
+        return EncodedBatch(X[idx].astype(np.float32), idx, {i: bad[i] for i in sorted(bad)})
+
+    def _one_hot(self, spec: FieldSpec, raw: Any, missing: NDArray[np.bool_]) -> NDArray[np.float64]:
+        n = len(raw)
+        if spec.hash_buckets:
+            width = spec.hash_buckets
+            codes = np.fromiter(
+                (zlib.crc32(str(v).encode()) % width if v is not None else 0 for v in raw), np.int64, count=n
+            )
+        else:
+            index = self._index[spec.name]
+            width = len(index) + 1
+            unknown = width - 1
+            codes = np.fromiter(
+                (index.get(str(v), unknown) if v is not None else unknown for v in raw), np.int64, count=n
+            )
+        out = np.zeros((n, width))
+        out[np.arange(n), codes] = 1.0
+        out[missing] = 0.0
+        return out
+
+    def transform(self, events: Sequence[Event]) -> NDArray[np.float32]:
+        """Encode a batch or raise :class:`EncodeError` for the first bad row."""
+        batch = self.encode(events)
+        if batch.errors:
+            row, err = next(iter(batch.errors.items()))
+            raise EncodeError(err.field, err.reason, err.detail, row=row)
+        return batch.X
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema.to_dict(), "stats": self.stats}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureEncoder:
+        enc = cls(FeatureSchema.from_dict(data["schema"]))
+        enc.stats = {k: dict(v) for k, v in data["stats"].items()}
+        enc.fitted = True
+        enc._index = {
+            s.name: {v: i for i, v in enumerate(enc.stats[s.name].get("vocab", []))} for s in enc.schema.fields
+        }
+        return enc
+
+
+def _safe_float(v: Any) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except OverflowError:
+        return math.inf

@@ -1,0 +1,94 @@
+"""Prometheus metrics of the worker, in their own registry (no process-global state).
+
+Names follow Prometheus conventions: counters end in ``_total``, durations are ``_seconds``.
+:meth:`WorkerMetrics.serve` exposes them over HTTP on the configured host and port.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+SCORE_QUANTILES = (0.5, 0.9, 0.99, 0.999)
+
+
+class WorkerMetrics:
+    """Everything the worker exports. ``registry`` can be scraped in-process by tests."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.consumed = Counter("stream_ae_events_consumed_total", "Records read from input topics", ["topic"], registry=r)
+        self.scored = Counter("stream_ae_events_scored_total", "Events scored", registry=r)
+        self.dead_lettered = Counter(
+            "stream_ae_events_dead_lettered_total", "Records sent to the dead-letter topic", ["reason"], registry=r
+        )
+        self.anomalies = Counter("stream_ae_anomalies_total", "Anomaly records published", ["topic"], registry=r)
+        self.batches = Counter("stream_ae_batches_total", "Micro-batches processed", registry=r)
+        self.batch_errors = Counter(
+            "stream_ae_batch_errors_total", "Batches that failed and were retried", ["stage"], registry=r
+        )
+        self.batch_size = Histogram("stream_ae_batch_size", "Records per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.scoring_seconds = Histogram(
+            "stream_ae_scoring_seconds", "Device scoring time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "stream_ae_batch_seconds", "Fetch-to-commit time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.end_to_end_seconds = Histogram(
+            "stream_ae_end_to_end_seconds",
+            "Event timestamp to anomaly record acknowledged by Kafka",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.threshold = Gauge("stream_ae_threshold", "Calibrated score threshold in use", registry=r)
+        self.model_info = Gauge(
+            "stream_ae_model_info", "The model version in use (value 1)", ["version", "variant"], registry=r
+        )
+        self.model_created = Gauge(
+            "stream_ae_model_created_timestamp_seconds", "Creation time of the model in use", registry=r
+        )
+        self.model_swaps = Counter("stream_ae_model_swaps_total", "Hot swaps", ["result"], registry=r)
+        self.score_quantile = Gauge(
+            "stream_ae_score_quantile", "Score quantiles over the recent window", ["quantile"], registry=r
+        )
+        self.drift_psi = Gauge(
+            "stream_ae_score_drift_psi", "PSI of recent scores vs the calibration distribution", registry=r
+        )
+        self.lag = Gauge("stream_ae_consumer_lag", "Records behind the log end", ["topic", "partition"], registry=r)
+        self.assigned = Gauge("stream_ae_assigned_partitions", "Partitions assigned to this worker", registry=r)
+        self.device = Gauge("stream_ae_device_info", "Device used for scoring (value 1)", ["device"], registry=r)
+        self.last_batch = Gauge(
+            "stream_ae_last_batch_timestamp_seconds", "When the last batch was committed", registry=r
+        )
+        self.kafka_up = Gauge("stream_ae_kafka_up", "1 while the last Kafka call succeeded", registry=r)
+        self._recent: deque[np.ndarray] = deque()
+        self._recent_n = 0
+
+    def set_model(self, version: str, variant: str, threshold: float, created: float) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version, variant=variant).set(1)
+        self.threshold.set(threshold)
+        self.model_created.set(created)
+
+    def observe_scores(self, scores: np.ndarray, window: int) -> np.ndarray:
+        """Keep the last ``window`` scores; update quantile gauges; return the window."""
+        if len(scores):
+            self._recent.append(scores)
+            self._recent_n += len(scores)
+            while self._recent and self._recent_n - len(self._recent[0]) >= window:
+                self._recent_n -= len(self._recent.popleft())
+        recent = np.concatenate(list(self._recent)) if self._recent else np.zeros(0)
+        if len(recent):
+            for q, v in zip(SCORE_QUANTILES, np.quantile(recent, SCORE_QUANTILES), strict=True):
+                self.score_quantile.labels(quantile=str(q)).set(float(v))
+        return recent
+
+    def serve(self, host: str, port: int) -> Any:
+        """Start the HTTP exporter; returns the server (``shutdown()`` stops it)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

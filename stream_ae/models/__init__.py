@@ -1,0 +1,5 @@
+"""The autoencoder model family behind one estimator interface."""
+
+from stream_ae.models.detector import AutoencoderDetector, NotFittedError, resolve_device, variants
+
+__all__ = ["AutoencoderDetector", "NotFittedError", "resolve_device", "variants"]

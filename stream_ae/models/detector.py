@@ -1,0 +1,334 @@
+"""The estimator every variant shares: ``fit``, ``score_samples``, ``predict``, ``save``, ``load``.
+
+Example:
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(2000, 6)).astype("float32")
+    >>> det = AutoencoderDetector(variant="ae", max_steps=200, seed=0).fit(X)
+    >>> det.score_samples(X[:3]).shape, det.predict(np.full((1, 6), 9.0, "float32")).tolist()
+    ((3,), [1])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from stream_ae.models.networks import NETWORKS, AutoencoderNet, NoiseContrastiveNet
+from stream_ae.threshold import Method, Threshold
+
+FloatArray = NDArray[np.float32]
+ProgressFn = Callable[[int, int, float], None]
+
+# How each variant turns its raw parts into one score: weights of the robust-standardised parts.
+DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
+    "ae": {"recon": 1.0},
+    "dae": {"recon": 1.0},
+    "sparse": {"recon": 1.0},
+    "contractive": {"recon": 1.0},
+    "vae": {"recon": 1.0, "kl": 1.0},
+    "ncae": {"recon": 1.0, "density": 1.0},
+}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Hyper:
+    """Hyper-parameters: everything needed to rebuild the network (stored in the manifest)."""
+
+    variant: str = "ncae"
+    hidden: tuple[int, ...] = (128, 64)
+    latent_dim: int = 8
+    epochs: int = 30
+    min_steps: int = 1500
+    max_steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    calibration_fraction: float = 0.2
+    target_rate: float = 0.01
+    threshold_method: str = "auto"
+    scaler: str = "robust"  # robust | standard
+    clip: float = 20.0  # scaled inputs are clipped to +-clip (keeps hostile values finite)
+    seed: int = 0
+    score_weights: dict[str, float] = field(default_factory=dict)
+    net_options: dict[str, Any] = field(default_factory=dict)  # variant-specific knobs
+
+    def __post_init__(self) -> None:
+        if self.variant not in NETWORKS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {sorted(NETWORKS)}")
+        self.hidden = tuple(self.hidden)
+        if not self.score_weights:
+            self.score_weights = dict(DEFAULT_SCORE_WEIGHTS[self.variant])
+
+
+class NotFittedError(RuntimeError):
+    """The detector was used before ``fit`` (or ``load``)."""
+
+
+class AutoencoderDetector:
+    """An autoencoder-family anomaly detector with a calibrated threshold.
+
+    Higher scores are more anomalous. ``predict`` flags scores above ``threshold_``, which was
+    set on a held-out slice of the training data for the false-alarm rate ``target_rate``.
+    """
+
+    def __init__(self, variant: str = "ncae", device: str = "auto", **hyper: Any) -> None:
+        self.hyper = Hyper(variant=variant, **hyper)
+        self.device = resolve_device(device)
+        self.net_: AutoencoderNet | None = None
+        self.center_: FloatArray | None = None
+        self.scale_: FloatArray | None = None
+        self.part_stats_: dict[str, tuple[float, float]] = {}
+        self.threshold: Threshold | None = None
+        self.history_: list[dict[str, float]] = []
+        self.train_seconds_: float = 0.0
+        self.n_features_in_: int = 0
+
+    # -- fitting -------------------------------------------------------------------------
+    @property
+    def threshold_(self) -> float:
+        if self.threshold is None:
+            raise NotFittedError("fit or load the detector first")
+        return self.threshold.value
+
+    def _check_x(self, X: NDArray[Any]) -> FloatArray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2:
+            raise ValueError(f"expected a 2-D matrix, got shape {X.shape}")
+        if self.n_features_in_ and X.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} features, got {X.shape[1]}")
+        if not np.isfinite(X).all():
+            raise ValueError("input contains NaN or infinite values")
+        return X
+
+    def _fit_scaler(self, X: FloatArray) -> None:
+        if self.hyper.scaler == "standard":
+            center, scale = X.mean(0), X.std(0)
+        else:
+            center = np.median(X, 0)
+            q75, q25 = np.percentile(X, [75, 25], axis=0)
+            scale = (q75 - q25) / 1.349
+            std = X.std(0)
+            scale = np.where(scale > 1e-6 * (np.abs(center) + 1), scale, std)  # binary-ish columns
+        self.center_ = center.astype(np.float32)
+        self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
+
+    def _to_tensor(self, X: FloatArray) -> torch.Tensor:
+        assert self.center_ is not None and self.scale_ is not None
+        Z = np.clip((X - self.center_) / self.scale_, -self.hyper.clip, self.hyper.clip)
+        return torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float32)).to(self.device)
+
+    def _build_net(self, n_features: int) -> AutoencoderNet:
+        h = self.hyper
+        net = NETWORKS[h.variant](n_features, h.hidden, h.latent_dim, **h.net_options)
+        return net.to(self.device)
+
+    def fit(
+        self,
+        X: NDArray[Any],
+        y: object = None,
+        progress: ProgressFn | None = None,
+        init_from: AutoencoderDetector | None = None,
+    ) -> AutoencoderDetector:
+        """Fit on rows of (mostly) normal traffic; labels are never used.
+
+        ``init_from`` warm-starts from another fitted detector of the same shape (the
+        trainer's champion); its reference-noise buffers are refitted, not copied.
+        """
+        h = self.hyper
+        X = self._check_x(X)
+        self.n_features_in_ = X.shape[1]
+        rng = np.random.default_rng(h.seed)
+        torch.manual_seed(h.seed)
+        order = rng.permutation(len(X))
+        n_cal = int(round(len(X) * h.calibration_fraction)) if len(X) >= 100 else 0
+        cal_idx, train_idx = order[:n_cal], order[n_cal:]
+        X_train = X[train_idx]
+        self._fit_scaler(X_train)
+        xt = self._to_tensor(X_train)
+        self.net_ = net = self._build_net(X.shape[1])
+        if isinstance(net, NoiseContrastiveNet):
+            net.reference.fit(xt)
+        if init_from is not None and init_from.n_features_in_ == X.shape[1]:
+            warm = {k: v for k, v in init_from.state_dict().items() if not k.startswith("reference.")}
+            net.load_state_dict(warm, strict=False)
+        self._train(net, xt, progress)
+        train_parts = self._parts(xt)
+        self.part_stats_ = {k: _robust_stats(v) for k, v in train_parts.items()}
+        cal_scores = self.score_samples(X[cal_idx]) if n_cal >= 20 else self._combine(train_parts)
+        self.threshold = Threshold.fit(cal_scores, h.target_rate, method=h.threshold_method)  # type: ignore[arg-type]
+        return self
+
+    def _train(self, net: AutoencoderNet, xt: torch.Tensor, progress: ProgressFn | None) -> None:
+        h = self.hyper
+        gen = torch.Generator(device=self.device).manual_seed(h.seed)
+        opt = torch.optim.AdamW(net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        bs = min(h.batch_size, len(xt))
+        steps_per_epoch = max(1, len(xt) // bs)
+        total = min(h.max_steps, max(h.min_steps, h.epochs * steps_per_epoch))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=total, pct_start=0.1)
+        net.train()
+        start, step, running = time.perf_counter(), 0, 0.0
+        self.history_ = []
+        while step < total:
+            perm = torch.randperm(len(xt), generator=gen, device=self.device)
+            for i in range(steps_per_epoch):
+                batch = xt[perm[i * bs : (i + 1) * bs]]
+                loss, parts = net.training_loss(batch, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opt.step()
+                sched.step()
+                step += 1
+                running += float(loss.detach())
+                if step % steps_per_epoch == 0 or step == total:
+                    n = steps_per_epoch if step % steps_per_epoch == 0 else step % steps_per_epoch
+                    self.history_.append({"step": step, "loss": running / n,
+                                          **{k: float(v) for k, v in parts.items()}})  # fmt: skip
+                    running = 0.0
+                    if progress is not None:
+                        progress(step, total, self.history_[-1]["loss"])
+                if step >= total:
+                    break
+        net.eval()
+        self.train_seconds_ = time.perf_counter() - start
+
+    # -- scoring -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _parts(self, xt: torch.Tensor, chunk: int = 65536) -> dict[str, NDArray[np.float64]]:
+        if self.net_ is None:
+            raise NotFittedError("fit or load the detector first")
+        out: dict[str, list[NDArray[np.float64]]] = {}
+        for i in range(0, len(xt), chunk):
+            for k, v in self.net_.score_parts(xt[i : i + chunk]).items():
+                out.setdefault(k, []).append(v.double().cpu().numpy())
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+    def _combine(self, parts: dict[str, NDArray[np.float64]]) -> NDArray[np.float64]:
+        score: NDArray[np.float64] | None = None
+        for name, weight in self.hyper.score_weights.items():
+            med, scale = self.part_stats_[name]
+            term = weight * (parts[name] - med) / scale
+            score = term if score is None else score + term
+        assert score is not None
+        return score
+
+    def score_tensor(self, xt_scaled: torch.Tensor) -> torch.Tensor:
+        """Scores of an already scaled device tensor, kept on the device (the worker's path)."""
+        if self.net_ is None:
+            raise NotFittedError("fit or load the detector first")
+        parts = self.net_.score_parts(xt_scaled)
+        score = torch.zeros(xt_scaled.shape[0], device=xt_scaled.device, dtype=torch.float32)
+        for name, weight in self.hyper.score_weights.items():
+            med, scale = self.part_stats_[name]
+            score = score + weight * (parts[name].float() - med) / scale
+        return score
+
+    def score_samples(self, X: NDArray[Any]) -> NDArray[np.float64]:
+        """Anomaly scores, higher = more anomalous."""
+        X = self._check_x(X)
+        if len(X) == 0:
+            return np.zeros(0)
+        return self._combine(self._parts(self._to_tensor(X)))
+
+    def predict(self, X: NDArray[Any]) -> NDArray[np.int8]:
+        """1 for rows above the calibrated threshold, else 0."""
+        if self.threshold is None:
+            raise NotFittedError("fit or load the detector first")
+        return self.threshold.flag(self.score_samples(X))
+
+    def recalibrate(self, X_normal: NDArray[Any], rate: float, method: Method = "auto") -> Threshold:
+        """Refit only the threshold on new normal rows (no retraining)."""
+        self.threshold = Threshold.fit(self.score_samples(X_normal), rate, method)
+        return self.threshold
+
+    @torch.inference_mode()
+    def explain(self, X: NDArray[Any], k: int = 3) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Top-``k`` features by share of squared reconstruction error: (indices, shares)."""
+        if self.net_ is None:
+            raise NotFittedError("fit or load the detector first")
+        res = self.net_.residual(self._to_tensor(self._check_x(X))).pow(2)
+        share = res / res.sum(1, keepdim=True).clamp_min(1e-12)
+        k = min(k, share.shape[1])
+        top = torch.topk(share, k, dim=1)
+        return top.indices.cpu().numpy(), top.values.float().cpu().numpy()
+
+    # -- persistence ---------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Everything but the weights, JSON-ready (stored in the artifact manifest)."""
+        if self.threshold is None or self.center_ is None or self.scale_ is None:
+            raise NotFittedError("fit the detector before saving it")
+        return {
+            "hyper": asdict(self.hyper),
+            "n_features": self.n_features_in_,
+            "center": self.center_.tolist(),
+            "scale": self.scale_.tolist(),
+            "part_stats": {k: list(v) for k, v in self.part_stats_.items()},
+            "threshold": self.threshold.to_dict(),
+            "train_seconds": self.train_seconds_,
+            "history": self.history_[-5:],
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.net_ is None:
+            raise NotFittedError("fit the detector before saving it")
+        return {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+
+    @classmethod
+    def from_config(
+        cls, config: dict[str, Any], state: dict[str, torch.Tensor], device: str = "auto"
+    ) -> AutoencoderDetector:
+        hyper = dict(config["hyper"])
+        det = cls(device=device, **hyper)
+        det.n_features_in_ = int(config["n_features"])
+        det.center_ = np.asarray(config["center"], dtype=np.float32)
+        det.scale_ = np.asarray(config["scale"], dtype=np.float32)
+        det.part_stats_ = {k: (float(v[0]), float(v[1])) for k, v in config["part_stats"].items()}
+        det.threshold = Threshold.from_dict(config["threshold"])
+        det.train_seconds_ = float(config.get("train_seconds", 0.0))
+        net = det._build_net(det.n_features_in_)
+        net.load_state_dict(state, strict=True)
+        net.eval()
+        det.net_ = net
+        return det
+
+    def save(self, path: str | Path, **manifest_extra: Any) -> Path:
+        """Write a checksummed artifact directory (see :mod:`stream_ae.artifacts`)."""
+        from stream_ae.artifacts import save_artifact
+
+        return save_artifact(Path(path), self, **manifest_extra)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> AutoencoderDetector:
+        """Load an artifact after verifying every checksum."""
+        from stream_ae.artifacts import load_artifact
+
+        return load_artifact(Path(path), device=device).detector
+
+
+def _robust_stats(v: NDArray[np.float64]) -> tuple[float, float]:
+    med = float(np.median(v))
+    q75, q25 = np.percentile(v, [75, 25])
+    scale = float(q75 - q25) / 1.349
+    if not math.isfinite(scale) or scale <= 1e-12:
+        scale = float(v.std()) or 1.0
+    return med, scale
+
+
+def variants() -> Sequence[str]:
+    return tuple(NETWORKS)

@@ -1,0 +1,212 @@
+"""The autoencoder family as torch modules with one contract.
+
+Every network maps a batch of scaled rows ``x`` (float32, ``[n, d]``) to:
+
+* ``training_loss(x, gen) -> (loss, parts)``: the objective of its variant;
+* ``score_parts(x) -> dict``: raw per-row anomaly components, higher = more anomalous
+  (always ``"recon"``; the NCAE adds ``"density"``, the VAE ``"kl"``);
+* ``residual(x) -> [n, d]``: per-feature reconstruction error (for explanations).
+
+Variants: ``ae`` (plain), ``dae`` (denoising), ``sparse`` (L1 on the code), ``contractive``
+(Hutchinson estimate of the encoder Jacobian's Frobenius norm), ``vae`` (ELBO) and ``ncae``
+(autoencoder + noise-contrastive density head, see :mod:`stream_ae.models.noise`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stream_ae.models.noise import REFERENCES, MarginalReference, Reference, corrupt
+
+Parts = dict[str, torch.Tensor]
+
+
+def mlp(sizes: Sequence[int], final_act: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or final_act:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+class AutoencoderNet(nn.Module):
+    """Plain autoencoder; the other variants change its loss or add parts."""
+
+    def __init__(self, n_features: int, hidden: Sequence[int], latent_dim: int, **_: Any) -> None:
+        super().__init__()
+        self.n_features = n_features
+        self.encoder = mlp([n_features, *hidden, self.code_width(latent_dim)])
+        self.decoder = mlp([latent_dim, *reversed(hidden), n_features])
+
+    def code_width(self, latent_dim: int) -> int:
+        return latent_dim
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)  # type: ignore[no-any-return]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encode(x))  # type: ignore[no-any-return]
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.reconstruct(x)
+
+    def training_loss(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Parts]:
+        recon = F.mse_loss(self.reconstruct(x), x)
+        return recon, {"recon": recon.detach()}
+
+    def score_parts(self, x: torch.Tensor) -> Parts:
+        return {"recon": self.residual(x).pow(2).mean(1)}
+
+
+class DenoisingNet(AutoencoderNet):
+    """Reconstructs clean rows from jittered and masked copies."""
+
+    def __init__(self, *args: Any, noise_sigma: float = 0.3, mask_frac: float = 0.1, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.noise_sigma, self.mask_frac = noise_sigma, mask_frac
+
+    def training_loss(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Parts]:
+        noisy = x + self.noise_sigma * torch.randn(x.shape, generator=gen, device=gen.device).to(x.device)
+        noisy = noisy * (torch.rand(x.shape, generator=gen, device=gen.device).to(x.device) >= self.mask_frac)
+        recon = F.mse_loss(self.decoder(self.encode(noisy)), x)
+        return recon, {"recon": recon.detach()}
+
+
+class SparseNet(AutoencoderNet):
+    """L1 penalty on the latent code."""
+
+    def __init__(self, *args: Any, sparsity: float = 1e-3, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.sparsity = sparsity
+
+    def training_loss(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Parts]:
+        z = self.encode(x)
+        recon = F.mse_loss(self.decoder(z), x)
+        l1 = z.abs().mean()
+        return recon + self.sparsity * l1, {"recon": recon.detach(), "l1": l1.detach()}
+
+
+class ContractiveNet(AutoencoderNet):
+    """Penalises ``||dz/dx||_F^2``, estimated with one Hutchinson probe per step."""
+
+    def __init__(self, *args: Any, contraction: float = 1e-3, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.contraction = contraction
+
+    def training_loss(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Parts]:
+        x = x.detach().requires_grad_(True)
+        z = self.encode(x)
+        v = torch.randn(z.shape, generator=gen, device=gen.device).to(z.device)
+        (jtv,) = torch.autograd.grad(z, x, grad_outputs=v, create_graph=True)
+        jac = jtv.pow(2).sum(1).mean()
+        recon = F.mse_loss(self.decoder(z), x)
+        return recon + self.contraction * jac, {"recon": recon.detach(), "jacobian": jac.detach()}
+
+
+class VariationalNet(AutoencoderNet):
+    """Gaussian VAE; the code is the posterior mean, the score adds the KL term (negative ELBO)."""
+
+    def __init__(self, *args: Any, beta: float = 1.0, **kw: Any) -> None:
+        self.beta = beta
+        super().__init__(*args, **kw)
+
+    def code_width(self, latent_dim: int) -> int:
+        return 2 * latent_dim
+
+    def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-10, 10)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._posterior(x)[0]
+
+    @staticmethod
+    def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+
+    def training_loss(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Parts]:
+        mu, logvar = self._posterior(x)
+        eps = torch.randn(mu.shape, generator=gen, device=gen.device).to(mu.device)
+        recon = F.mse_loss(self.decoder(mu + eps * (0.5 * logvar).exp()), x, reduction="none").sum(1)
+        kl = self._kl(mu, logvar)
+        loss = (recon + self.beta * kl).mean() / self.n_features
+        return loss, {"recon": recon.mean().detach() / self.n_features, "kl": kl.mean().detach()}
+
+    def score_parts(self, x: torch.Tensor) -> Parts:
+        mu, logvar = self._posterior(x)
+        return {"recon": (x - self.decoder(mu)).pow(2).mean(1), "kl": self._kl(mu, logvar)}
+
+
+class NoiseContrastiveNet(AutoencoderNet):
+    """Autoencoder plus a head that tells real rows from reference noise (and hard negatives).
+
+    The head reads the input. Trained with binary cross-entropy against reference noise of
+    known density ``q`` (``reference``: ``gaussian`` or ``marginal``), its logit
+    estimates ``log p(x) - log q(x)``, so ``density = -(logit + log q(x))`` is a negative
+    log-density: high where real traffic is rare. Hard negatives (corrupted real rows) are
+    extra negatives weighted by ``hard_negative_weight``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        head_hidden: Sequence[int] = (128, 128),
+        nc_weight: float = 1.0,
+        hard_negatives: Sequence[str] = (),
+        hard_negative_weight: float = 0.0,
+        real_jitter: float = 0.0,
+        reference: str = "gaussian",
+        noise_scales: Sequence[float] = (1.0, 2.0),
+        **kw: Any,
+    ) -> None:
+        super().__init__(*args, **kw)
+        ref_cls = REFERENCES[reference]
+        self.reference: Reference = (
+            ref_cls(self.n_features) if ref_cls is MarginalReference else ref_cls(self.n_features, noise_scales)
+        )
+        self.real_jitter = real_jitter
+        self.head = mlp([self.n_features, *head_hidden, 1])
+        self.nc_weight = nc_weight
+        self.hard_negatives = tuple(hard_negatives)
+        self.hard_negative_weight = hard_negative_weight
+
+    def logit(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x).squeeze(1)  # type: ignore[no-any-return]
+
+    def training_loss(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Parts]:
+        recon = F.mse_loss(self.reconstruct(x), x)
+        noise = self.reference.sample(x.shape[0], gen)
+        real = x
+        if self.real_jitter > 0:  # kernel-smooths the estimated density: less over-fitting
+            real = x + self.real_jitter * torch.randn(x.shape, generator=gen, device=gen.device).to(x.device)
+        real_logit, noise_logit = self.logit(real), self.logit(noise)
+        bce = F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit)) + (
+            F.binary_cross_entropy_with_logits(noise_logit, torch.zeros_like(noise_logit))
+        )
+        if self.hard_negatives and self.hard_negative_weight > 0:
+            hard_logit = self.logit(corrupt(x, self.hard_negatives, gen))
+            bce = bce + self.hard_negative_weight * F.binary_cross_entropy_with_logits(
+                hard_logit, torch.zeros_like(hard_logit)
+            )
+        return recon + self.nc_weight * bce, {"recon": recon.detach(), "bce": bce.detach()}
+
+    def score_parts(self, x: torch.Tensor) -> Parts:
+        parts = super().score_parts(x)
+        parts["density"] = -(self.logit(x) + self.reference.log_prob(x))
+        return parts
+
+
+NETWORKS: dict[str, type[AutoencoderNet]] = {
+    "ae": AutoencoderNet,
+    "dae": DenoisingNet,
+    "sparse": SparseNet,
+    "contractive": ContractiveNet,
+    "vae": VariationalNet,
+    "ncae": NoiseContrastiveNet,
+}

@@ -1,0 +1,294 @@
+"""Offline evaluation with the protocols of ``../shared/README.md`` against real baselines.
+
+* **tabular** (ADBench ``.npz``): stratified 70/30 split per seed, unsupervised fit on the 70 %
+  (contamination included, labels unused), ROC-AUC and PR-AUC on the 30 %.
+* **smd** (server machine time series): fit on ``*_train``, score ``*_test`` row by row with a
+  window of past rows only; point-wise PR-AUC and F1 at a threshold from training scores only
+  (their 99th percentile); the best F1 over test thresholds is reported as an oracle only.
+
+Baselines come from scikit-learn (IsolationForest, PCA) and PyOD (ECOD); they are never
+re-implemented here. Results are plain dicts; :func:`write_report` writes JSON, Markdown and
+PNG plots.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from stream_ae.models import AutoencoderDetector
+
+ADBENCH_SETS = ["cardio", "fault", "http", "mammography", "pendigits", "satellite", "shuttle", "smtp", "thyroid"]
+SMD_MACHINES = ["machine-1-6", "machine-2-1"]
+HTTP_TRAIN_CAP = 200_000
+
+
+class Scorer(Protocol):
+    def fit(self, X: NDArray[Any]) -> Any: ...
+    def score_samples(self, X: NDArray[Any]) -> NDArray[Any]: ...
+
+
+Factory = Callable[[int], Scorer]
+
+
+class IForestScorer:
+    def __init__(self, seed: int) -> None:
+        from sklearn.ensemble import IsolationForest
+
+        self.model = IsolationForest(n_estimators=100, random_state=seed, n_jobs=-1)
+
+    def fit(self, X: NDArray[Any]) -> IForestScorer:
+        self.model.fit(X)
+        return self
+
+    def score_samples(self, X: NDArray[Any]) -> NDArray[Any]:
+        return -self.model.score_samples(X)  # type: ignore[no-any-return]
+
+
+class ECODScorer:
+    def __init__(self, seed: int) -> None:
+        from pyod.models.ecod import ECOD
+
+        self.model = ECOD()
+
+    def fit(self, X: NDArray[Any]) -> ECODScorer:
+        self.model.fit(X)
+        return self
+
+    def score_samples(self, X: NDArray[Any]) -> NDArray[Any]:
+        return self.model.decision_function(X)  # type: ignore[no-any-return]
+
+
+class PCAScorer:
+    """Reconstruction error of a PCA keeping 90 % of the variance, after standard scaling."""
+
+    def __init__(self, seed: int) -> None:
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        self.scaler, self.pca = StandardScaler(), PCA(n_components=0.9, random_state=seed)
+
+    def fit(self, X: NDArray[Any]) -> PCAScorer:
+        self.pca.fit(self.scaler.fit_transform(X))
+        return self
+
+    def score_samples(self, X: NDArray[Any]) -> NDArray[Any]:
+        Z = self.scaler.transform(X)
+        return ((Z - self.pca.inverse_transform(self.pca.transform(Z))) ** 2).sum(1)  # type: ignore[no-any-return]
+
+
+BASELINES: dict[str, Factory] = {"iforest": IForestScorer, "ecod": ECODScorer, "pca": PCAScorer}
+
+
+def detector_factory(variant: str, **hyper: Any) -> Factory:
+    def make(seed: int) -> Scorer:
+        return AutoencoderDetector(variant=variant, seed=seed, **hyper)
+
+    return make
+
+
+def load_adbench(data_dir: Path, name: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    path = next((data_dir / "adbench").glob(f"*_{name}.npz"))
+    data = np.load(path, allow_pickle=False)
+    return data["X"].astype(np.float32), data["y"].astype(np.int64)
+
+
+def _stratified_split(y: NDArray[Any], seed: int, train: float = 0.7) -> tuple[NDArray[Any], NDArray[Any]]:
+    rng = np.random.default_rng(seed)
+    tr: list[NDArray[Any]] = []
+    te: list[NDArray[Any]] = []
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        cut = int(round(len(idx) * train))
+        tr.append(idx[:cut])
+        te.append(idx[cut:])
+    return np.concatenate(tr), np.concatenate(te)
+
+
+def roc_pr(y: NDArray[Any], s: NDArray[Any]) -> tuple[float, float]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    return float(roc_auc_score(y, s)), float(average_precision_score(y, s))
+
+
+@dataclass
+class TabularResult:
+    dataset: str
+    method: str
+    seed: int
+    roc_auc: float
+    pr_auc: float
+    fit_seconds: float
+    score_seconds: float
+    n_train: int
+    n_test: int
+
+
+def evaluate_tabular(
+    data_dir: Path,
+    methods: dict[str, Factory],
+    datasets: Iterable[str] = ADBENCH_SETS,
+    seeds: Iterable[int] = (0, 1, 2),
+    on_result: Callable[[TabularResult, NDArray[Any], NDArray[Any]], None] | None = None,
+) -> list[TabularResult]:
+    """The ADBench protocol of ``../shared/README.md`` for each method, dataset and seed."""
+    results: list[TabularResult] = []
+    for name in datasets:
+        X, y = load_adbench(data_dir, name)
+        for seed in seeds:
+            tr, te = _stratified_split(y, seed)
+            if name == "http" and len(tr) > HTTP_TRAIN_CAP:
+                tr = np.random.default_rng(seed).choice(tr, HTTP_TRAIN_CAP, replace=False)
+            for method, make in methods.items():
+                t0 = time.perf_counter()
+                model = make(seed)
+                model.fit(X[tr])
+                t1 = time.perf_counter()
+                s = np.asarray(model.score_samples(X[te]), dtype=np.float64)
+                t2 = time.perf_counter()
+                roc, pr = roc_pr(y[te], s)
+                res = TabularResult(name, method, seed, roc, pr, t1 - t0, t2 - t1, len(tr), len(te))
+                results.append(res)
+                if on_result is not None:
+                    on_result(res, y[te], s)
+    return results
+
+
+def summarise(results: list[TabularResult]) -> dict[str, dict[str, dict[str, float]]]:
+    """method -> dataset -> mean ROC/PR over seeds, plus a ``mean`` row over datasets."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for method in dict.fromkeys(r.method for r in results):
+        rows = [r for r in results if r.method == method]
+        per: dict[str, dict[str, float]] = {}
+        for ds in dict.fromkeys(r.dataset for r in rows):
+            sel = [r for r in rows if r.dataset == ds]
+            per[ds] = {
+                "roc_auc": float(np.mean([r.roc_auc for r in sel])),
+                "pr_auc": float(np.mean([r.pr_auc for r in sel])),
+                "fit_seconds": float(np.mean([r.fit_seconds for r in sel])),
+            }
+        per["mean"] = {k: float(np.mean([v[k] for v in per.values()])) for k in ("roc_auc", "pr_auc", "fit_seconds")}
+        table[method] = per
+    return table
+
+
+# -- SMD ------------------------------------------------------------------------------------
+def load_smd(data_dir: Path, machine: str) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]]:
+    def read(part: str) -> NDArray[Any]:
+        with gzip.open(data_dir / "smd" / f"{machine}_{part}.npy.gz") as fh:
+            return np.load(fh, allow_pickle=False)  # type: ignore[no-any-return]
+
+    train, test = read("train").astype(np.float32), read("test").astype(np.float32)
+    return train, test, read("test_label").astype(np.int64)
+
+
+def past_window(X: NDArray[np.float32], window: int) -> NDArray[np.float32]:
+    """Each row concatenated with the mean of its ``window`` previous rows and its difference
+    to them: uses past rows only (row ``t`` sees ``t-window .. t-1``; the first row sees itself)."""
+    c = np.cumsum(np.vstack([np.zeros((1, X.shape[1]), np.float64), X]), 0)
+    idx = np.arange(len(X))
+    lo = np.maximum(idx - window, 0)
+    n = np.maximum(idx - lo, 1)
+    past = np.where((idx > 0)[:, None], (c[idx] - c[lo]) / n[:, None], X)
+    return np.hstack([X, X - past]).astype(np.float32)
+
+
+def best_f1(y: NDArray[Any], s: NDArray[Any]) -> float:
+    from sklearn.metrics import precision_recall_curve
+
+    p, r, _ = precision_recall_curve(y, s)
+    f = 2 * p * r / np.clip(p + r, 1e-12, None)
+    return float(f.max())
+
+
+def f1_at(y: NDArray[Any], s: NDArray[Any], threshold: float) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, (s > threshold).astype(int), zero_division=0))
+
+
+def evaluate_smd(
+    data_dir: Path, methods: dict[str, Factory], machines: Iterable[str] = SMD_MACHINES, window: int = 10
+) -> list[dict[str, Any]]:
+    """Point-wise PR-AUC, F1 at the training p99 and oracle best-F1, without point adjustment."""
+    out: list[dict[str, Any]] = []
+    for machine in machines:
+        train, test, label = load_smd(data_dir, machine)
+        Xtr, Xte = past_window(train, window), past_window(test, window)
+        for method, make in methods.items():
+            model = make(0)
+            model.fit(Xtr)
+            s_tr = np.asarray(model.score_samples(Xtr))
+            s_te = np.asarray(model.score_samples(Xte))
+            thr = float(np.quantile(s_tr, 0.99))
+            out.append({
+                "machine": machine, "method": method, "pr_auc": roc_pr(label, s_te)[1],
+                "f1_p99": f1_at(label, s_te, thr), "oracle_best_f1": best_f1(label, s_te),
+            })  # fmt: skip
+    return out
+
+
+def write_report(
+    out_dir: Path,
+    summary: dict[str, Any],
+    curves: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]] | None = None,
+) -> None:
+    """``report.json``, ``report.md`` and, given curves, ROC/PR and histogram PNGs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
+    lines = ["# stream-ae offline evaluation", ""]
+    tab = summary.get("tabular", {})
+    if tab:
+        methods = list(tab)
+        sets = list(next(iter(tab.values())))
+        lines += ["| set | " + " | ".join(f"{m} ROC / PR" for m in methods) + " |",
+                  "|---|" + "---|" * len(methods)]  # fmt: skip
+        for ds in sets:
+            cells = [f"{tab[m][ds]['roc_auc']:.3f} / {tab[m][ds]['pr_auc']:.3f}" for m in methods]
+            lines.append(f"| {ds} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for row in summary.get("smd", []):
+        lines.append(
+            f"- SMD {row['machine']} {row['method']}: PR-AUC {row['pr_auc']:.3f}, "
+            f"F1@train-p99 {row['f1_p99']:.3f}, oracle best-F1 {row['oracle_best_f1']:.3f}"
+        )
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    if curves:
+        _plot_curves(out_dir, curves)
+
+
+def _plot_curves(out_dir: Path, curves: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    for ds in dict.fromkeys(d for d, _ in curves):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for (d, method), (y, s) in curves.items():
+            if d != ds:
+                continue
+            fpr, tpr, _ = roc_curve(y, s)
+            p, r, _ = precision_recall_curve(y, s)
+            axes[0].plot(fpr, tpr, label=method)
+            axes[1].plot(r, p, label=method)
+            if method.startswith("ncae"):
+                axes[2].hist(s[y == 0], bins=60, alpha=0.6, density=True, label="normal")
+                axes[2].hist(s[y == 1], bins=60, alpha=0.6, density=True, label="anomaly")
+        axes[0].set(title=f"{ds}: ROC", xlabel="false positive rate", ylabel="true positive rate")
+        axes[1].set(title=f"{ds}: precision-recall", xlabel="recall", ylabel="precision")
+        axes[2].set(title=f"{ds}: ncae scores", xlabel="score")
+        for ax in axes:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{ds}.png", dpi=90)
+        plt.close(fig)
