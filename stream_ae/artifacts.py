@@ -118,7 +118,9 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], str]:
     except ValueError as exc:
         raise ArtifactError(f"manifest is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"unknown artifact format {manifest.get('format') if isinstance(manifest, dict) else None!r}")
+        raise ArtifactError(
+            f"unknown artifact format {manifest.get('format') if isinstance(manifest, dict) else None!r}"
+        )
     return manifest, hashlib.sha256(raw).hexdigest()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -72,6 +72,129 @@ def kafka_status(data_dir: KafkaDir = DEFAULT_KAFKA_DIR) -> None:
     console.print(f"running (pid {pid}) at {broker.bootstrap_servers}; answers: {ok}")
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def worker() -> None:
+    """Run the streaming worker (configured by STREAM_AE_* variables; see README.md)."""
+    import sys
+
+    from stream_ae.app import create_app
+    from stream_ae.settings import Settings
+
+    settings = Settings()
+    faust_app, _ = create_app(settings)
+    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level.lower()]
+    faust_app.main()
+
+
+@app.command()
+def train(
+    input: Annotated[Path, typer.Argument(help="events (.jsonl) or a numeric matrix (.npz / .csv)")],
+    out: Annotated[Path | None, typer.Option(help="artifact directory to write")] = None,
+    registry: Annotated[Path | None, typer.Option(help="publish into this registry instead")] = None,
+    variant: Annotated[str, typer.Option(help="ncae | ae | dae | sparse | contractive | vae")] = "ncae",
+    target_rate: Annotated[float, typer.Option(help="false-alarm rate the threshold is calibrated to")] = 0.001,
+    max_steps: Annotated[int, typer.Option(help="optimiser steps at most")] = 2000,
+    seed: int = 0,
+    device: str = "auto",
+    schema: Annotated[Path | None, typer.Option(help="feature schema (.json/.yaml); inferred if absent")] = None,
+) -> None:
+    """Train a model from a file and write it as a checksummed artifact."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from stream_ae.features import FeatureSchema
+    from stream_ae.registry import Registry
+    from trainer.train import fit_events, fit_matrix, read_events, read_matrix
+
+    if (out is None) == (registry is None):
+        raise typer.BadParameter("give exactly one of --out and --registry")
+    hyper: dict[str, Any] = {
+        "variant": variant,
+        "target_rate": target_rate,
+        "max_steps": max_steps,
+        "seed": seed,
+        "device": device,
+    }
+    with Progress(
+        TextColumn("[bold]training {task.fields[variant]}"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("train", total=None, variant=variant, loss=float("nan"))
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, loss=loss)
+
+        if input.suffix in (".jsonl", ".json"):
+            events = read_events(input)
+            fitted = fit_events(
+                events, schema=FeatureSchema.load(schema) if schema else None, progress=progress, **hyper
+            )
+        else:
+            X, _ = read_matrix(input)
+            fitted = fit_matrix(X, progress=progress, **hyper)
+    version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    if registry is not None:
+        info = Registry(registry).publish(lambda tmp: fitted.save(tmp, version=version), version)
+        console.print(f"[green]published[/] {info.version} to {registry}")
+    else:
+        assert out is not None
+        fitted.save(out, version=version)
+        console.print(f"[green]saved[/] {out}")
+    console.print(f"threshold {fitted.detector.threshold_:.4f} at false-alarm rate {target_rate}")
+
+
+@app.command()
+def score(
+    model: Annotated[Path, typer.Argument(help="artifact directory")],
+    input: Annotated[Path, typer.Argument(help="events (.jsonl) or matrix (.npz/.csv)")],
+    out: Annotated[Path, typer.Option(help="CSV of row, score, flag")] = Path("scores.csv"),
+    device: str = "auto",
+) -> None:
+    """Score a file offline with a saved model (no Kafka needed)."""
+    import numpy as np
+
+    from stream_ae.artifacts import load_artifact
+    from trainer.train import read_events, read_matrix
+
+    loaded = load_artifact(model, device=device)
+    if input.suffix in (".jsonl", ".json"):
+        if loaded.encoder is None:
+            raise typer.BadParameter("this model was trained on a matrix; give a matrix")
+        batch = loaded.encoder.encode(read_events(input))
+        rows, X = batch.ok, batch.X
+        for i, err in batch.errors.items():
+            console.print(f"[yellow]row {i} skipped: {err}[/]")
+    else:
+        X, _ = read_matrix(input)
+        rows = np.arange(len(X))
+    scores = loaded.detector.score_samples(X)
+    flags = scores > loaded.detector.threshold_
+    with out.open("w") as fh:
+        fh.write("row,score,anomaly\n")
+        for r, s, f in zip(rows.tolist(), scores.tolist(), flags.tolist(), strict=True):
+            fh.write(f"{r},{s:.6f},{int(f)}\n")
+    console.print(f"{int(flags.sum())} of {len(X)} rows flagged; scores in {out}")
+
+
+@app.command()
+def evaluate(
+    data_dir: Annotated[Path, typer.Option(help="the shared data folder")] = Path("../shared/data"),
+    out: Annotated[Path, typer.Option(help="report folder (JSON, Markdown, PNG)")] = Path("reports/eval"),
+    datasets: Annotated[str, typer.Option(help="comma-separated ADBench sets, or 'all'")] = "all",
+    variants: Annotated[str, typer.Option(help="comma-separated model variants")] = "ncae,ae",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    smd: Annotated[bool, typer.Option(help="also run the SMD time-series protocol")] = True,
+) -> None:
+    """Run the shared protocols against IsolationForest, ECOD and PCA; write a report."""
+    from trainer.evaluate import run_evaluation
+
+    run_evaluation(data_dir, out, datasets, variants.split(","), [int(s) for s in seeds.split(",")], smd, console)
 
 
 def main() -> None:

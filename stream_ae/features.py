@@ -4,7 +4,8 @@ A :class:`FeatureSchema` declares the fields (``numeric``, ``categorical``, ``bo
 ``timestamp``); it is written by hand (YAML/JSON) or inferred from a sample and then frozen.
 :class:`FeatureEncoder` learns statistics at fit time and encodes whole batches:
 
-* numeric: robust scaling ``(x - median) / IQR``;
+* numeric: robust scaling ``(x - median) / IQR`` (after a signed ``log1p`` for heavy-tailed
+  fields: inferred for non-negative fields whose 99th percentile exceeds 5 times the median);
 * categorical: a learned vocabulary (most frequent values) plus an unknown bucket, one-hot;
   or a stable CRC32 hash into ``hash_buckets`` buckets for high cardinality;
 * boolean: 0/1;
@@ -66,6 +67,7 @@ class FieldSpec:
     max_categories: int = 64
     hash_buckets: int = 0  # > 0: hash categoricals instead of a vocabulary
     cyclic: bool = True  # timestamps: add hour-of-day / day-of-week sin-cos
+    log: bool = False  # numerics: signed log1p before scaling (heavy-tailed amounts, counts)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,9 @@ class FeatureSchema:
             elif present and all(type(v) is bool for v in present):
                 specs.append(FieldSpec(name, FieldKind.BOOLEAN, required))
             elif present and all(type(v) in _NUMBER_TYPES for v in present):
-                specs.append(FieldSpec(name, FieldKind.NUMERIC, required))
+                arr = np.abs(np.asarray(present, dtype=np.float64))
+                heavy = bool(arr.min() >= 0 and np.quantile(arr, 0.99) > 5 * max(float(np.median(arr)), 1e-9))
+                specs.append(FieldSpec(name, FieldKind.NUMERIC, required, log=heavy))
             elif present and all(isinstance(v, str) for v in present):
                 distinct = len(set(present))
                 buckets = 64 if distinct > high_cardinality else 0
@@ -195,6 +199,8 @@ class FeatureEncoder:
             for i in np.flatnonzero(nonfinite).tolist():
                 if int(i) not in bad:
                     bad[int(i)] = EncodeError(name, "non_finite", f"value {col[i]!r} is not finite")
+            if spec.log:
+                col = np.sign(col) * np.log1p(np.abs(col))
             return col, missing
         if spec.kind is FieldKind.BOOLEAN:
             for i, v in enumerate(values):
@@ -236,7 +242,7 @@ class FeatureEncoder:
             if spec.kind is FieldKind.NUMERIC:
                 v = np.asarray(raw)[rows]
                 med = float(np.median(v)) if len(v) else 0.0
-                q75, q25 = (np.percentile(v, [75, 25]) if len(v) else (1.0, 0.0))
+                q75, q25 = np.percentile(v, [75, 25]) if len(v) else (1.0, 0.0)
                 iqr = float(q75 - q25)
                 if iqr <= 1e-12:
                     iqr = float(v.std()) if len(v) else 1.0

@@ -22,7 +22,9 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self.consumed = Counter("stream_ae_events_consumed_total", "Records read from input topics", ["topic"], registry=r)
+        self.consumed = Counter(
+            "stream_ae_events_consumed_total", "Records read from input topics", ["topic"], registry=r
+        )
         self.scored = Counter("stream_ae_events_scored_total", "Events scored", registry=r)
         self.dead_lettered = Counter(
             "stream_ae_events_dead_lettered_total", "Records sent to the dead-letter topic", ["reason"], registry=r
@@ -32,7 +34,9 @@ class WorkerMetrics:
         self.batch_errors = Counter(
             "stream_ae_batch_errors_total", "Batches that failed and were retried", ["stage"], registry=r
         )
-        self.batch_size = Histogram("stream_ae_batch_size", "Records per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "stream_ae_batch_size", "Records per micro-batch", buckets=BATCH_BUCKETS, registry=r
+        )
         self.scoring_seconds = Histogram(
             "stream_ae_scoring_seconds", "Device scoring time per batch", buckets=LATENCY_BUCKETS, registry=r
         )

@@ -7,6 +7,7 @@ with a reason. The worker only moves bytes between Kafka and this function.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -75,9 +76,32 @@ class Topics:
     scores: str | None = None
 
 
-def process_batch(
-    records: Sequence[RawRecord], model: ActiveModel, topics: Topics, max_message_bytes: int
-) -> Routed:
+def decode(value: bytes) -> Any:
+    """orjson, plus the NaN/Infinity tokens some producers write (Python's ``json.dumps``):
+    those decode, so that the schema check names the field as non-finite."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        if b"NaN" not in value and b"Infinity" not in value:
+            raise
+        try:
+            return json.loads(value)
+        except RecursionError as exc:
+            raise ValueError("recursion limit exceeded") from exc
+
+
+def _decode_reason(message: str) -> str:
+    low = message.lower()
+    if "utf-8" in low:
+        return "invalid_utf8"
+    if "infinity" in low or "nan" in low:
+        return "non_finite"
+    if "recursion" in low or "depth" in low:
+        return "too_deep"
+    return "invalid_json"
+
+
+def process_batch(records: Sequence[RawRecord], model: ActiveModel, topics: Topics, max_message_bytes: int) -> Routed:
     """Route one micro-batch. Never raises for bad input: bad records become dead letters."""
     now = time.time()
     routed = Routed(n_in=len(records))
@@ -99,10 +123,10 @@ def process_batch(
             dead(rec, "oversized", f"{len(value)} bytes > limit {max_message_bytes}")
             continue
         try:
-            event = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
+            event = decode(value)
+        except ValueError as exc:
             msg = str(exc)
-            dead(rec, "invalid_utf8" if "UTF-8" in msg else "invalid_json", msg)
+            dead(rec, _decode_reason(msg), msg)
             continue
         if not isinstance(event, dict):
             dead(rec, "not_an_object", f"JSON {type(event).__name__}, expected an object")
@@ -133,10 +157,17 @@ def process_batch(
             ]
             event_id = event.get(id_field) if id_field else None
             body = anomaly_record(
-                event=event, event_id=str(event_id) if event_id is not None else src.ident(), key=rec.key,
-                source=src, event_time=event_time, detected_at=now, score=float(result.scores[j]),
-                threshold=model.threshold, model_version=model.version, top_features=top,
-            )  # fmt: skip
+                event=event,
+                event_id=str(event_id) if event_id is not None else src.ident(),
+                key=rec.key,
+                source=src,
+                event_time=event_time,
+                detected_at=now,
+                score=float(result.scores[j]),
+                threshold=model.threshold,
+                model_version=model.version,
+                top_features=top,
+            )
             routed.out.append(OutRecord(topics.output, rec.key or src.ident().encode(), orjson.dumps(body)))
             anomaly_times.append(event_time)
         routed.n_anomalies = len(anomaly_times)
@@ -144,7 +175,10 @@ def process_batch(
         if topics.scores:
             for j, row in enumerate(batch.ok.tolist()):
                 rec = kept[row]
-                body = {"source": Source(rec.topic, rec.partition, rec.offset).as_dict(),
-                        "score": float(result.scores[j]), "model_version": model.version}  # fmt: skip
+                body = {
+                    "source": Source(rec.topic, rec.partition, rec.offset).as_dict(),
+                    "score": float(result.scores[j]),
+                    "model_version": model.version,
+                }
                 routed.out.append(OutRecord(topics.scores, rec.key, orjson.dumps(body)))
     return routed

@@ -27,8 +27,18 @@ ANOMALY_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": ANOMALY_SCHEMA_ID,
     "type": "object",
-    "required": ["schema", "event_id", "source", "event_time", "detected_at", "score", "threshold",
-                 "model_version", "top_features", "event"],  # fmt: skip
+    "required": [
+        "schema",
+        "event_id",
+        "source",
+        "event_time",
+        "detected_at",
+        "score",
+        "threshold",
+        "model_version",
+        "top_features",
+        "event",
+    ],
     "properties": {
         "schema": {"const": ANOMALY_SCHEMA_ID},
         "event_id": {"type": "string"},
@@ -36,8 +46,11 @@ ANOMALY_SCHEMA: dict[str, Any] = {
         "source": {
             "type": "object",
             "required": ["topic", "partition", "offset"],
-            "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"},
-                           "offset": {"type": "integer"}},  # fmt: skip
+            "properties": {
+                "topic": {"type": "string"},
+                "partition": {"type": "integer"},
+                "offset": {"type": "integer"},
+            },
         },
         "event_time": {"type": "number", "description": "Kafka record timestamp, epoch seconds"},
         "detected_at": {"type": "number", "description": "epoch seconds"},
@@ -46,8 +59,11 @@ ANOMALY_SCHEMA: dict[str, Any] = {
         "model_version": {"type": "string"},
         "top_features": {
             "type": "array",
-            "items": {"type": "object", "required": ["feature", "share"],
-                      "properties": {"feature": {"type": "string"}, "share": {"type": "number"}}},  # fmt: skip
+            "items": {
+                "type": "object",
+                "required": ["feature", "share"],
+                "properties": {"feature": {"type": "string"}, "share": {"type": "number"}},
+            },
         },
         "event": {"type": "object"},
     },

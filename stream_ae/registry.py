@@ -71,7 +71,9 @@ class Registry:
                 manifest, sha = read_manifest(path)
             except ArtifactError:
                 continue
-            out.append(VersionInfo(path.name, path, float(manifest.get("created", 0)), sha, manifest.get("metrics", {})))
+            out.append(
+                VersionInfo(path.name, path, float(manifest.get("created", 0)), sha, manifest.get("metrics", {}))
+            )
         return sorted(out, key=lambda v: (v.created, v.version))
 
     def load(self, version: str | None = None, device: str = "auto", expected_sha256: str | None = None) -> LoadedModel:

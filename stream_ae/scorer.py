@@ -63,8 +63,9 @@ class DeviceScorer:
         n = len(X)
         if n == 0:
             empty = np.zeros(0)
-            return ScoreResult(empty, empty.astype(bool), np.zeros((0, self.top_k), np.int64),
-                               np.zeros((0, self.top_k), np.float32))  # fmt: skip
+            return ScoreResult(
+                empty, empty.astype(bool), np.zeros((0, self.top_k), np.int64), np.zeros((0, self.top_k), np.float32)
+            )
         z = ((self._to_device(X) - self._center) / self._scale).clamp(-self._clip, self._clip)
         scores_t = self.detector.score_tensor(z)
         flagged_t = scores_t > self.threshold
@@ -86,5 +87,5 @@ class DeviceScorer:
         """Finite scores on a synthetic batch around the training centre (hot-swap check)."""
         assert self.detector.center_ is not None and self.detector.scale_ is not None
         rng = np.random.default_rng(seed)
-        X = (self.detector.center_ + rng.normal(size=(n, len(self.detector.center_))) * self.detector.scale_)
+        X = self.detector.center_ + rng.normal(size=(n, len(self.detector.center_))) * self.detector.scale_
         return bool(np.isfinite(self.score(X.astype(np.float32)).scores).all())

@@ -86,7 +86,7 @@ class BatchWorker(Service):
         self._producer: AIOKafkaProducer | None = None
         self._control: AIOKafkaConsumer | None = None
         self.ready = False
-        self.last_drift_alert = 0.0
+        self._refused: str | None = None
         super().__init__(**kwargs)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -98,16 +98,25 @@ class BatchWorker(Service):
         await self._load_initial_model()
         eos = s.processing_guarantee == "exactly_once"
         self._producer = AIOKafkaProducer(
-            **kw, acks="all", enable_idempotence=True, linger_ms=5, compression_type="lz4",
+            **kw,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            compression_type="lz4",
             max_request_size=max(s.max_message_bytes * 2, 1_048_576) + 65_536,
             transactional_id=f"{s.group_id}-{s.app_id}-{id(self):x}" if eos else None,
-        )  # fmt: skip
+        )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
-            **kw, group_id=s.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=s.batch_max_size, isolation_level="read_committed" if eos else "read_uncommitted",
-            fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=max(s.max_message_bytes * 2, 1_048_576),
-        )  # fmt: skip
+            **kw,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.batch_max_size,
+            isolation_level="read_committed" if eos else "read_uncommitted",
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=max(s.max_message_bytes * 2, 1_048_576),
+        )
         self._consumer.subscribe(s.input_topics, listener=_Rebalance(self))
         await self._consumer.start()
         self._control = AIOKafkaConsumer(s.control_topic, **kw, group_id=None, auto_offset_reset="earliest")
@@ -141,8 +150,12 @@ class BatchWorker(Service):
 
     def _activate(self, model: ActiveModel) -> None:
         self.model = model
-        self.metrics.set_model(model.version, str(model.loaded.manifest.get("variant")), model.threshold,
-                               float(model.loaded.manifest.get("created", 0)))  # fmt: skip
+        self.metrics.set_model(
+            model.version,
+            str(model.loaded.manifest.get("variant")),
+            model.threshold,
+            float(model.loaded.manifest.get("created", 0)),
+        )
         log.info("scoring with model %s (threshold %.4f)", model.version, model.threshold)
 
     async def _in_loader(self, fn: Any, *args: Any) -> Any:
@@ -211,9 +224,9 @@ class BatchWorker(Service):
             return
         latest = self.registry.latest()
         pending = self._pending.version if self._pending else None
-        if latest and latest not in (self.model.version, pending, getattr(self, "_refused", None)):
-            if not await self.offer_version(latest):
-                self._refused = latest  # do not retry the same broken version every 5 s
+        known = (self.model.version, pending, self._refused)
+        if latest and latest not in known and not await self.offer_version(latest):
+            self._refused = latest  # do not retry the same broken version every 5 s
 
     def _swap_if_pending(self) -> None:
         if self._pending is not None:
@@ -233,7 +246,9 @@ class BatchWorker(Service):
                 continue
             self._swap_if_pending()
             try:
-                fetched = await self._consumer.getmany(timeout_ms=s.batch_max_wait_ms or 1, max_records=s.batch_max_size)
+                fetched = await self._consumer.getmany(
+                    timeout_ms=s.batch_max_wait_ms or 1, max_records=s.batch_max_size
+                )
                 self.metrics.kafka_up.set(1)
             except Exception as exc:
                 log.warning("fetch failed: %s", exc)
@@ -286,8 +301,14 @@ class BatchWorker(Service):
         routed = Routed(n_in=len(records))
         now = time.time()
         for r in records:
-            body = dead_letter_record(raw=r.value, key=r.key, source=Source(r.topic, r.partition, r.offset),
-                                      reason="processing_error", detail=reason, at=now)  # fmt: skip
+            body = dead_letter_record(
+                raw=r.value,
+                key=r.key,
+                source=Source(r.topic, r.partition, r.offset),
+                reason="processing_error",
+                detail=reason,
+                at=now,
+            )
             routed.out.append(OutRecord(self.topics.dead_letter, r.key, orjson.dumps(body)))
         routed.dead_reasons["processing_error"] += len(records)
         return routed
@@ -331,9 +352,9 @@ class BatchWorker(Service):
         m.last_batch.set(now)
         m.kafka_up.set(1)
         recent = m.observe_scores(routed.scores, self.settings.drift_window_events)
-        if self.model is not None and len(recent) >= min(1000, self.settings.drift_window_events):
-            m.drift_psi.set(population_stability_index(self.model.loaded.detector.threshold.reference_quantiles
-                                                       if self.model.loaded.detector.threshold else [], recent))  # fmt: skip
+        threshold = self.model.loaded.detector.threshold if self.model is not None else None
+        if threshold is not None and len(recent) >= min(1000, self.settings.drift_window_events):
+            m.drift_psi.set(population_stability_index(threshold.reference_quantiles, recent))
 
     @Service.timer(2.0)
     async def _update_lag(self) -> None:

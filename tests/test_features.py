@@ -12,10 +12,16 @@ from hypothesis import strategies as st
 from stream_ae.features import EncodeError, FeatureEncoder, FeatureSchema, FieldKind, FieldSpec
 
 SAMPLE = [
-    {"id": f"e{i}", "amount": float(i % 50), "country": ["DE", "FR", "US"][i % 3], "card_present": i % 2 == 0,
-     "ts": 1_700_000_000 + 60 * i, "tip": (None if i % 4 == 0 else 1.0)}
+    {
+        "id": f"e{i}",
+        "amount": float(i % 50),
+        "country": ["DE", "FR", "US"][i % 3],
+        "card_present": i % 2 == 0,
+        "ts": 1_700_000_000 + 60 * i,
+        "tip": (None if i % 4 == 0 else 1.0),
+    }
     for i in range(200)
-]  # fmt: skip
+]
 
 
 def make_encoder() -> FeatureEncoder:
@@ -27,10 +33,12 @@ def test_inferred_schema_kinds_and_optional_field() -> None:
     schema = FeatureSchema.infer(SAMPLE, id_field="id", time_field="ts")
     kinds = {f.name: (f.kind, f.required) for f in schema.fields}
     assert kinds == {
-        "amount": (FieldKind.NUMERIC, True), "country": (FieldKind.CATEGORICAL, True),
-        "card_present": (FieldKind.BOOLEAN, True), "ts": (FieldKind.TIMESTAMP, True),
+        "amount": (FieldKind.NUMERIC, True),
+        "country": (FieldKind.CATEGORICAL, True),
+        "card_present": (FieldKind.BOOLEAN, True),
+        "ts": (FieldKind.TIMESTAMP, True),
         "tip": (FieldKind.NUMERIC, False),
-    }  # fmt: skip
+    }
 
 
 def test_encoding_is_robustly_scaled_and_one_hot() -> None:
@@ -107,8 +115,14 @@ json_values = st.recursive(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.dictionaries(st.sampled_from(["amount", "country", "card_present", "ts", "tip", "x"]),
-                                json_values, max_size=6), max_size=8))  # fmt: skip
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["amount", "country", "card_present", "ts", "tip", "x"]), json_values, max_size=6
+        ),
+        max_size=8,
+    )
+)
 def test_fuzz_encode_never_crashes_and_never_emits_non_finite(events: list[dict[str, object]]) -> None:
     enc = make_encoder()
     batch = enc.encode(events)

@@ -18,9 +18,12 @@ N_EVENTS = 20_000
 async def _consume(bootstrap: str, topic: str, group: str, limit: int | None) -> list[int]:
     """Read values in a group with manual commits; stop after ``limit`` (committed) or at the end."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group,
-        enable_auto_commit=False, auto_offset_reset="earliest",
-    )  # fmt: skip
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     seen: list[int] = []
     try:
@@ -48,10 +51,7 @@ async def test_group_resumes_from_committed_offsets(bootstrap: str, topic_name: 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
     try:
-        futures = [
-            await producer.send(topic_name, str(i).encode(), key=str(i % 97).encode())
-            for i in range(N_EVENTS)
-        ]
+        futures = [await producer.send(topic_name, str(i).encode(), key=str(i % 97).encode()) for i in range(N_EVENTS)]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

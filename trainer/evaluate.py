@@ -107,7 +107,7 @@ def _stratified_split(y: NDArray[Any], seed: int, train: float = 0.7) -> tuple[N
     te: list[NDArray[Any]] = []
     for label in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == label))
-        cut = int(round(len(idx) * train))
+        cut = round(len(idx) * train)
         tr.append(idx[:cut])
         te.append(idx[cut:])
     return np.concatenate(tr), np.concatenate(te)
@@ -229,10 +229,15 @@ def evaluate_smd(
             s_tr = np.asarray(model.score_samples(Xtr))
             s_te = np.asarray(model.score_samples(Xte))
             thr = float(np.quantile(s_tr, 0.99))
-            out.append({
-                "machine": machine, "method": method, "pr_auc": roc_pr(label, s_te)[1],
-                "f1_p99": f1_at(label, s_te, thr), "oracle_best_f1": best_f1(label, s_te),
-            })  # fmt: skip
+            out.append(
+                {
+                    "machine": machine,
+                    "method": method,
+                    "pr_auc": roc_pr(label, s_te)[1],
+                    "f1_p99": f1_at(label, s_te, thr),
+                    "oracle_best_f1": best_f1(label, s_te),
+                }
+            )
     return out
 
 
@@ -249,8 +254,7 @@ def write_report(
     if tab:
         methods = list(tab)
         sets = list(next(iter(tab.values())))
-        lines += ["| set | " + " | ".join(f"{m} ROC / PR" for m in methods) + " |",
-                  "|---|" + "---|" * len(methods)]  # fmt: skip
+        lines += ["| set | " + " | ".join(f"{m} ROC / PR" for m in methods) + " |", "|---|" + "---|" * len(methods)]
         for ds in sets:
             cells = [f"{tab[m][ds]['roc_auc']:.3f} / {tab[m][ds]['pr_auc']:.3f}" for m in methods]
             lines.append(f"| {ds} | " + " | ".join(cells) + " |")

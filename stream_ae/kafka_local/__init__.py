@@ -70,9 +70,16 @@ def resolve_jars(version: str = DEFAULT_KAFKA_VERSION, cache_dir: Path | None = 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cmd = [
-        mvn, "-q", "-B", "-f", str(POM_PATH), "dependency:copy-dependencies",
-        f"-DoutputDirectory={tmp}", "-DincludeScope=runtime", f"-Dkafka.version={version}",
-    ]  # fmt: skip
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM_PATH),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}",
+        "-DincludeScope=runtime",
+        f"-Dkafka.version={version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not any(tmp.glob(f"kafka_2.13-{version}.jar")):
         raise KafkaLocalError(f"mvn could not resolve Kafka {version}:\n{proc.stdout[-3000:]}")
@@ -180,8 +187,7 @@ class LocalKafka:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -231,16 +237,20 @@ class LocalKafka:
     def _java(self, libs: Path, *args: str) -> list[str]:
         java = _require("java", "install a Java 17+ runtime to run the local broker")
         return [
-            java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+            java,
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-XX:+UseG1GC",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-            "-cp", f"{libs}/*", *args,
-        ]  # fmt: skip
+            "-cp",
+            f"{libs}/*",
+            *args,
+        ]
 
     def _format(self, libs: Path, cfg: Path) -> None:
         if (self._log_dirs / "meta.properties").exists():
             return  # formatted earlier: keep the data (restart case)
-        cmd = self._java(libs, "kafka.tools.StorageTool", "format", "--standalone",
-                         "-t", _cluster_id(), "-c", str(cfg))  # fmt: skip
+        cmd = self._java(libs, "kafka.tools.StorageTool", "format", "--standalone", "-t", _cluster_id(), "-c", str(cfg))
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise KafkaLocalError(f"formatting the KRaft log dir failed:\n{proc.stdout}{proc.stderr}")
@@ -255,10 +265,12 @@ class LocalKafka:
         with self.log_file.open("ab") as log:
             self._proc = subprocess.Popen(
                 self._java(libs, "kafka.Kafka", str(cfg)),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
                 start_new_session=not self.die_with_parent,
-            )  # fmt: skip
+            )
         self.pid_file.write_text(str(self._proc.pid))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -34,7 +34,10 @@ DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
     "sparse": {"recon": 1.0},
     "contractive": {"recon": 1.0},
     "vae": {"recon": 1.0, "kl": 1.0},
-    "ncae": {"recon": 1.0, "density": 1.0},
+    # The NCAE scores by its noise-contrastive density estimate alone: on the ADBench sets adding
+    # the standardised reconstruction error lowered ROC-AUC (README.md, "Score rule" ablation).
+    # Give ``score_weights={"density": 1, "recon": w}`` to mix it back in.
+    "ncae": {"density": 1.0},
 }
 
 
@@ -155,16 +158,16 @@ class AutoencoderDetector:
         rng = np.random.default_rng(h.seed)
         torch.manual_seed(h.seed)
         order = rng.permutation(len(X))
-        n_cal = int(round(len(X) * h.calibration_fraction)) if len(X) >= 100 else 0
+        n_cal = round(len(X) * h.calibration_fraction) if len(X) >= 100 else 0
         cal_idx, train_idx = order[:n_cal], order[n_cal:]
         X_train = X[train_idx]
         self._fit_scaler(X_train)
         xt = self._to_tensor(X_train)
         self.net_ = net = self._build_net(X.shape[1])
         if isinstance(net, NoiseContrastiveNet):
-            net.reference.fit(xt)
+            net.fit_references(xt)
         if init_from is not None and init_from.n_features_in_ == X.shape[1]:
-            warm = {k: v for k, v in init_from.state_dict().items() if not k.startswith("reference.")}
+            warm = {k: v for k, v in init_from.state_dict().items() if not k.startswith("references.")}
             net.load_state_dict(warm, strict=False)
         self._train(net, xt, progress)
         train_parts = self._parts(xt)
@@ -198,8 +201,7 @@ class AutoencoderDetector:
                 running += float(loss.detach())
                 if step % steps_per_epoch == 0 or step == total:
                     n = steps_per_epoch if step % steps_per_epoch == 0 else step % steps_per_epoch
-                    self.history_.append({"step": step, "loss": running / n,
-                                          **{k: float(v) for k, v in parts.items()}})  # fmt: skip
+                    self.history_.append({"step": step, "loss": running / n, **{k: float(v) for k, v in parts.items()}})
                     running = 0.0
                     if progress is not None:
                         progress(step, total, self.history_[-1]["loss"])

@@ -14,6 +14,7 @@ Variants: ``ae`` (plain), ``dae`` (denoising), ``sparse`` (L1 on the code), ``co
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ Parts = dict[str, torch.Tensor]
 
 def mlp(sizes: Sequence[int], final_act: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2 or final_act:
             layers.append(nn.GELU())
@@ -144,13 +145,14 @@ class VariationalNet(AutoencoderNet):
 
 
 class NoiseContrastiveNet(AutoencoderNet):
-    """Autoencoder plus a head that tells real rows from reference noise (and hard negatives).
+    """Autoencoder plus noise-contrastive heads that tell real rows from reference noise.
 
-    The head reads the input. Trained with binary cross-entropy against reference noise of
-    known density ``q`` (``reference``: ``gaussian`` or ``marginal``), its logit
-    estimates ``log p(x) - log q(x)``, so ``density = -(logit + log q(x))`` is a negative
-    log-density: high where real traffic is rare. Hard negatives (corrupted real rows) are
-    extra negatives weighted by ``hard_negative_weight``.
+    Each head reads the input and is trained with binary cross-entropy against samples of a
+    reference noise with an exact density ``q`` (``reference``: ``gaussian``, ``marginal``,
+    ``mixture``, or several joined by ``+``, one head each). At the optimum its logit is
+    ``log p(x) - log q(x)``, so ``-(logit + log q(x))`` estimates ``-log p(x)``: the part
+    ``density`` is the mean of these estimates over the heads, high where real traffic is
+    rare. Hard negatives (corrupted real rows) can be added as extra negatives.
     """
 
     def __init__(
@@ -161,44 +163,53 @@ class NoiseContrastiveNet(AutoencoderNet):
         hard_negatives: Sequence[str] = (),
         hard_negative_weight: float = 0.0,
         real_jitter: float = 0.0,
-        reference: str = "gaussian",
+        reference: str = "gaussian+mixture",
         noise_scales: Sequence[float] = (1.0, 2.0),
         **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
-        ref_cls = REFERENCES[reference]
-        self.reference: Reference = (
-            ref_cls(self.n_features) if ref_cls is MarginalReference else ref_cls(self.n_features, noise_scales)
-        )
+        refs: list[Reference] = []
+        for kind in reference.split("+"):
+            ref_cls = REFERENCES[kind]
+            refs.append(
+                ref_cls(self.n_features) if ref_cls is MarginalReference else ref_cls(self.n_features, noise_scales)
+            )
+        self.references: list[Reference] = nn.ModuleList(refs)  # type: ignore[assignment]
+        self.heads: list[nn.Sequential] = nn.ModuleList(mlp([self.n_features, *head_hidden, 1]) for _ in refs)  # type: ignore[assignment]
         self.real_jitter = real_jitter
-        self.head = mlp([self.n_features, *head_hidden, 1])
         self.nc_weight = nc_weight
         self.hard_negatives = tuple(hard_negatives)
         self.hard_negative_weight = hard_negative_weight
 
-    def logit(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x).squeeze(1)  # type: ignore[no-any-return]
+    def fit_references(self, x: torch.Tensor) -> None:
+        for ref in self.references:
+            ref.fit(x)
 
     def training_loss(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Parts]:
         recon = F.mse_loss(self.reconstruct(x), x)
-        noise = self.reference.sample(x.shape[0], gen)
         real = x
         if self.real_jitter > 0:  # kernel-smooths the estimated density: less over-fitting
             real = x + self.real_jitter * torch.randn(x.shape, generator=gen, device=gen.device).to(x.device)
-        real_logit, noise_logit = self.logit(real), self.logit(noise)
-        bce = F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit)) + (
-            F.binary_cross_entropy_with_logits(noise_logit, torch.zeros_like(noise_logit))
-        )
-        if self.hard_negatives and self.hard_negative_weight > 0:
-            hard_logit = self.logit(corrupt(x, self.hard_negatives, gen))
-            bce = bce + self.hard_negative_weight * F.binary_cross_entropy_with_logits(
-                hard_logit, torch.zeros_like(hard_logit)
-            )
+        hard = corrupt(x, self.hard_negatives, gen) if self.hard_negatives and self.hard_negative_weight > 0 else None
+        bce = torch.zeros((), device=x.device)
+        for head, ref in zip(self.heads, self.references, strict=True):
+            real_logit = head(real).squeeze(1)
+            noise_logit = head(ref.sample(x.shape[0], gen)).squeeze(1)
+            bce = bce + F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+            bce = bce + F.binary_cross_entropy_with_logits(noise_logit, torch.zeros_like(noise_logit))
+            if hard is not None:
+                hard_logit = head(hard).squeeze(1)
+                bce = bce + self.hard_negative_weight * F.binary_cross_entropy_with_logits(
+                    hard_logit, torch.zeros_like(hard_logit)
+                )
         return recon + self.nc_weight * bce, {"recon": recon.detach(), "bce": bce.detach()}
 
     def score_parts(self, x: torch.Tensor) -> Parts:
         parts = super().score_parts(x)
-        parts["density"] = -(self.logit(x) + self.reference.log_prob(x))
+        estimates = [
+            -(head(x).squeeze(1) + ref.log_prob(x)) for head, ref in zip(self.heads, self.references, strict=True)
+        ]
+        parts["density"] = torch.stack(estimates).mean(0)
         return parts
 
 

@@ -1,0 +1,136 @@
+"""The streaming worker on the real broker: scoring, routing, dead letters, metrics, scale-out."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from stream_ae.kafka_admin import ensure_topics
+from stream_ae.produce import send_events, send_raw
+from stream_ae.records import ANOMALY_SCHEMA
+from stream_ae.synthetic import transactions
+from tests.streaming import WorkerProcess, publish_model, read_all, run, wait_for, worker_env
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("registry")
+    publish_model(root, "v1")
+    return root
+
+
+def malformed(n_each: int) -> list[tuple[bytes | None, bytes | None, str]]:
+    """(key, value, expected reason) for every kind of bad input the worker must survive."""
+    good = transactions(1, seed=99)[0][0]
+    kinds: list[tuple[bytes | None, str]] = [
+        (b"\xff\xfe\x00garbage", "invalid_utf8"),
+        (b'{"amount": 12.5, "merchant', "invalid_json"),
+        (b"[1, 2, 3]", "not_an_object"),
+        (b'"just a string"', "not_an_object"),
+        (json.dumps({**good, "amount": math.nan}).encode(), "schema_non_finite"),
+        (json.dumps({**good, "amount": math.inf}).encode(), "schema_non_finite"),
+        (orjson.dumps({**good, "amount": "lots"}), "schema_wrong_type"),
+        (orjson.dumps({k: v for k, v in good.items() if k != "country"}), "schema_missing_field"),
+        (orjson.dumps({**good, "pad": "x" * 70_000}), "oversized"),
+        (b"[" * 5000 + b"]" * 5000, "too_deep"),
+        (None, "empty"),
+    ]
+    return [(f"bad-{i}".encode(), value, reason) for i in range(n_each) for value, reason in kinds]
+
+
+def test_worker_scores_routes_and_dead_letters(bootstrap: str, topic_name: str, registry: Path, tmp_path: Path) -> None:
+    run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 4}))
+    env = worker_env(bootstrap, registry, topic_name, STREAM_AE_MAX_MESSAGE_BYTES="65536")
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        normal, _ = transactions(20_000, seed=5)
+        attacks, labels = transactions(2_000, seed=6, anomaly_rate=1.0, id_prefix="attack")
+        attacks = attacks[:200]
+        assert labels[:200].all()
+        bad = malformed(100)
+        events = normal[:10_000] + attacks + normal[10_000:]
+        run(send_events({"bootstrap_servers": bootstrap}, topic_name, events))
+        run(send_raw({"bootstrap_servers": bootstrap}, topic_name, [(k, v) for k, v, _ in bad]))
+        total = len(events) + len(bad)
+
+        def accounted() -> bool:
+            m = worker.metrics()
+            dead = sum(v for k, v in m.items() if k.startswith("stream_ae_events_dead_lettered_total"))
+            return m.get("stream_ae_events_scored_total", 0) + dead >= total
+
+        assert wait_for(accounted, timeout_s=120), worker.metrics()
+        m = worker.metrics()
+        assert worker.proc is not None and worker.proc.poll() is None, "the worker must survive bad input"
+    finally:
+        worker.stop()
+
+    out = run(read_all(bootstrap, [f"{topic_name}.anomalies", f"{topic_name}.dlq"], until=1))
+    anomalies = [orjson.loads(r.value) for r in out if r.topic.endswith(".anomalies")]
+    dead = [orjson.loads(r.value) for r in out if r.topic.endswith(".dlq")]
+
+    # every event is accounted for: scored or dead-lettered, and the metrics say the same
+    assert m["stream_ae_events_scored_total"] == len(events)
+    assert len(dead) == len(bad)
+    expected = Counter(reason for _, _, reason in bad)
+    assert Counter(d["reason"] for d in dead) == expected
+    for reason, n in expected.items():
+        assert m[f'stream_ae_events_dead_lettered_total{{reason="{reason}"}}'] == n
+    assert all(d["source"]["topic"] == topic_name for d in dead)
+
+    # detection: the injected frauds are found, false alarms stay near the calibrated rate
+    found = {a["event_id"] for a in anomalies}
+    attack_ids = {e["id"] for e in attacks}
+    recall = len(found & attack_ids) / len(attack_ids)
+    false_alarms = len(found - attack_ids)
+    assert recall >= 0.95, recall
+    assert false_alarms <= 20_000 * 0.001 * 3 + 10, false_alarms  # target 0.1 %: 20 expected
+    assert m['stream_ae_anomalies_total{topic="' + topic_name + '.anomalies"}'] == len(anomalies)
+    for record in anomalies[:50]:
+        jsonschema.validate(record, ANOMALY_SCHEMA)
+        assert record["model_version"] == "v1" and record["score"] > record["threshold"]
+
+
+def test_two_workers_split_partitions_without_double_scoring(
+    bootstrap: str, topic_name: str, registry: Path, tmp_path: Path
+) -> None:
+    run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 4}))
+    env = worker_env(bootstrap, registry, topic_name, STREAM_AE_SCORES_TOPIC=f"{topic_name}.scores")
+    first = WorkerProcess(env, tmp_path / "w1.log").start()
+    second = WorkerProcess(env, tmp_path / "w2.log").start()
+    try:
+        assert wait_for(
+            lambda: (
+                first.metrics().get("stream_ae_assigned_partitions") == 2
+                and second.metrics().get("stream_ae_assigned_partitions") == 2
+            ),
+            timeout_s=60,
+        ), "four partitions split two and two"
+        events, _ = transactions(8_000, seed=8)
+        run(send_events({"bootstrap_servers": bootstrap}, topic_name, events))
+        assert wait_for(
+            lambda: (
+                first.metrics().get("stream_ae_events_scored_total", 0)
+                + second.metrics().get("stream_ae_events_scored_total", 0)
+                >= len(events)
+            ),
+            timeout_s=90,
+        )
+        both = [first.metrics()["stream_ae_events_scored_total"], second.metrics()["stream_ae_events_scored_total"]]
+    finally:
+        first.stop()
+        second.stop()
+    assert min(both) > 0, "both workers took a share"
+    scores = run(read_all(bootstrap, [f"{topic_name}.scores"], until=len(events)))
+    coords = Counter(
+        (s["source"]["partition"], s["source"]["offset"]) for s in map(orjson.loads, (r.value for r in scores))
+    )
+    assert len(coords) == len(events), "every event scored"
+    assert max(coords.values()) == 1, "no event scored twice in steady state"
