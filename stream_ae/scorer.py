@@ -42,9 +42,6 @@ class DeviceScorer:
         self.device = detector.device
         self.top_k = min(top_k, detector.n_features_in_)
         self.threshold = detector.threshold_
-        self._center = torch.from_numpy(detector.center_).to(self.device)
-        self._scale = torch.from_numpy(detector.scale_).to(self.device)
-        self._clip = detector.hyper.clip
         self._pinned: torch.Tensor | None = None
 
     def _to_device(self, X: NDArray[np.float32]) -> torch.Tensor:
@@ -66,7 +63,7 @@ class DeviceScorer:
             return ScoreResult(
                 empty, empty.astype(bool), np.zeros((0, self.top_k), np.int64), np.zeros((0, self.top_k), np.float32)
             )
-        z = ((self._to_device(X) - self._center) / self._scale).clamp(-self._clip, self._clip)
+        z = self.detector.scale_tensor(self._to_device(X))
         scores_t = self.detector.score_tensor(z)
         flagged_t = scores_t > self.threshold
         top_index = np.full((n, self.top_k), -1, dtype=np.int64)

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     trainer_exclude_anomalies: bool = True
     trainer_warm_start: bool = True
     trainer_metrics_port: int = 9109
+    trainer_min_interval_s: float = Field(60.0, ge=0)
+    drift_report_interval_s: float = Field(30.0, gt=0)
     registry_keep: int = Field(5, ge=1)
     drift_psi_threshold: float = Field(0.25, gt=0)
     drift_window_events: int = Field(20_000, ge=100)

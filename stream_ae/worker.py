@@ -87,6 +87,8 @@ class BatchWorker(Service):
         self._control: AIOKafkaConsumer | None = None
         self.ready = False
         self._refused: str | None = None
+        self.psi = 0.0
+        self._drift_reported = 0.0
         super().__init__(**kwargs)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -354,7 +356,27 @@ class BatchWorker(Service):
         recent = m.observe_scores(routed.scores, self.settings.drift_window_events)
         threshold = self.model.loaded.detector.threshold if self.model is not None else None
         if threshold is not None and len(recent) >= min(1000, self.settings.drift_window_events):
-            m.drift_psi.set(population_stability_index(threshold.reference_quantiles, recent))
+            self.psi = population_stability_index(threshold.reference_quantiles, recent)
+            m.drift_psi.set(self.psi)
+
+    @Service.timer(5.0)
+    async def _report_drift(self) -> None:
+        """Tell the trainer (control topic) when scores drift past the configured PSI bound."""
+        s = self.settings
+        now = time.monotonic()
+        if self.psi < s.drift_psi_threshold or self._producer is None or self.model is None:
+            return
+        if now - self._drift_reported < s.drift_report_interval_s:
+            return
+        self._drift_reported = now
+        note = {"type": "drift", "psi": self.psi, "version": self.model.version, "at": time.time()}
+        with contextlib.suppress(Exception):
+            if s.processing_guarantee == "exactly_once":
+                async with self._producer.transaction():
+                    await self._producer.send(s.control_topic, orjson.dumps(note), key=b"drift")
+            else:
+                await self._producer.send_and_wait(s.control_topic, orjson.dumps(note), key=b"drift")
+            log.warning("score drift: PSI %.3f >= %.3f reported to the trainer", self.psi, s.drift_psi_threshold)
 
     @Service.timer(2.0)
     async def _update_lag(self) -> None:

@@ -64,8 +64,8 @@ class Hyper:
     calibration_fraction: float = 0.2
     target_rate: float = 0.01
     threshold_method: str = "auto"
-    scaler: str = "robust"  # robust | standard
-    clip: float = 20.0  # scaled inputs are clipped to +-clip (keeps hostile values finite)
+    scaler: str = "robust"  # robust | standard | quantile
+    clip: float = 1000.0  # scaled inputs are clipped to +-clip (keeps hostile values finite)
     seed: int = 0
     score_weights: dict[str, float] = field(default_factory=dict)
     net_options: dict[str, Any] = field(default_factory=dict)  # variant-specific knobs
@@ -100,6 +100,10 @@ class AutoencoderDetector:
         self.history_: list[dict[str, float]] = []
         self.train_seconds_: float = 0.0
         self.n_features_in_: int = 0
+        self.knots_: FloatArray | None = None
+        self._center_t: torch.Tensor | None = None
+        self._scale_t: torch.Tensor | None = None
+        self._knots_t: torch.Tensor | None = None
 
     # -- fitting -------------------------------------------------------------------------
     @property
@@ -129,11 +133,26 @@ class AutoencoderDetector:
             scale = np.where(scale > 1e-6 * (np.abs(center) + 1), scale, std)  # binary-ish columns
         self.center_ = center.astype(np.float32)
         self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
+        if self.hyper.scaler == "quantile":
+            self.knots_ = np.ascontiguousarray(np.quantile(X, QUANTILE_LEVELS, axis=0).T, dtype=np.float32)  # [d, K]
+
+    def scale_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw rows (on the model's device) to the network's input space, clipped."""
+        if self.center_ is None or self.scale_ is None:
+            raise NotFittedError("fit or load the detector first")
+        if self._center_t is None or self._center_t.device != x.device:
+            self._center_t = torch.from_numpy(self.center_).to(x.device)
+            self._scale_t = torch.from_numpy(self.scale_).to(x.device)
+            self._knots_t = torch.from_numpy(self.knots_).to(x.device) if self.knots_ is not None else None
+        assert self._scale_t is not None
+        if self._knots_t is None:
+            z = (x - self._center_t) / self._scale_t
+        else:
+            z = _gaussianize(x, self._knots_t, self._scale_t)
+        return z.clamp(-self.hyper.clip, self.hyper.clip)
 
     def _to_tensor(self, X: FloatArray) -> torch.Tensor:
-        assert self.center_ is not None and self.scale_ is not None
-        Z = np.clip((X - self.center_) / self.scale_, -self.hyper.clip, self.hyper.clip)
-        return torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float32)).to(self.device)
+        return self.scale_tensor(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self.device))
 
     def _build_net(self, n_features: int) -> AutoencoderNet:
         h = self.hyper
@@ -248,6 +267,10 @@ class AutoencoderDetector:
             return np.zeros(0)
         return self._combine(self._parts(self._to_tensor(X)))
 
+    def component_scores(self, X: NDArray[Any]) -> dict[str, NDArray[np.float64]]:
+        """The raw parts the score is made of (``recon``, ``density``, ``kl``), unstandardised."""
+        return self._parts(self._to_tensor(self._check_x(X)))
+
     def predict(self, X: NDArray[Any]) -> NDArray[np.int8]:
         """1 for rows above the calibrated threshold, else 0."""
         if self.threshold is None:
@@ -280,6 +303,7 @@ class AutoencoderDetector:
             "n_features": self.n_features_in_,
             "center": self.center_.tolist(),
             "scale": self.scale_.tolist(),
+            "knots": self.knots_.tolist() if self.knots_ is not None else None,
             "part_stats": {k: list(v) for k, v in self.part_stats_.items()},
             "threshold": self.threshold.to_dict(),
             "train_seconds": self.train_seconds_,
@@ -300,6 +324,8 @@ class AutoencoderDetector:
         det.n_features_in_ = int(config["n_features"])
         det.center_ = np.asarray(config["center"], dtype=np.float32)
         det.scale_ = np.asarray(config["scale"], dtype=np.float32)
+        if config.get("knots") is not None:
+            det.knots_ = np.ascontiguousarray(config["knots"], dtype=np.float32)
         det.part_stats_ = {k: (float(v[0]), float(v[1])) for k, v in config["part_stats"].items()}
         det.threshold = Threshold.from_dict(config["threshold"])
         det.train_seconds_ = float(config.get("train_seconds", 0.0))
@@ -321,6 +347,27 @@ class AutoencoderDetector:
         from stream_ae.artifacts import load_artifact
 
         return load_artifact(Path(path), device=device).detector
+
+
+QUANTILE_LEVELS = np.linspace(0.0, 1.0, 65)
+_NORMAL_LEVELS = torch.special.ndtri(torch.from_numpy(np.clip(QUANTILE_LEVELS, 0.005, 0.995)).float())
+
+
+def _gaussianize(x: torch.Tensor, knots: torch.Tensor, tail_scale: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear map of each feature through its training quantiles to a standard
+    normal score; beyond the training range it continues linearly in robust-scale units, so
+    values far outside what training saw stay far out."""
+    k = knots.shape[1]
+    levels = _NORMAL_LEVELS.to(x.device)
+    xt = x.T.contiguous()  # [d, n]
+    idx = torch.searchsorted(knots, xt).clamp(1, k - 1)  # right knot index
+    lo_k, hi_k = torch.gather(knots, 1, idx - 1), torch.gather(knots, 1, idx)
+    frac = ((xt - lo_k) / (hi_k - lo_k).clamp_min(1e-12)).clamp(0, 1)
+    inside = levels[idx - 1] + frac * (levels[idx] - levels[idx - 1])
+    below = levels[0] + (xt - knots[:, :1]) / tail_scale[:, None]
+    above = levels[-1] + (xt - knots[:, -1:]) / tail_scale[:, None]
+    z = torch.where(xt < knots[:, :1], below, torch.where(xt > knots[:, -1:], above, inside))
+    return z.T
 
 
 def _robust_stats(v: NDArray[np.float64]) -> tuple[float, float]:
