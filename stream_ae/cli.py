@@ -12,6 +12,8 @@ from rich.console import Console
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming anomaly detection for Kafka.")
 kafka_app = typer.Typer(no_args_is_help=True, help="A real local Kafka broker (KRaft) for development.")
 app.add_typer(kafka_app, name="kafka")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, promote, roll back.")
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 DEFAULT_KAFKA_DIR = Path(os.environ.get("STREAM_AE_KAFKA_DIR", ".stream-ae/kafka"))
@@ -195,6 +197,116 @@ def evaluate(
     from trainer.evaluate import run_evaluation
 
     run_evaluation(data_dir, out, datasets, variants.split(","), [int(s) for s in seeds.split(",")], smd, console)
+
+
+def _run_until_signal(make: Any) -> None:
+    """Run ``make(stop_event)`` until SIGINT/SIGTERM sets the event."""
+    import asyncio
+    import signal
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await make(stop)
+
+    asyncio.run(runner())
+
+
+@app.command()
+def trainer(
+    once: Annotated[bool, typer.Option(help="one gated run, then exit")] = False,
+) -> None:
+    """Run the trainer service (periodic + drift-triggered refresh; STREAM_AE_* settings)."""
+    import asyncio
+    import logging
+
+    from stream_ae.settings import Settings
+    from trainer.service import TrainerService
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="[%(asctime)s] [trainer] %(levelname)s %(message)s")
+    service = TrainerService(settings)
+    if once:
+        result = asyncio.run(service.run_once("manual"))
+        console.print(f"published: {result.published or 'nothing'} ({result.reason}); events {result.n_events}")
+        return
+    _run_until_signal(service.run)
+
+
+@app.command()
+def produce(
+    topic: Annotated[str, typer.Option(help="input topic")] = "events",
+    count: Annotated[int, typer.Option(help="events to send (0: stream until Ctrl-C)")] = 10_000,
+    rate: Annotated[float, typer.Option(help="events per second (0: as fast as possible)")] = 1000.0,
+    anomaly_rate: Annotated[float, typer.Option(help="share of injected frauds")] = 0.005,
+    seed: int = 0,
+) -> None:
+    """Send synthetic card transactions with injected frauds (STREAM_AE_BOOTSTRAP_SERVERS)."""
+    import asyncio
+
+    from stream_ae.produce import send_events, stream_forever
+    from stream_ae.settings import Settings
+    from stream_ae.synthetic import transactions
+
+    kw = Settings().kafka_client_kwargs()
+    if count:
+        events, labels = transactions(count, seed=seed, anomaly_rate=anomaly_rate)
+        asyncio.run(send_events(kw, topic, events, rate=rate or None))
+        console.print(f"sent {count} events ({int(labels.sum())} injected anomalies) to {topic}")
+        return
+    _run_until_signal(
+        lambda stop: stream_forever(kw, topic, rate=rate, anomaly_rate=anomaly_rate, seed=seed, stop=stop)
+    )
+
+
+RegistryDir = Annotated[Path | None, typer.Option("--dir", help="registry root (default: STREAM_AE_MODEL_DIR)")]
+
+
+def _registry(path: Path | None) -> Any:
+    from stream_ae.registry import Registry
+    from stream_ae.settings import Settings
+
+    return Registry(path or Settings().model_dir)
+
+
+@models_app.command("list")
+def models_list(registry_dir: RegistryDir = None) -> None:
+    """Versions in the registry, oldest first; * marks LATEST."""
+    reg = _registry(registry_dir)
+    latest = reg.latest()
+    for v in reg.versions():
+        mark = "*" if v.version == latest else " "
+        print(f"{mark} {v.version}  created {v.created:.0f}  sha256 {v.manifest_sha256[:12]}")
+
+
+@models_app.command("show")
+def models_show(version: Annotated[str | None, typer.Argument()] = None, registry_dir: RegistryDir = None) -> None:
+    """A version's manifest summary (default: LATEST)."""
+    import json
+
+    from stream_ae.artifacts import read_manifest
+
+    reg = _registry(registry_dir)
+    manifest, sha = read_manifest(reg.path_of(version or reg.latest() or ""))
+    summary = {k: manifest[k] for k in ("version", "variant", "created", "metrics", "data_fingerprint", "files")}
+    summary["threshold"] = manifest["detector"]["threshold"]["value"]
+    summary["manifest_sha256"] = sha
+    print(json.dumps(summary, indent=2))
+
+
+@models_app.command("promote")
+def models_promote(version: str, registry_dir: RegistryDir = None) -> None:
+    """Point LATEST at VERSION (workers follow within seconds)."""
+    _registry(registry_dir).promote(version)
+    console.print(f"LATEST -> {version}")
+
+
+@models_app.command("rollback")
+def models_rollback(registry_dir: RegistryDir = None) -> None:
+    """Point LATEST at the version before the current one."""
+    console.print(f"LATEST -> {_registry(registry_dir).rollback()}")
 
 
 def main() -> None:

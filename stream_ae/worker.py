@@ -95,7 +95,8 @@ class BatchWorker(Service):
     async def on_start(self) -> None:
         s = self.settings
         kw = s.kafka_client_kwargs()
-        await ensure_topics(kw, {s.output_topic: 1, s.dead_letter_topic: 1}, compacted=set())
+        outputs = {s.output_topic: 1, s.dead_letter_topic: 1, **({s.scores_topic: 1} if s.scores_topic else {})}
+        await ensure_topics(kw, outputs)
         await ensure_topics(kw, {s.control_topic: 1}, compacted={s.control_topic})
         await self._load_initial_model()
         eos = s.processing_guarantee == "exactly_once"

@@ -1,0 +1,67 @@
+"""The registry and the trainer's gate, without Kafka."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_ae.artifacts import ArtifactError
+from stream_ae.models import AutoencoderDetector
+from stream_ae.registry import Registry
+from trainer.service import GateFigures, compare, generated_anomalies
+
+FAST = {"min_steps": 50, "max_steps": 50, "hidden": (16,), "latent_dim": 2, "device": "cpu"}
+
+
+def _publish(reg: Registry, version: str, keep: int = 5) -> None:
+    det = AutoencoderDetector("ae", **FAST).fit(np.random.default_rng(0).normal(size=(300, 4)))
+    reg.publish(lambda tmp: det.save(tmp, version=version), version, keep=keep)
+
+
+def test_publish_promote_rollback_and_retention(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    for v in ("v1", "v2", "v3"):
+        _publish(reg, v, keep=2)
+    assert reg.latest() == "v3"
+    assert [v.version for v in reg.versions()] == ["v2", "v3"], "only the newest two are kept"
+    assert reg.rollback() == "v2" and reg.latest() == "v2"
+    assert reg.load().version == "v2"
+    reg.promote("v3")
+    assert reg.load().version == "v3"
+    assert not list(reg.versions_dir.glob(".incoming-*")), "no half-written versions are left"
+
+
+def test_failed_write_leaves_no_version(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+
+    def broken(tmp: Path) -> None:
+        (tmp / "manifest.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        reg.publish(broken, "v9")
+    assert reg.latest() is None and not reg.path_of("v9").exists()
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 80])
+def test_version_names_cannot_leave_the_registry(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ArtifactError):
+        Registry(tmp_path).path_of(name)
+
+
+def test_gate_keeps_a_worse_challenger_back() -> None:
+    champ = GateFigures(false_alarm_rate=0.001, recon_loss=0.1, separation_auc=0.95)
+    assert compare(GateFigures(0.001, 0.1, 0.96), champ, 0.001, 5000) == (True, "better_or_equal")
+    assert compare(GateFigures(0.05, 0.1, 0.99), champ, 0.001, 5000)[1] == "false_alarm_rate"
+    assert compare(GateFigures(0.001, 0.1, 0.80), champ, 0.001, 5000)[1] == "separation"
+    # after drift the champion floods alerts: a challenger back near target wins
+    drifted = GateFigures(false_alarm_rate=0.2, recon_loss=0.5, separation_auc=0.9)
+    assert compare(GateFigures(0.002, 0.1, 0.9), drifted, 0.001, 5000)[0]
+
+
+def test_generated_anomalies_differ_from_their_sources() -> None:
+    X = np.random.default_rng(1).normal(size=(400, 6)).astype(np.float32)
+    A = generated_anomalies(X, seed=0)
+    assert A.shape == X.shape and (np.abs(A - X).sum(1) > 0).mean() > 0.9
