@@ -309,6 +309,19 @@ def models_rollback(registry_dir: RegistryDir = None) -> None:
     console.print(f"LATEST -> {_registry(registry_dir).rollback()}")
 
 
+@app.command()
+def demo(
+    home: Annotated[Path, typer.Option(help="where the demo keeps Kafka data, models and logs")] = Path(".demo"),
+    rate: Annotated[float, typer.Option(help="events per second from the producer")] = 2000.0,
+    anomaly_rate: Annotated[float, typer.Option(help="share of injected frauds")] = 0.005,
+    duration: Annotated[float, typer.Option(help="stop after this many seconds (0: until Ctrl-C)")] = 0.0,
+) -> None:
+    """Local broker, initial model, worker, trainer and a producer, with a live view."""
+    from stream_ae.demo import run_demo
+
+    run_demo(home, rate, anomaly_rate, duration or None)
+
+
 def main() -> None:
     app()
 

@@ -82,15 +82,25 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
     publish_model(registry, "v1")
     run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 2}))
     env = worker_env(
-        bootstrap, registry, topic_name, STREAM_AE_DRIFT_WINDOW_EVENTS="3000", STREAM_AE_DRIFT_PSI_THRESHOLD="0.25",
+        bootstrap,
+        registry,
+        topic_name,
+        STREAM_AE_DRIFT_WINDOW_EVENTS="3000",
+        STREAM_AE_DRIFT_PSI_THRESHOLD="0.25",
         STREAM_AE_DRIFT_REPORT_INTERVAL_S="5",
-    )  # fmt: skip
+    )
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     settings = _settings(
-        bootstrap, registry, topic_name, trainer_interval_s=3600, trainer_min_interval_s=0,
-        trainer_window_events=12_000, trainer_metrics_port=0, target_false_alarm_rate=0.001,
+        bootstrap,
+        registry,
+        topic_name,
+        trainer_interval_s=3600,
+        trainer_min_interval_s=0,
+        trainer_window_events=12_000,
+        trainer_metrics_port=0,
+        target_false_alarm_rate=0.001,
         trainer_warm_start=False,
-    )  # fmt: skip
+    )
     trainer = TrainerService(settings)
     stop = asyncio.Event()
 

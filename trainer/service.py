@@ -60,8 +60,11 @@ class GateFigures:
     separation_auc: float  # normal rows vs generated anomalies (corrupted copies)
 
     def as_dict(self) -> dict[str, float]:
-        return {"false_alarm_rate": self.false_alarm_rate, "recon_loss": self.recon_loss,
-                "separation_auc": self.separation_auc}  # fmt: skip
+        return {
+            "false_alarm_rate": self.false_alarm_rate,
+            "recon_loss": self.recon_loss,
+            "separation_auc": self.separation_auc,
+        }
 
 
 @dataclass
@@ -204,9 +207,14 @@ class TrainerService:
         warm = champion.detector if (champion is not None and s.trainer_warm_start) else None
         schema = champion.encoder.schema if champion is not None and champion.encoder is not None else None
         fitted: FittedModel = fit_events(
-            train, schema=schema, variant=s.variant, target_rate=s.target_false_alarm_rate, device="cpu",
-            init_from=warm, max_steps=1500,
-        )  # fmt: skip
+            train,
+            schema=schema,
+            variant=s.variant,
+            target_rate=s.target_false_alarm_rate,
+            device="cpu",
+            init_from=warm,
+            max_steps=1500,
+        )
         assert fitted.encoder is not None
         chal = gate_figures(fitted.detector, fitted.encoder, holdout)
         champ = (
@@ -225,10 +233,15 @@ class TrainerService:
             log.warning("challenger kept back (%s): challenger %s vs champion %s", reason, chal, champ)
             return RunResult(None, reason, chal, champ, len(events))
         version = time.strftime("v%Y%m%dT%H%M%S", time.gmtime()) + f"-{rng.integers(1000):03d}"
-        metrics = {"trigger": trigger, "window_events": len(events), "challenger": chal.as_dict(),
-                   "champion": champ.as_dict() if champ else None}  # fmt: skip
-        self.registry.publish(lambda tmp: fitted.save(tmp, version=version, metrics=metrics), version,
-                              keep=s.registry_keep)  # fmt: skip
+        metrics = {
+            "trigger": trigger,
+            "window_events": len(events),
+            "challenger": chal.as_dict(),
+            "champion": champ.as_dict() if champ else None,
+        }
+        self.registry.publish(
+            lambda tmp: fitted.save(tmp, version=version, metrics=metrics), version, keep=s.registry_keep
+        )
         self.metrics.publishes.inc()
         log.info("published %s (%s)", version, reason)
         return RunResult(version, reason, chal, champ, len(events))
@@ -238,8 +251,9 @@ class TrainerService:
         producer = AIOKafkaProducer(**self.settings.kafka_client_kwargs(), acks="all")
         await producer.start()
         try:
-            await producer.send_and_wait(self.settings.control_topic, announcement_bytes(info, self.registry.root),
-                                         key=b"model")  # fmt: skip
+            await producer.send_and_wait(
+                self.settings.control_topic, announcement_bytes(info, self.registry.root), key=b"model"
+            )
         finally:
             await producer.stop()
 
@@ -264,8 +278,9 @@ class TrainerService:
     async def _watch_drift(self) -> None:
         """Set the trigger when a worker reports drift above the bound on the control topic."""
         s = self.settings
-        consumer = AIOKafkaConsumer(s.control_topic, **s.kafka_client_kwargs(), group_id=None,
-                                    auto_offset_reset="latest")  # fmt: skip
+        consumer = AIOKafkaConsumer(
+            s.control_topic, **s.kafka_client_kwargs(), group_id=None, auto_offset_reset="latest"
+        )
         await consumer.start()
         try:
             async for msg in consumer:
@@ -292,8 +307,9 @@ class TrainerService:
                 self._trigger.clear()
                 waiter = asyncio.create_task(self._trigger.wait())
                 stopper = asyncio.create_task(stop.wait())
-                done, _ = await asyncio.wait({waiter, stopper}, timeout=s.trainer_interval_s,
-                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                done, _ = await asyncio.wait(
+                    {waiter, stopper}, timeout=s.trainer_interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 waiter.cancel()
                 stopper.cancel()
                 trigger = "drift" if waiter in done else "schedule"
