@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,7 +49,11 @@ class Settings(BaseSettings):
     scores_topic: str | None = None
     control_topic: str = "stream-ae.models"
     group_id: str = "stream-ae-worker"
+    session_timeout_ms: int = Field(10_000, ge=6_000)  # how fast a dead worker's partitions move
     app_id: str = "stream-ae"
+    # stable per worker instance (pod name): the exactly-once producer's transactional id, so
+    # a restarted instance fences its dead predecessor and aborts its open transaction
+    instance_id: str = Field(default_factory=socket.gethostname)
 
     # hot path
     batch_max_size: int = Field(2048, ge=1)

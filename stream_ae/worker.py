@@ -107,7 +107,8 @@ class BatchWorker(Service):
             linger_ms=5,
             compression_type="lz4",
             max_request_size=max(s.max_message_bytes * 2, 1_048_576) + 65_536,
-            transactional_id=f"{s.group_id}-{s.app_id}-{id(self):x}" if eos else None,
+            transactional_id=f"{s.group_id}-{s.instance_id}" if eos else None,
+            transaction_timeout_ms=15_000,
         )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
@@ -383,6 +384,12 @@ class BatchWorker(Service):
     async def _update_lag(self) -> None:
         consumer = self._consumer
         if consumer is None:
+            return
+        try:  # a metadata round trip: 0 while the brokers cannot be reached
+            await asyncio.wait_for(consumer.topics(), 3.0)
+            self.metrics.kafka_up.set(1)
+        except Exception:
+            self.metrics.kafka_up.set(0)
             return
         for tp in consumer.assignment():
             high = consumer.highwater(tp)

@@ -67,6 +67,7 @@ class Hyper:
     scaler: str = "robust"  # robust | standard | quantile
     clip: float = 1000.0  # scaled inputs are clipped to +-clip (keeps hostile values finite)
     seed: int = 0
+    early_stopping: bool = True  # keep the weights with the best objective on the calibration slice
     score_weights: dict[str, float] = field(default_factory=dict)
     net_options: dict[str, Any] = field(default_factory=dict)  # variant-specific knobs
 
@@ -100,6 +101,7 @@ class AutoencoderDetector:
         self.history_: list[dict[str, float]] = []
         self.train_seconds_: float = 0.0
         self.n_features_in_: int = 0
+        self.best_step_: int = 0
         self.knots_: FloatArray | None = None
         self._center_t: torch.Tensor | None = None
         self._scale_t: torch.Tensor | None = None
@@ -188,15 +190,30 @@ class AutoencoderDetector:
         if init_from is not None and init_from.n_features_in_ == X.shape[1]:
             warm = {k: v for k, v in init_from.state_dict().items() if not k.startswith("references.")}
             net.load_state_dict(warm, strict=False)
-        self._train(net, xt, progress)
+        self._train(net, xt, progress, self._to_tensor(X[cal_idx]) if n_cal >= 20 else None)
         train_parts = self._parts(xt)
         self.part_stats_ = {k: _robust_stats(v) for k, v in train_parts.items()}
         cal_scores = self.score_samples(X[cal_idx]) if n_cal >= 20 else self._combine(train_parts)
         self.threshold = Threshold.fit(cal_scores, h.target_rate, method=h.threshold_method)  # type: ignore[arg-type]
         return self
 
-    def _train(self, net: AutoencoderNet, xt: torch.Tensor, progress: ProgressFn | None) -> None:
+    def _validation_loss(self, net: AutoencoderNet, xval: torch.Tensor) -> float:
+        """The training objective on held-out rows, with noise from a fixed seed (comparable
+        from one check to the next)."""
+        gen = torch.Generator(device=self.device).manual_seed(self.hyper.seed + 7919)
+        loss, _ = net.training_loss(xval, gen)
+        return float(loss.detach())
+
+    def _train(
+        self, net: AutoencoderNet, xt: torch.Tensor, progress: ProgressFn | None, xval: torch.Tensor | None = None
+    ) -> None:
+        """Mini-batch AdamW with a one-cycle schedule. With ``xval`` (and ``early_stopping``)
+        the weights with the lowest held-out objective are kept: small data sets stop early."""
         h = self.hyper
+        check_every = max(25, min(h.max_steps, 1000) // 20)
+        best: tuple[float, dict[str, torch.Tensor]] | None = None
+        if xval is not None and len(xval) > 2048:
+            xval = xval[:2048]
         gen = torch.Generator(device=self.device).manual_seed(h.seed)
         opt = torch.optim.AdamW(net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
         bs = min(h.batch_size, len(xt))
@@ -218,6 +235,11 @@ class AutoencoderDetector:
                 sched.step()
                 step += 1
                 running += float(loss.detach())
+                if h.early_stopping and xval is not None and (step % check_every == 0 or step == total):
+                    val = self._validation_loss(net, xval)
+                    if best is None or val < best[0]:
+                        best = (val, {k: v.detach().clone() for k, v in net.state_dict().items()})
+                        self.best_step_ = step
                 if step % steps_per_epoch == 0 or step == total:
                     n = steps_per_epoch if step % steps_per_epoch == 0 else step % steps_per_epoch
                     self.history_.append({"step": step, "loss": running / n, **{k: float(v) for k, v in parts.items()}})
@@ -226,6 +248,8 @@ class AutoencoderDetector:
                         progress(step, total, self.history_[-1]["loss"])
                 if step >= total:
                     break
+        if best is not None:
+            net.load_state_dict(best[1])
         net.eval()
         self.train_seconds_ = time.perf_counter() - start
 

@@ -1,0 +1,149 @@
+"""Fault injection on the real broker: crashes, a broker restart, hostile input.
+
+Each test prints its loss/duplication figures (``-s`` shows them; README.md lists them).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stream_ae.kafka_admin import ensure_topics
+from stream_ae.kafka_local import LocalKafka
+from stream_ae.produce import send_events, send_raw
+from stream_ae.synthetic import transactions
+from tests.streaming import WorkerProcess, publish_model, read_all, run, wait_for, worker_env
+from tests.test_worker import malformed
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("registry")
+    publish_model(root, "v1")
+    return root
+
+
+def _coverage(bootstrap: str, topic: str, expected: int) -> tuple[int, int]:
+    """(lost, duplicated) input records according to the committed scores topic."""
+    scores = run(read_all(bootstrap, [f"{topic}.scores"], until=expected, idle_s=4.0, timeout_s=120))
+    coords = Counter(
+        (s["source"]["partition"], s["source"]["offset"]) for s in map(orjson.loads, (r.value for r in scores))
+    )
+    return expected - len(coords), sum(coords.values()) - len(coords)
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_sigkill_mid_stream_loses_nothing(
+    bootstrap: str, topic_name: str, registry: Path, tmp_path: Path, guarantee: str
+) -> None:
+    run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 4}))
+    env = worker_env(
+        bootstrap, registry, topic_name, STREAM_AE_SCORES_TOPIC=f"{topic_name}.scores",
+        STREAM_AE_PROCESSING_GUARANTEE=guarantee, STREAM_AE_SESSION_TIMEOUT_MS="6000",
+        STREAM_AE_INSTANCE_ID="crash-test", STREAM_AE_BATCH_MAX_SIZE="500",
+    )  # fmt: skip
+    events, _ = transactions(24_000, seed=11)
+    sender = threading.Thread(
+        target=run, args=(send_events({"bootstrap_servers": bootstrap}, topic_name, events, rate=3000),)
+    )
+    sender.start()
+    rng = random.Random(7)
+    kills = 0
+    try:
+        for _ in range(3):  # kill -9 at a random point, three times
+            worker = WorkerProcess(env, tmp_path / "worker.log").start()
+            time.sleep(rng.uniform(1.0, 3.0))
+            worker.stop(signal.SIGKILL)
+            kills += 1
+        sender.join()
+        worker = WorkerProcess(env, tmp_path / "worker.log").start()
+        lost, duplicated = _coverage(bootstrap, topic_name, len(events))
+        alive = worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.stop()
+    print(f"\n[fault] sigkill x{kills} {guarantee}: {len(events)} events, lost {lost}, duplicated {duplicated}")
+    assert alive
+    assert lost == 0
+    if guarantee == "exactly_once":
+        assert duplicated == 0
+
+
+def test_broker_restart_is_survived(registry: Path, topic_name: str, tmp_path: Path) -> None:
+    broker = LocalKafka(tmp_path / "kafka", die_with_parent=True)
+    broker.start()
+    bootstrap = broker.bootstrap_servers
+    run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 2}))
+    env = worker_env(bootstrap, registry, topic_name, STREAM_AE_SCORES_TOPIC=f"{topic_name}.scores")
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        first, _ = transactions(6_000, seed=12)
+        run(send_events({"bootstrap_servers": bootstrap}, topic_name, first))
+        assert wait_for(lambda: worker.metrics().get("stream_ae_events_scored_total", 0) >= len(first), 60)
+        broker.stop()
+        saw_outage = wait_for(lambda: worker.metrics().get("stream_ae_kafka_up") == 0.0, timeout_s=20)
+        time.sleep(3)
+        broker = LocalKafka(tmp_path / "kafka", die_with_parent=True)
+        broker.start()  # same port and log dir
+        assert wait_for(lambda: worker.metrics().get("stream_ae_kafka_up") == 1.0, timeout_s=60)
+        second, _ = transactions(6_000, seed=13, id_prefix="after")
+        run(send_events({"bootstrap_servers": bootstrap}, topic_name, second))
+        lost, duplicated = _coverage(bootstrap, topic_name, len(first) + len(second))
+        alive = worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.stop()
+        broker.stop()
+    print(f"\n[fault] broker restart: {len(first) + len(second)} events, lost {lost}, duplicated {duplicated}")
+    assert saw_outage, "the outage shows in stream_ae_kafka_up"
+    assert alive and lost == 0
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_ten_thousand_hostile_messages(bootstrap: str, topic_name: str, registry: Path, tmp_path: Path) -> None:
+    run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 2}))
+    env = worker_env(bootstrap, registry, topic_name, STREAM_AE_MAX_MESSAGE_BYTES="65536")
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        assert worker.proc is not None
+        rss_before = _rss_mb(worker.proc.pid)
+        rng = random.Random(3)
+        hostile = [(k, v) for k, v, _ in malformed(800)][:8_800]
+        hostile += [(None, rng.randbytes(rng.randint(1, 200))) for _ in range(1_200)]  # random bytes
+        normal, _ = transactions(10_000, seed=14)
+        payloads = [(e["id"].encode(), orjson.dumps(e)) for e in normal] + hostile
+        rng.shuffle(payloads)  # interleaved
+        run(send_raw({"bootstrap_servers": bootstrap}, topic_name, payloads))
+
+        def done() -> bool:
+            m = worker.metrics()
+            dead = sum(v for k, v in m.items() if k.startswith("stream_ae_events_dead_lettered_total"))
+            return m.get("stream_ae_events_scored_total", 0) + dead >= len(payloads)
+
+        assert wait_for(done, timeout_s=120)
+        m = worker.metrics()
+        rss_after = _rss_mb(worker.proc.pid)
+        alive = worker.proc.poll() is None
+    finally:
+        worker.stop()
+    dead = sum(v for k, v in m.items() if k.startswith("stream_ae_events_dead_lettered_total"))
+    print(f"\n[fault] poison: {len(hostile)} hostile + {len(normal)} normal; dead-lettered {dead:.0f}; "
+          f"RSS {rss_before:.0f} -> {rss_after:.0f} MB")  # fmt: skip
+    assert alive
+    assert m["stream_ae_events_scored_total"] + dead == len(payloads)
+    assert dead >= len(hostile) - 10  # random bytes may, very rarely, be a valid scoreable event
+    assert m["stream_ae_events_scored_total"] >= len(normal)
+    assert rss_after - rss_before < 400, "memory stays bounded"
