@@ -59,6 +59,22 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker.metrics.lag.clear()
 
 
+async def bootstrap_reachable(servers: str, timeout_s: float = 2.0) -> bool:
+    """True when a TCP connection to any bootstrap server opens (the client's own metadata
+    is cached and does not tell an outage)."""
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout_s)
+        except (OSError, TimeoutError, ValueError):
+            continue
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return True
+    return False
+
+
 def compatible(running: ActiveModel, candidate: LoadedModel) -> str | None:
     """None when ``candidate`` reads the same event fields as ``running``, else why not."""
     if candidate.encoder is None:
@@ -88,6 +104,7 @@ class BatchWorker(Service):
         self.ready = False
         self._refused: str | None = None
         self.psi = 0.0
+        self.kafka_reachable = True
         self._drift_reported = 0.0
         super().__init__(**kwargs)
 
@@ -253,7 +270,6 @@ class BatchWorker(Service):
                 fetched = await self._consumer.getmany(
                     timeout_ms=s.batch_max_wait_ms or 1, max_records=s.batch_max_size
                 )
-                self.metrics.kafka_up.set(1)
             except Exception as exc:
                 log.warning("fetch failed: %s", exc)
                 self.metrics.kafka_up.set(0)
@@ -381,19 +397,20 @@ class BatchWorker(Service):
             log.warning("score drift: PSI %.3f >= %.3f reported to the trainer", self.psi, s.drift_psi_threshold)
 
     @Service.timer(2.0)
+    async def _probe_kafka(self) -> None:
+        self.kafka_reachable = await bootstrap_reachable(self.settings.bootstrap_servers)
+        self.metrics.kafka_up.set(1 if self.kafka_reachable else 0)
+
+    @Service.timer(2.0)
     async def _update_lag(self) -> None:
         consumer = self._consumer
         if consumer is None:
             return
-        try:  # a metadata round trip: 0 while the brokers cannot be reached
-            await asyncio.wait_for(consumer.topics(), 3.0)
-            self.metrics.kafka_up.set(1)
-        except Exception:
-            self.metrics.kafka_up.set(0)
+        if not self.kafka_reachable:
             return
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             with contextlib.suppress(Exception):
-                pos = await consumer.position(tp)
+                pos = await asyncio.wait_for(consumer.position(tp), 1.0)
                 if high is not None:
                     self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))

@@ -123,3 +123,10 @@ def test_explain_points_at_the_broken_feature(data: np.ndarray) -> None:
     row[0, 6] += 8.0
     idx, share = det.explain(row, k=2)
     assert idx[0, 0] == 6 and share[0, 0] > 0.5
+
+
+def test_manifest_pins_the_network_options(data: np.ndarray, tmp_path: Path) -> None:
+    """An artifact must not change meaning when a library default changes later."""
+    path = AutoencoderDetector("ncae", seed=0, device="cpu", **FAST).fit(data).save(tmp_path / "m")
+    options = json.loads((path / "manifest.json").read_text())["detector"]["hyper"]["net_options"]
+    assert options["reference"] == "gaussian+mixture" and "head_hidden" in options

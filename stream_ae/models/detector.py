@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from stream_ae.models.networks import NETWORKS, AutoencoderNet, NoiseContrastiveNet
+from stream_ae.models.networks import NETWORKS, AutoencoderNet, NoiseContrastiveNet, network_defaults
 from stream_ae.threshold import Method, Threshold
 
 FloatArray = NDArray[np.float32]
@@ -77,6 +77,7 @@ class Hyper:
         self.hidden = tuple(self.hidden)
         if not self.score_weights:
             self.score_weights = dict(DEFAULT_SCORE_WEIGHTS[self.variant])
+        self.net_options = {**network_defaults(NETWORKS[self.variant]), **self.net_options}
 
 
 class NotFittedError(RuntimeError):

@@ -14,6 +14,7 @@ Variants: ``ae`` (plain), ``dae`` (denoising), ``sparse`` (L1 on the code), ``co
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -211,6 +212,19 @@ class NoiseContrastiveNet(AutoencoderNet):
         ]
         parts["density"] = torch.stack(estimates).mean(0)
         return parts
+
+
+def network_defaults(cls: type[AutoencoderNet]) -> dict[str, Any]:
+    """The variant-specific keyword defaults of a network class (written into every manifest,
+    so an artifact keeps meaning the same network when a default changes later)."""
+    out: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is AutoencoderNet or not (isinstance(klass, type) and issubclass(klass, AutoencoderNet)):
+            continue
+        for name, param in inspect.signature(klass.__init__).parameters.items():
+            if param.kind is param.KEYWORD_ONLY and param.default is not param.empty:
+                out[name] = list(param.default) if isinstance(param.default, tuple) else param.default
+    return out
 
 
 NETWORKS: dict[str, type[AutoencoderNet]] = {
