@@ -75,7 +75,6 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # trainer
-    trainer_group_id: str = "stream-ae-trainer"
     trainer_interval_s: float = Field(900.0, gt=0)
     trainer_window_events: int = Field(50_000, ge=100)
     trainer_exclude_anomalies: bool = True

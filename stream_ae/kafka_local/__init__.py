@@ -154,6 +154,7 @@ class LocalKafka:
     heap: str = "512m"
     die_with_parent: bool = False
     extra_properties: Mapping[str, str] = field(default_factory=dict)
+    format_args: tuple[str, ...] = ()  # e.g. ("--add-scram", "SCRAM-SHA-256=[name=u,password=p]")
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -250,7 +251,17 @@ class LocalKafka:
     def _format(self, libs: Path, cfg: Path) -> None:
         if (self._log_dirs / "meta.properties").exists():
             return  # formatted earlier: keep the data (restart case)
-        cmd = self._java(libs, "kafka.tools.StorageTool", "format", "--standalone", "-t", _cluster_id(), "-c", str(cfg))
+        cmd = self._java(
+            libs,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            _cluster_id(),
+            "-c",
+            str(cfg),
+            *self.format_args,
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise KafkaLocalError(f"formatting the KRaft log dir failed:\n{proc.stdout}{proc.stderr}")

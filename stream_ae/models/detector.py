@@ -278,7 +278,7 @@ class AutoencoderDetector:
         """Scores of an already scaled device tensor, kept on the device (the worker's path)."""
         if self.net_ is None:
             raise NotFittedError("fit or load the detector first")
-        parts = self.net_.score_parts(xt_scaled)
+        parts = self.net_.score_parts(xt_scaled, need=self.hyper.score_weights.keys())
         score = torch.zeros(xt_scaled.shape[0], device=xt_scaled.device, dtype=torch.float32)
         for name, weight in self.hyper.score_weights.items():
             med, scale = self.part_stats_[name]

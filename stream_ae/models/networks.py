@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -62,8 +62,9 @@ class AutoencoderNet(nn.Module):
         recon = F.mse_loss(self.reconstruct(x), x)
         return recon, {"recon": recon.detach()}
 
-    def score_parts(self, x: torch.Tensor) -> Parts:
-        return {"recon": self.residual(x).pow(2).mean(1)}
+    def score_parts(self, x: torch.Tensor, need: Collection[str] | None = None) -> Parts:
+        """Raw score components; ``need`` limits the work to the named ones (None: all)."""
+        return {"recon": self.residual(x).pow(2).mean(1)} if need is None or "recon" in need else {}
 
 
 class DenoisingNet(AutoencoderNet):
@@ -140,7 +141,7 @@ class VariationalNet(AutoencoderNet):
         loss = (recon + self.beta * kl).mean() / self.n_features
         return loss, {"recon": recon.mean().detach() / self.n_features, "kl": kl.mean().detach()}
 
-    def score_parts(self, x: torch.Tensor) -> Parts:
+    def score_parts(self, x: torch.Tensor, need: Collection[str] | None = None) -> Parts:
         mu, logvar = self._posterior(x)
         return {"recon": (x - self.decoder(mu)).pow(2).mean(1), "kl": self._kl(mu, logvar)}
 
@@ -205,8 +206,10 @@ class NoiseContrastiveNet(AutoencoderNet):
                 )
         return recon + self.nc_weight * bce, {"recon": recon.detach(), "bce": bce.detach()}
 
-    def score_parts(self, x: torch.Tensor) -> Parts:
-        parts = super().score_parts(x)
+    def score_parts(self, x: torch.Tensor, need: Collection[str] | None = None) -> Parts:
+        parts = super().score_parts(x, need)
+        if need is not None and "density" not in need:
+            return parts
         estimates = [
             -(head(x).squeeze(1) + ref.log_prob(x)) for head, ref in zip(self.heads, self.references, strict=True)
         ]

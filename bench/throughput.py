@@ -1,0 +1,213 @@
+"""End-to-end throughput and latency of one worker vs a raw aiokafka passthrough, same broker.
+
+    python -m bench.throughput                      # starts its own local broker
+    python -m bench.throughput --events 200000 --sweep
+
+Throughput: a topic is pre-filled with N synthetic events; (a) a raw aiokafka consumer ->
+producer passthrough with manual commits (what the hardware and client reach) and (b) a
+``stream-ae worker`` process each drain it completely; figures are events/s from the first
+record read to the last one committed (worker: read off its metrics). Latency: events are
+produced at a fixed rate while the worker runs; per anomaly record, ``detected_at`` minus the
+Kafka record timestamp (p50 / p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from stream_ae.kafka_admin import ensure_topics
+from stream_ae.kafka_local import LocalKafka, free_port
+from stream_ae.produce import encode_events, send_raw
+from stream_ae.registry import Registry
+from stream_ae.synthetic import transactions
+from trainer.train import fit_events
+
+
+async def fill(bootstrap: str, topic: str, n: int, partitions: int = 4) -> None:
+    await ensure_topics({"bootstrap_servers": bootstrap}, {topic: partitions})
+    events, _ = transactions(n, seed=42, anomaly_rate=0.005)
+    await send_raw({"bootstrap_servers": bootstrap}, topic, encode_events(events), chunk=5000)
+
+
+async def raw_passthrough(bootstrap: str, topic: str, n: int, batch: int) -> float:
+    out = f"{topic}.raw-out"
+    await ensure_topics({"bootstrap_servers": bootstrap}, {out: 1})
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"raw-{time.time_ns()}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=batch,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="lz4")
+    await consumer.start()
+    await producer.start()
+    seen, start = 0, None
+    try:
+        while seen < n:
+            got = await consumer.getmany(timeout_ms=50, max_records=batch)
+            if not got:
+                continue
+            start = start or time.perf_counter()
+            futures = [await producer.send(out, m.value, key=m.key) for msgs in got.values() for m in msgs]
+            await asyncio.gather(*futures)
+            await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in got.items()})
+            seen += sum(len(m) for m in got.values())
+        assert start is not None
+        return n / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def _scored(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("stream_ae_events_scored_total "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def start_worker(bootstrap: str, registry: Path, topic: str, batch: int, wait_ms: int, log: Path) -> tuple[Any, int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "STREAM_AE_BOOTSTRAP_SERVERS": bootstrap,
+        "STREAM_AE_MODEL_DIR": str(registry),
+        "STREAM_AE_INPUT_TOPICS": topic,
+        "STREAM_AE_OUTPUT_TOPIC": f"{topic}.anomalies",
+        "STREAM_AE_DEAD_LETTER_TOPIC": f"{topic}.dlq",
+        "STREAM_AE_GROUP_ID": f"w-{time.time_ns()}",
+        "STREAM_AE_APP_ID": f"bench-{time.time_ns()}",
+        "STREAM_AE_BATCH_MAX_SIZE": str(batch),
+        "STREAM_AE_BATCH_MAX_WAIT_MS": str(wait_ms),
+        "STREAM_AE_METRICS_PORT": str(port),
+        "STREAM_AE_WEB_PORT": str(free_port()),
+        "STREAM_AE_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_ae.cli", "worker"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+    return proc, port
+
+
+def worker_throughput(bootstrap: str, registry: Path, topic: str, n: int, batch: int, wait_ms: int, log: Path) -> float:
+    proc, port = start_worker(bootstrap, registry, topic, batch, wait_ms, log)
+    try:
+        deadline = time.monotonic() + 600
+        while _scored(port) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        start = time.perf_counter()
+        first = _scored(port)
+        while _scored(port) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return (n - first) / (time.perf_counter() - start)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def _latencies(bootstrap: str, topic: str, rate: float, seconds: float) -> np.ndarray:
+    n = int(rate * seconds)
+    events, _ = transactions(n, seed=7, anomaly_rate=0.01, id_prefix="lat")
+    await send_raw(
+        {"bootstrap_servers": bootstrap}, topic, encode_events(events), rate=rate, chunk=max(1, int(rate / 20))
+    )
+    await asyncio.sleep(3)
+    consumer = AIOKafkaConsumer(f"{topic}.anomalies", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    lat: list[float] = []
+    try:
+        while True:
+            got = await consumer.getmany(timeout_ms=2000, max_records=100_000)
+            if not got:
+                break
+            for msgs in got.values():
+                for m in msgs:
+                    rec = orjson.loads(m.value)
+                    if str(rec["event_id"]).startswith("lat"):
+                        lat.append(rec["detected_at"] - rec["event_time"])
+    finally:
+        await consumer.stop()
+    return np.asarray(lat)
+
+
+def latency(bootstrap: str, registry: Path, topic: str, batch: int, wait_ms: int, rate: float, log: Path) -> np.ndarray:
+    asyncio.run(ensure_topics({"bootstrap_servers": bootstrap}, {topic: 4}))
+    proc, port = start_worker(bootstrap, registry, topic, batch, wait_ms, log)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(4)  # group join
+        return asyncio.run(_latencies(bootstrap, topic, rate, 10.0))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bootstrap", help="use this broker instead of starting one")
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--sweep", action="store_true", help="sweep batch size and max wait")
+    ap.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency run")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="stream-ae-bench-"))
+    broker = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        broker = LocalKafka(work / "kafka", die_with_parent=True, heap="1g")
+        broker.start()
+        bootstrap = broker.bootstrap_servers
+    try:
+        registry = Registry(work / "models")
+        normal, _ = transactions(20_000, seed=1)
+        fitted = fit_events(normal, max_steps=800, min_steps=800, target_rate=0.001)
+        registry.publish(lambda tmp: fitted.save(tmp, version="bench"), "bench")
+        topic = f"bench-{time.time_ns()}"
+        asyncio.run(fill(bootstrap, topic, args.events))
+        print(f"device: {fitted.detector.device}; events: {args.events:,}; broker: {bootstrap}")
+        configs = [(b, w) for b in (256, 1024, 4096) for w in (5, 50)] if args.sweep else [(2048, 50)]
+        for batch, wait in configs:
+            raw = asyncio.run(raw_passthrough(bootstrap, topic, args.events, batch))
+            wrk = worker_throughput(bootstrap, registry.root, topic, args.events, batch, wait, work / "worker.log")
+            print(
+                f"batch {batch:5d} wait {wait:3d} ms: raw passthrough {raw:10,.0f} ev/s | "
+                f"worker {wrk:10,.0f} ev/s | ratio {wrk / raw:.2f}"
+            )
+        lat = latency(bootstrap, registry.root, f"{topic}-lat", 2048, 50, args.rate, work / "worker.log")
+        if len(lat):
+            print(
+                f"latency at {args.rate:,.0f} ev/s (batch 2048, wait 50 ms), {len(lat)} anomaly records: "
+                f"p50 {np.percentile(lat, 50) * 1000:.1f} ms, p99 {np.percentile(lat, 99) * 1000:.1f} ms"
+            )
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()
