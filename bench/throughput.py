@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_ae.kafka_admin import ensure_topics
 from stream_ae.kafka_local import LocalKafka, free_port
+from stream_ae.metrics import scrape
 from stream_ae.produce import encode_events, send_raw
 from stream_ae.registry import Registry
 from stream_ae.synthetic import transactions
@@ -77,13 +78,9 @@ async def raw_passthrough(bootstrap: str, topic: str, n: int, batch: int) -> flo
 
 def _scored(port: int) -> float:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("stream_ae_events_scored_total "):
-                    return float(line.split()[1])
+        return scrape(f"http://127.0.0.1:{port}/metrics", timeout_s=1.0).get("stream_ae_events_scored_total", 0.0)
     except OSError:
-        pass
-    return 0.0
+        return 0.0
 
 
 def start_worker(bootstrap: str, registry: Path, topic: str, batch: int, wait_ms: int, log: Path) -> tuple[Any, int]:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from rich.table import Table
 
 from stream_ae.kafka_admin import ensure_topics
 from stream_ae.kafka_local import LocalKafka, free_port
+from stream_ae.metrics import scrape
 from stream_ae.produce import stream_forever
 from stream_ae.registry import Registry
 from stream_ae.synthetic import transactions
@@ -58,16 +58,9 @@ class Tally:
 
 def _scrape(port: int) -> dict[str, float]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-            text = r.read().decode()
+        return scrape(f"http://127.0.0.1:{port}/metrics", timeout_s=1.0)
     except OSError:
         return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 class Demo:

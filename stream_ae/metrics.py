@@ -6,6 +6,7 @@ Names follow Prometheus conventions: counters end in ``_total``, durations are `
 
 from __future__ import annotations
 
+import urllib.request
 from collections import deque
 from typing import Any
 
@@ -96,3 +97,15 @@ class WorkerMetrics:
         """Start the HTTP exporter; returns the server (``shutdown()`` stops it)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+
+def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:
+    """Read a Prometheus text exposition: ``name{labels}`` -> value (raises OSError when down)."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

@@ -47,3 +47,13 @@ def tmp_models(tmp_path: Path) -> Path:
     path = tmp_path / "models"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model registry holding "v1", a small NCAE trained on synthetic transactions."""
+    from tests.streaming import publish_model
+
+    root = tmp_path_factory.mktemp("registry")
+    publish_model(root, "v1")
+    return root

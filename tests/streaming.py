@@ -19,6 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from stream_ae.kafka_local import free_port
+from stream_ae.metrics import scrape
 from stream_ae.registry import Registry
 from stream_ae.synthetic import transactions
 from trainer.train import FittedModel, fit_events
@@ -80,14 +81,7 @@ class WorkerProcess:
 
     def metrics(self) -> dict[str, float]:
         """Scrape /metrics: ``name{labels}`` -> value."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         assert self.proc is not None

@@ -15,16 +15,9 @@ from stream_ae.kafka_admin import ensure_topics
 from stream_ae.produce import send_events, send_raw
 from stream_ae.records import ANOMALY_SCHEMA
 from stream_ae.synthetic import transactions
-from tests.streaming import WorkerProcess, publish_model, read_all, run, wait_for, worker_env
+from tests.streaming import WorkerProcess, read_all, run, wait_for, worker_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("registry")
-    publish_model(root, "v1")
-    return root
 
 
 def malformed(n_each: int) -> list[tuple[bytes | None, bytes | None, str]]:
