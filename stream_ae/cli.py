@@ -103,6 +103,7 @@ def train(
     schema: Annotated[Path | None, typer.Option(help="feature schema (.json/.yaml); inferred if absent")] = None,
 ) -> None:
     """Train a model from a file and write it as a checksummed artifact."""
+    import secrets
     import time
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -140,7 +141,7 @@ def train(
         else:
             X, _ = read_matrix(input)
             fitted = fit_matrix(X, progress=progress, **hyper)
-    version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{secrets.token_hex(2)}"
     if registry is not None:
         info = Registry(registry).publish(lambda tmp: fitted.save(tmp, version=version), version)
         console.print(f"[green]published[/] {info.version} to {registry}")
