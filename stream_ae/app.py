@@ -49,6 +49,9 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, BatchWorker
         autodiscover=False,
         store="memory://",
         topic_replication_factor=1,
+        # Faust's own consumer group must notice a dead worker as fast as the hot path's does
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_ms / 5000),
         loghandlers=[],
     )
     worker = BatchWorker(settings, metrics, loop=None)
