@@ -5,7 +5,8 @@
 
 Throughput: a topic is pre-filled with N synthetic events; (a) a raw aiokafka consumer ->
 producer passthrough with manual commits (what the hardware and client reach) and (b) a
-``stream-ae worker`` process each drain it completely; figures are events/s from the first
+``stream-ae worker`` process (writing the all-scores topic, so it also produces one record per
+input, plus anomalies) each drain it completely; figures are events/s from the first
 record read to the last one committed (worker: read off its metrics). Latency: events are
 produced at a fixed rate while the worker runs; per anomaly record, ``detected_at`` minus the
 Kafka record timestamp (p50 / p99).
@@ -83,7 +84,9 @@ def _scored(port: int) -> float:
         return 0.0
 
 
-def start_worker(bootstrap: str, registry: Path, topic: str, batch: int, wait_ms: int, log: Path) -> tuple[Any, int]:
+def start_worker(
+    bootstrap: str, registry: Path, topic: str, batch: int, wait_ms: int, log: Path, all_scores: bool = True
+) -> tuple[Any, int]:
     port = free_port()
     env = {
         **os.environ,
@@ -111,6 +114,8 @@ def worker_throughput(bootstrap: str, registry: Path, topic: str, n: int, batch:
     try:
         deadline = time.monotonic() + 600
         while _scored(port) == 0 and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker exited; see {log}")
             time.sleep(0.02)
         start = time.perf_counter()
         first = _scored(port)

@@ -86,7 +86,9 @@ def worker() -> None:
 
     settings = Settings()
     faust_app, _ = create_app(settings)
-    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level.lower()]
+    faust_levels = {"CRITICAL": "crit", "ERROR": "error", "WARNING": "warn", "INFO": "info", "DEBUG": "debug"}
+    level = faust_levels.get(settings.log_level.upper(), "info")
+    sys.argv = [sys.argv[0], "worker", "--loglevel", level]
     faust_app.main()
 
 
