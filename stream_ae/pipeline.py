@@ -76,6 +76,14 @@ class Topics:
     scores: str | None = None
 
 
+def dead_letter(routed: Routed, rec: RawRecord, topic: str, reason: str, detail: str, now: float) -> None:
+    """Route one record to the dead-letter topic (original bytes, reason, coordinates)."""
+    src = Source(rec.topic, rec.partition, rec.offset)
+    body = dead_letter_record(raw=rec.value, key=rec.key, source=src, reason=reason, detail=detail, at=now)
+    routed.out.append(OutRecord(topic, rec.key, orjson.dumps(body)))
+    routed.dead_reasons[reason] += 1
+
+
 def decode(value: bytes) -> Any:
     """orjson, plus the NaN/Infinity tokens some producers write (Python's ``json.dumps``):
     those decode, so that the schema check names the field as non-finite."""
@@ -107,10 +115,7 @@ def process_batch(records: Sequence[RawRecord], model: ActiveModel, topics: Topi
     routed = Routed(n_in=len(records))
 
     def dead(rec: RawRecord, reason: str, detail: str) -> None:
-        src = Source(rec.topic, rec.partition, rec.offset)
-        body = dead_letter_record(raw=rec.value, key=rec.key, source=src, reason=reason, detail=detail, at=now)
-        routed.out.append(OutRecord(topics.dead_letter, rec.key, orjson.dumps(body)))
-        routed.dead_reasons[reason] += 1
+        dead_letter(routed, rec, topics.dead_letter, reason, detail, now)
 
     events: list[dict[str, Any]] = []
     kept: list[RawRecord] = []

@@ -36,7 +36,7 @@ from mode import Service
 from stream_ae.artifacts import ArtifactError, LoadedModel
 from stream_ae.kafka_admin import ensure_topics
 from stream_ae.metrics import WorkerMetrics
-from stream_ae.pipeline import ActiveModel, Routed, Topics, process_batch
+from stream_ae.pipeline import ActiveModel, Routed, Topics, dead_letter, process_batch
 from stream_ae.registry import Registry
 from stream_ae.settings import Settings
 from stream_ae.threshold import population_stability_index
@@ -314,23 +314,11 @@ class BatchWorker(Service):
             return  # stopping: nothing was committed, the records are read again after restart
         self._record_metrics(routed, started)
 
-    def _dead_letter_all(self, records: list[ConsumerRecord[bytes, bytes]], reason: str) -> Routed:
-        from stream_ae.pipeline import OutRecord
-        from stream_ae.records import Source, dead_letter_record
-
+    def _dead_letter_all(self, records: list[ConsumerRecord[bytes, bytes]], detail: str) -> Routed:
         routed = Routed(n_in=len(records))
         now = time.time()
         for r in records:
-            body = dead_letter_record(
-                raw=r.value,
-                key=r.key,
-                source=Source(r.topic, r.partition, r.offset),
-                reason="processing_error",
-                detail=reason,
-                at=now,
-            )
-            routed.out.append(OutRecord(self.topics.dead_letter, r.key, orjson.dumps(body)))
-        routed.dead_reasons["processing_error"] += len(records)
+            dead_letter(routed, r, self.topics.dead_letter, "processing_error", detail, now)
         return routed
 
     async def _rewind(self, first: dict[TopicPartition, int]) -> None:

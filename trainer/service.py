@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,7 +74,6 @@ class RunResult:
     challenger: GateFigures | None = None
     champion: GateFigures | None = None
     n_events: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _auc(neg: NDArray[Any], pos: NDArray[Any]) -> float:

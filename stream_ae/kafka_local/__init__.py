@@ -317,14 +317,6 @@ class LocalKafka:
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
 
-    def kill(self) -> None:
-        """SIGKILL the broker (a crash, for fault tests); the log dir is kept."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        self.pid_file.unlink(missing_ok=True)
-
     def wipe(self) -> None:
         """Delete everything under ``data_dir`` (only while stopped)."""
         if self.running_pid() is not None:
