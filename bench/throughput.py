@@ -16,25 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_ae.kafka_admin import ensure_topics
-from stream_ae.kafka_local import LocalKafka, free_port
-from stream_ae.metrics import scrape
+from stream_ae.kafka_local import LocalKafka
 from stream_ae.produce import encode_events, send_raw
 from stream_ae.registry import Registry
 from stream_ae.synthetic import transactions
+from stream_ae.worker_process import WorkerProcess, worker_env
 from trainer.train import fit_events
 
 
@@ -77,54 +72,42 @@ async def raw_passthrough(bootstrap: str, topic: str, n: int, batch: int) -> flo
         await producer.stop()
 
 
-def _scored(port: int) -> float:
-    try:
-        return scrape(f"http://127.0.0.1:{port}/metrics", timeout_s=1.0).get("stream_ae_events_scored_total", 0.0)
-    except OSError:
-        return 0.0
-
-
-def start_worker(
-    bootstrap: str, registry: Path, topic: str, batch: int, wait_ms: int, log: Path, all_scores: bool = True
-) -> tuple[Any, int]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "STREAM_AE_BOOTSTRAP_SERVERS": bootstrap,
-        "STREAM_AE_MODEL_DIR": str(registry),
-        "STREAM_AE_INPUT_TOPICS": topic,
-        "STREAM_AE_OUTPUT_TOPIC": f"{topic}.anomalies",
-        "STREAM_AE_DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "STREAM_AE_GROUP_ID": f"w-{time.time_ns()}",
-        "STREAM_AE_APP_ID": f"bench-{time.time_ns()}",
-        "STREAM_AE_BATCH_MAX_SIZE": str(batch),
-        "STREAM_AE_BATCH_MAX_WAIT_MS": str(wait_ms),
-        "STREAM_AE_METRICS_PORT": str(port),
-        "STREAM_AE_WEB_PORT": str(free_port()),
-        "STREAM_AE_LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream_ae.cli", "worker"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+def start_worker(bootstrap: str, registry: Path, topic: str, batch: int, wait_ms: int, log: Path) -> WorkerProcess:
+    """A worker in a fresh consumer group that writes a record per input to the all-scores
+    topic, so it produces as much as the raw passthrough does (plus anomaly records)."""
+    env = worker_env(
+        bootstrap,
+        registry,
+        topic,
+        STREAM_AE_SCORES_TOPIC=f"{topic}.scores",
+        STREAM_AE_GROUP_ID=f"w-{time.time_ns()}",
+        STREAM_AE_APP_ID=f"bench-{time.time_ns()}",
+        STREAM_AE_BATCH_MAX_SIZE=str(batch),
+        STREAM_AE_BATCH_MAX_WAIT_MS=str(wait_ms),
+        STREAM_AE_LOG_LEVEL="WARNING",
     )
-    return proc, port
+    return WorkerProcess(env, log).start(timeout_s=120)
+
+
+def _scored(worker: WorkerProcess) -> float:
+    return worker.metrics().get("stream_ae_events_scored_total", 0.0)
 
 
 def worker_throughput(bootstrap: str, registry: Path, topic: str, n: int, batch: int, wait_ms: int, log: Path) -> float:
-    proc, port = start_worker(bootstrap, registry, topic, batch, wait_ms, log)
+    worker = start_worker(bootstrap, registry, topic, batch, wait_ms, log)
     try:
         deadline = time.monotonic() + 600
-        while _scored(port) == 0 and time.monotonic() < deadline:
-            if proc.poll() is not None:
+        while _scored(worker) == 0 and time.monotonic() < deadline:
+            if not worker.alive:
                 raise RuntimeError(f"the worker exited; see {log}")
             time.sleep(0.02)
         start = time.perf_counter()
-        first = _scored(port)
-        while _scored(port) < n and time.monotonic() < deadline:
+        first = _scored(worker)
+        while _scored(worker) < n and time.monotonic() < deadline:
             time.sleep(0.05)
         return (n - first) / (time.perf_counter() - start)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        worker.stop()
 
 
 async def _latencies(bootstrap: str, topic: str, rate: float, seconds: float) -> np.ndarray:
@@ -154,20 +137,12 @@ async def _latencies(bootstrap: str, topic: str, rate: float, seconds: float) ->
 
 def latency(bootstrap: str, registry: Path, topic: str, batch: int, wait_ms: int, rate: float, log: Path) -> np.ndarray:
     asyncio.run(ensure_topics({"bootstrap_servers": bootstrap}, {topic: 4}))
-    proc, port = start_worker(bootstrap, registry, topic, batch, wait_ms, log)
+    worker = start_worker(bootstrap, registry, topic, batch, wait_ms, log)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
         time.sleep(4)  # group join
         return asyncio.run(_latencies(bootstrap, topic, rate, 10.0))
     finally:
-        proc.terminate()
-        proc.wait(30)
+        worker.stop()
 
 
 def main() -> None:
