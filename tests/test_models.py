@@ -10,6 +10,7 @@ import pytest
 
 from stream_ae.artifacts import ArtifactError, load_artifact
 from stream_ae.models import AutoencoderDetector, variants
+from stream_ae.models.networks import NoiseContrastiveNet, network_defaults
 
 FAST = {"min_steps": 300, "max_steps": 300, "hidden": (32,), "latent_dim": 3}
 
@@ -129,4 +130,30 @@ def test_manifest_pins_the_network_options(data: np.ndarray, tmp_path: Path) -> 
     """An artifact must not change meaning when a library default changes later."""
     path = AutoencoderDetector("ncae", seed=0, device="cpu", **FAST).fit(data).save(tmp_path / "m")
     options = json.loads((path / "manifest.json").read_text())["detector"]["hyper"]["net_options"]
-    assert options["reference"] == "gaussian+mixture" and "head_hidden" in options
+    assert set(network_defaults(NoiseContrastiveNet)) <= set(options), "every option is written down"
+    assert options["reference"] == "marginal" and options["bridges"] == 4 and options["trim"] == 0.1
+
+
+def test_an_artifact_from_before_telescoping_still_loads_unchanged(data: np.ndarray, tmp_path: Path) -> None:
+    """Manifests written before ``bridges`` and ``trim`` existed lack them: they must rebuild
+    the single-step network they were trained as, not today's default."""
+    old_style = {"reference": "gaussian+mixture", "head_hidden": [32], "bridges": 1, "trim": 0.0}
+    det = AutoencoderDetector("ncae", seed=0, device="cpu", net_options=old_style, **FAST).fit(data)
+    path = det.save(tmp_path / "m")
+    manifest = json.loads((path / "manifest.json").read_text())
+    for option in ("bridges", "trim"):
+        del manifest["detector"]["hyper"]["net_options"][option]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_artifact(path, device="cpu").detector
+    np.testing.assert_array_equal(loaded.score_samples(data[:100]), det.score_samples(data[:100]))
+
+
+def test_warm_start_uses_the_champion_only_when_the_network_matches(data: np.ndarray) -> None:
+    champion = AutoencoderDetector("ncae", seed=0, device="cpu", **FAST).fit(data)
+    cold = AutoencoderDetector("ncae", seed=1, device="cpu", **FAST).fit(data)
+    warm = AutoencoderDetector("ncae", seed=1, device="cpu", **FAST).fit(data, init_from=champion)
+    assert warm.history_[0]["loss"] < cold.history_[0]["loss"], "a matching champion's weights are the start"
+    other = AutoencoderDetector("ncae", seed=1, device="cpu", net_options={"bridges": 1}, **FAST)
+    assert not other.same_network(champion)
+    other.fit(data, init_from=champion)  # a changed network trains from scratch instead of failing
+    assert np.isfinite(other.score_samples(data[:10])).all()

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,10 +35,18 @@ DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
     "sparse": {"recon": 1.0},
     "contractive": {"recon": 1.0},
     "vae": {"recon": 1.0, "kl": 1.0},
-    # The NCAE scores by its noise-contrastive density estimate alone: on the ADBench sets adding
-    # the standardised reconstruction error lowered ROC-AUC (README.md, "Score rule" ablation).
-    # Give ``score_weights={"density": 1, "recon": w}`` to mix it back in.
-    "ncae": {"density": 1.0},
+    # The NCAE scores by its noise-contrastive density estimate plus the evidence of its reference
+    # alone (how unusual each feature is); adding the reconstruction error lowered ROC-AUC on the
+    # ADBench sets (README.md, "Score rule" ablation). ``score_weights`` changes the mix.
+    "ncae": {"density": 1.0, "reference": 1.0},
+}
+
+# Network options a variant starts from, over the network class's own defaults (which stay those
+# of older artifacts, whose manifests do not name the options added since).
+DEFAULT_NET_OPTIONS: dict[str, dict[str, Any]] = {
+    # a telescoping chain of feature-swap waymarks to the product of the marginals, four steps,
+    # trimmed against training-set contamination (README.md, "The model")
+    "ncae": {"reference": "marginal", "bridges": 4, "trim": 0.1, "head_hidden": [64, 64]},
 }
 
 
@@ -77,7 +86,11 @@ class Hyper:
         self.hidden = tuple(self.hidden)
         if not self.score_weights:
             self.score_weights = dict(DEFAULT_SCORE_WEIGHTS[self.variant])
-        self.net_options = {**network_defaults(NETWORKS[self.variant]), **self.net_options}
+        self.net_options = {
+            **network_defaults(NETWORKS[self.variant]),
+            **DEFAULT_NET_OPTIONS.get(self.variant, {}),
+            **self.net_options,
+        }
 
 
 class NotFittedError(RuntimeError):
@@ -171,8 +184,9 @@ class AutoencoderDetector:
     ) -> AutoencoderDetector:
         """Fit on rows of (mostly) normal traffic; labels are never used.
 
-        ``init_from`` warm-starts from another fitted detector of the same shape (the
-        trainer's champion); its reference-noise buffers are refitted, not copied.
+        ``init_from`` warm-starts from another fitted detector (the trainer's champion) when
+        it has the same network (:meth:`same_network`), else training starts from scratch; the
+        reference-noise buffers are always refitted, not copied.
         """
         h = self.hyper
         X = self._check_x(X)
@@ -188,7 +202,7 @@ class AutoencoderDetector:
         self.net_ = net = self._build_net(X.shape[1])
         if isinstance(net, NoiseContrastiveNet):
             net.fit_references(xt)
-        if init_from is not None and init_from.n_features_in_ == X.shape[1]:
+        if init_from is not None and self.same_network(init_from):
             warm = {k: v for k, v in init_from.state_dict().items() if not k.startswith("references.")}
             net.load_state_dict(warm, strict=False)
         self._train(net, xt, progress, self._to_tensor(X[cal_idx]) if n_cal >= 20 else None)
@@ -197,6 +211,15 @@ class AutoencoderDetector:
         cal_scores = self.score_samples(X[cal_idx]) if n_cal >= 20 else self._combine(train_parts)
         self.threshold = Threshold.fit(cal_scores, h.target_rate, method=h.threshold_method)  # type: ignore[arg-type]
         return self
+
+    def same_network(self, other: AutoencoderDetector) -> bool:
+        """True when ``other`` has this detector's network: variant, sizes and options."""
+        mine, theirs = self.hyper, other.hyper
+        return (
+            self.n_features_in_ == other.n_features_in_
+            and (mine.variant, mine.hidden, mine.latent_dim) == (theirs.variant, theirs.hidden, theirs.latent_dim)
+            and json.dumps(mine.net_options, sort_keys=True) == json.dumps(theirs.net_options, sort_keys=True)
+        )
 
     def _validation_loss(self, net: AutoencoderNet, xval: torch.Tensor) -> float:
         """The training objective on held-out rows, with noise from a fixed seed (comparable
@@ -345,6 +368,10 @@ class AutoencoderDetector:
         cls, config: dict[str, Any], state: dict[str, torch.Tensor], device: str = "auto"
     ) -> AutoencoderDetector:
         hyper = dict(config["hyper"])
+        # A manifest names every option that existed when it was written; any added since takes
+        # the network class's default (the old behaviour), never the variant's current default.
+        variant_cls = NETWORKS.get(str(hyper.get("variant")), AutoencoderNet)
+        hyper["net_options"] = {**network_defaults(variant_cls), **hyper.get("net_options", {})}
         det = cls(device=device, **hyper)
         det.n_features_in_ = int(config["n_features"])
         det.center_ = np.asarray(config["center"], dtype=np.float32)

@@ -4,12 +4,12 @@ Every network maps a batch of scaled rows ``x`` (float32, ``[n, d]``) to:
 
 * ``training_loss(x, gen) -> (loss, parts)``: the objective of its variant;
 * ``score_parts(x) -> dict``: raw per-row anomaly components, higher = more anomalous
-  (always ``"recon"``; the NCAE adds ``"density"``, the VAE ``"kl"``);
+  (always ``"recon"``; the NCAE adds ``"density"`` and ``"reference"``, the VAE ``"kl"``);
 * ``residual(x) -> [n, d]``: per-feature reconstruction error (for explanations).
 
 Variants: ``ae`` (plain), ``dae`` (denoising), ``sparse`` (L1 on the code), ``contractive``
 (Hutchinson estimate of the encoder Jacobian's Frobenius norm), ``vae`` (ELBO) and ``ncae``
-(autoencoder + noise-contrastive density head, see :mod:`stream_ae.models.noise`).
+(autoencoder + noise-contrastive density heads, see :mod:`stream_ae.models.noise`).
 """
 
 from __future__ import annotations
@@ -149,12 +149,22 @@ class VariationalNet(AutoencoderNet):
 class NoiseContrastiveNet(AutoencoderNet):
     """Autoencoder plus noise-contrastive heads that tell real rows from reference noise.
 
-    Each head reads the input and is trained with binary cross-entropy against samples of a
-    reference noise with an exact density ``q`` (``reference``: ``gaussian``, ``marginal``,
-    ``mixture``, or several joined by ``+``, one head each). At the optimum its logit is
-    ``log p(x) - log q(x)``, so ``-(logit + log q(x))`` estimates ``-log p(x)``: the part
-    ``density`` is the mean of these estimates over the heads, high where real traffic is
-    rare. Hard negatives (corrupted real rows) can be added as extra negatives.
+    Each reference noise has an exact density ``q`` (``reference``: ``gaussian``, ``marginal``,
+    ``mixture``, or several joined by ``+``). With ``bridges`` = 1 one head per reference is
+    trained with binary cross-entropy against its samples; at the optimum its logit is
+    ``log p(x) - log q(x)``. With ``bridges`` = K > 1 the step from data to noise is cut into
+    K (telescoping): waymark ``k`` is :meth:`Reference.bridge` at ``alpha = k / K`` (for the
+    marginal reference: a fraction ``k / K`` of the features swapped for marginal draws), one
+    head per step tells waymark ``k`` from ``k + 1``, and the logits sum to ``log p / q``.
+
+    Score parts: ``density`` = ``-(sum of logits + log q(x))``, an estimate of ``-log p(x)``
+    (mean over references), and ``reference`` = ``-log q(x)``, how unusual the row is under
+    the reference alone (for the marginal reference: feature by feature).
+
+    ``trim`` makes the fit robust to anomalies in the training data: in each batch the
+    real rows with the lowest current density estimate (that fraction) are left out, so the
+    heads never learn to call the rarest training rows real (a least-trimmed loss). Hard
+    negatives (corrupted real rows) can be added as extra negatives of the first step.
     """
 
     def __init__(
@@ -167,9 +177,13 @@ class NoiseContrastiveNet(AutoencoderNet):
         real_jitter: float = 0.0,
         reference: str = "gaussian+mixture",
         noise_scales: Sequence[float] = (1.0, 2.0),
+        bridges: int = 1,
+        trim: float = 0.0,
         **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
+        if bridges < 1 or not 0.0 <= trim < 0.5:
+            raise ValueError(f"need bridges >= 1 and 0 <= trim < 0.5, got {bridges}, {trim}")
         refs: list[Reference] = []
         for kind in reference.split("+"):
             ref_cls = REFERENCES[kind]
@@ -177,43 +191,62 @@ class NoiseContrastiveNet(AutoencoderNet):
                 ref_cls(self.n_features) if ref_cls is MarginalReference else ref_cls(self.n_features, noise_scales)
             )
         self.references: list[Reference] = nn.ModuleList(refs)  # type: ignore[assignment]
-        self.heads: list[nn.Sequential] = nn.ModuleList(mlp([self.n_features, *head_hidden, 1]) for _ in refs)  # type: ignore[assignment]
+        self.bridges = bridges
+        # heads[r * bridges + k] tells waymark k from k + 1 of reference r
+        self.heads: list[nn.Sequential] = nn.ModuleList(  # type: ignore[assignment]
+            mlp([self.n_features, *head_hidden, 1]) for _ in range(len(refs) * bridges)
+        )
         self.real_jitter = real_jitter
         self.nc_weight = nc_weight
         self.hard_negatives = tuple(hard_negatives)
         self.hard_negative_weight = hard_negative_weight
+        self.trim = trim
 
     def fit_references(self, x: torch.Tensor) -> None:
         for ref in self.references:
             ref.fit(x)
 
+    def _chain(self, r: int) -> list[nn.Sequential]:
+        return self.heads[r * self.bridges : (r + 1) * self.bridges]
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """``-log p(x)`` estimated by each reference's chain, averaged over the references."""
+        estimates = [
+            -(sum(head(x).squeeze(1) for head in self._chain(r)) + ref.log_prob(x))
+            for r, ref in enumerate(self.references)
+        ]
+        return torch.stack(estimates).mean(0)
+
     def training_loss(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Parts]:
+        if self.trim > 0:
+            with torch.no_grad():
+                keep = self.density(x).argsort()[: max(2, round(len(x) * (1.0 - self.trim)))]
+            x = x[keep]
         recon = F.mse_loss(self.reconstruct(x), x)
         real = x
         if self.real_jitter > 0:  # kernel-smooths the estimated density: less over-fitting
             real = x + self.real_jitter * torch.randn(x.shape, generator=gen, device=gen.device).to(x.device)
         hard = corrupt(x, self.hard_negatives, gen) if self.hard_negatives and self.hard_negative_weight > 0 else None
         bce = torch.zeros((), device=x.device)
-        for head, ref in zip(self.heads, self.references, strict=True):
-            real_logit = head(real).squeeze(1)
-            noise_logit = head(ref.sample(x.shape[0], gen)).squeeze(1)
-            bce = bce + F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
-            bce = bce + F.binary_cross_entropy_with_logits(noise_logit, torch.zeros_like(noise_logit))
-            if hard is not None:
-                hard_logit = head(hard).squeeze(1)
-                bce = bce + self.hard_negative_weight * F.binary_cross_entropy_with_logits(
-                    hard_logit, torch.zeros_like(hard_logit)
-                )
+        for r, ref in enumerate(self.references):
+            noise = ref.sample(x.shape[0], gen)
+            marks = [real, noise]
+            if self.bridges > 1:
+                u = torch.rand(x.shape, generator=gen, device=gen.device).to(x.device)
+                marks[1:1] = [ref.bridge(real, noise, k / self.bridges, u) for k in range(1, self.bridges)]
+            for k, head in enumerate(self._chain(r)):
+                near, far = head(marks[k]).squeeze(1), head(marks[k + 1]).squeeze(1)
+                bce = bce + (F.softplus(-near).mean() + F.softplus(far).mean()) / self.bridges
+                if hard is not None and k == 0:
+                    bce = bce + self.hard_negative_weight * F.softplus(head(hard).squeeze(1)).mean()
         return recon + self.nc_weight * bce, {"recon": recon.detach(), "bce": bce.detach()}
 
     def score_parts(self, x: torch.Tensor, need: Collection[str] | None = None) -> Parts:
         parts = super().score_parts(x, need)
-        if need is not None and "density" not in need:
-            return parts
-        estimates = [
-            -(head(x).squeeze(1) + ref.log_prob(x)) for head, ref in zip(self.heads, self.references, strict=True)
-        ]
-        parts["density"] = torch.stack(estimates).mean(0)
+        if need is None or "density" in need:
+            parts["density"] = self.density(x)
+        if need is None or "reference" in need:
+            parts["reference"] = -torch.stack([ref.log_prob(x) for ref in self.references]).mean(0)
         return parts
 
 

@@ -7,6 +7,11 @@ Two families, on purpose:
   feature's histogram: per-feature shuffles with a known density). Because ``log q(x)`` is known, the head's logit
   ``log p(x)/q(x)`` turns into a density estimate ``log p(x) = logit + log q(x)`` (classic
   noise-contrastive estimation). This is what the NCAE score uses.
+* **Telescoping chains** (``bridges`` > 1 in the network): waymarks between real rows and
+  reference samples (:meth:`Reference.bridge`), e.g. rows with a growing fraction of features
+  swapped for marginal draws. One head per step learns ``log p_k / p_(k+1)`` between two
+  close distributions; their sum is ``log p / q`` without the "density chasm" of a single
+  classifier against far-away noise (Rhodes et al., 2020, telescoping density-ratio estimation).
 * **Corruptions of real rows** (``swap``, ``mask``, ``shift``, ``jitter``, ``uniform``): hard
   negatives close to the data. Their density is unknown, so they only sharpen the head as
   extra negatives (``hard_negative_weight``); they never enter ``log q``.
@@ -41,6 +46,15 @@ class Reference(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def bridge(self, real: torch.Tensor, noise: torch.Tensor, alpha: float, u: torch.Tensor) -> torch.Tensor:
+        """A waymark between real rows (``alpha`` 0) and paired reference samples (``alpha`` 1).
+
+        ``u`` (uniform, the shape of ``real``) is shared by every waymark of one step, so the
+        waymarks of a chain are nested. The default interpolates with variance kept,
+        ``sqrt(1 - alpha^2) real + alpha noise``.
+        """
+        return math.sqrt(1.0 - alpha * alpha) * real + alpha * noise
 
 
 class GaussianReference(Reference):
@@ -78,6 +92,10 @@ class GaussianReference(Reference):
         s = self.scales.double()[:, None]
         comps = -0.5 * maha[None, :] / s**2 - d * torch.log(s) - 0.5 * logdet - 0.5 * d * math.log(2 * math.pi)
         return (torch.logsumexp(comps, 0) - math.log(len(self.scales))).float()
+
+    def bridge(self, real: torch.Tensor, noise: torch.Tensor, alpha: float, u: torch.Tensor) -> torch.Tensor:
+        """Interpolation around the fitted mean, variance kept."""
+        return self.mean + math.sqrt(1.0 - alpha * alpha) * (real - self.mean) + alpha * (noise - self.mean)
 
 
 class MarginalReference(Reference):
@@ -127,6 +145,11 @@ class MarginalReference(Reference):
         lp = torch.gather(self.log_density.expand(x.shape[0], -1, -1), 2, idx.unsqueeze(2)).squeeze(2)
         outside = torch.where(pos < 0, -pos, (pos - self.bins).clamp_min(0))
         return (lp - outside).sum(1)
+
+    def bridge(self, real: torch.Tensor, noise: torch.Tensor, alpha: float, u: torch.Tensor) -> torch.Tensor:
+        """Feature swaps: each feature of a real row is replaced, with probability ``alpha``,
+        by an independent draw from its marginal (the paired reference sample's value)."""
+        return torch.where(u < alpha, noise, real)
 
 
 class MixtureReference(Reference):
