@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo bench-eval clean
+.PHONY: install test lint demo evaluate bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "stream-ae needs Python 3.11+"'
@@ -26,8 +26,15 @@ test: lint
 demo: install
 	$(BIN)/stream-ae demo
 
-bench-eval: install
-	$(BIN)/python -m bench.evaluate_adbench
+# The offline evaluation of README.md (../shared/data needed; about 25 min on 2 cores).
+evaluate: install
+	$(BIN)/stream-ae evaluate --out reports/eval
+
+# The benchmarks whose figures README.md reports (each starts what it needs; no ../shared/).
+bench: install
+	$(BIN)/python -m bench.model_speed
+	$(BIN)/python -m bench.throughput --sweep
+	$(BIN)/python -m bench.overload
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -195,11 +195,33 @@ def evaluate(
     variants: Annotated[str, typer.Option(help="comma-separated model variants")] = "ncae,ae",
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
     smd: Annotated[bool, typer.Option(help="also run the SMD time-series protocol")] = True,
+    options: Annotated[
+        str, typer.Option(help='detector hyper-parameters as JSON, e.g. \'{"net_options": {"trim": 0}}\'')
+    ] = "{}",
+    baselines: Annotated[bool, typer.Option(help="also run IsolationForest, ECOD and PCA")] = True,
 ) -> None:
     """Run the shared protocols against IsolationForest, ECOD and PCA; write a report."""
+    import json
+
     from trainer.evaluate import run_evaluation
 
-    run_evaluation(data_dir, out, datasets, variants.split(","), [int(s) for s in seeds.split(",")], smd, console)
+    try:
+        hyper = json.loads(options)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--options is not JSON: {exc}") from exc
+    if not isinstance(hyper, dict):
+        raise typer.BadParameter("--options must be a JSON object")
+    run_evaluation(
+        data_dir,
+        out,
+        datasets,
+        variants.split(","),
+        [int(s) for s in seeds.split(",")],
+        smd,
+        console,
+        options=hyper,
+        baselines=baselines,
+    )
 
 
 def _run_until_signal(make: Any) -> None:
