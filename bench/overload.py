@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.environment import bench_environment
 from stream_ae.audit import audit_delivery
 from stream_ae.kafka_admin import ensure_topics
-from stream_ae.kafka_local import LocalKafka
 from stream_ae.produce import send_events
-from stream_ae.registry import Registry
 from stream_ae.synthetic import transactions
 from stream_ae.worker_process import WorkerProcess, worker_env
-from trainer.train import fit_events
 
 SAMPLE_EVERY_S = 0.5
 
@@ -169,35 +166,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="the worker's STREAM_AE_BATCH_MAX_SIZE")
     ap.add_argument("--calibration", type=int, default=20_000, help="events of the capacity measurement")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="stream-ae-overload-"))
-    broker = None
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        broker = LocalKafka(work / "kafka", die_with_parent=True, heap="1g")
-        broker.start()
-        bootstrap = broker.bootstrap_servers
-    try:
-        registry = Registry(work / "models")
-        fitted = fit_events(transactions(20_000, seed=1)[0], max_steps=800, min_steps=800, target_rate=0.001)
-        registry.publish(lambda tmp: fitted.save(tmp, version="bench"), "bench")
+    with bench_environment(args.bootstrap, "stream-ae-overload-") as env:
+        log = env.work / "worker.log"
         result = run_overload(
-            bootstrap,
-            registry.root,
+            env.bootstrap,
+            env.registry,
             f"overload-{time.time_ns()}",
-            work / "worker.log",
+            log,
             factor=args.factor,
             seconds=args.seconds,
             batch=args.batch,
             calibration=args.calibration,
         )
-        print(
-            f"overload {args.factor:g}x for {args.seconds:g} s, worker batch {args.batch} (log: {work / 'worker.log'})"
-        )
-        for name, value in asdict(result).items():
-            print(f"  {name:14s} {value:,.1f}" if isinstance(value, float) else f"  {name:14s} {value}")
-    finally:
-        if broker is not None:
-            broker.stop()
+    print(f"overload {args.factor:g}x for {args.seconds:g} s, worker batch {args.batch} (log: {log})")
+    for name, value in asdict(result).items():
+        print(f"  {name:14s} {value:,.1f}" if isinstance(value, float) else f"  {name:14s} {value}")
 
 
 if __name__ == "__main__":

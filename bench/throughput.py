@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,13 +23,11 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.environment import bench_environment
 from stream_ae.kafka_admin import ensure_topics
-from stream_ae.kafka_local import LocalKafka
 from stream_ae.produce import encode_events, send_raw
-from stream_ae.registry import Registry
 from stream_ae.synthetic import transactions
 from stream_ae.worker_process import WorkerProcess, worker_env
-from trainer.train import fit_events
 
 
 async def fill(bootstrap: str, topic: str, n: int, partitions: int = 4) -> None:
@@ -152,38 +149,25 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="sweep batch size and max wait")
     ap.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency run")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="stream-ae-bench-"))
-    broker = None
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        broker = LocalKafka(work / "kafka", die_with_parent=True, heap="1g")
-        broker.start()
-        bootstrap = broker.bootstrap_servers
-    try:
-        registry = Registry(work / "models")
-        normal, _ = transactions(20_000, seed=1)
-        fitted = fit_events(normal, max_steps=800, min_steps=800, target_rate=0.001)
-        registry.publish(lambda tmp: fitted.save(tmp, version="bench"), "bench")
+    with bench_environment(args.bootstrap, "stream-ae-bench-") as env:
+        bootstrap, registry, work = env.bootstrap, env.registry, env.work
         topic = f"bench-{time.time_ns()}"
         asyncio.run(fill(bootstrap, topic, args.events))
-        print(f"device: {fitted.detector.device}; events: {args.events:,}; broker: {bootstrap}")
+        print(f"device: {env.fitted.detector.device}; events: {args.events:,}; broker: {bootstrap}")
         configs = [(b, w) for b in (256, 1024, 4096) for w in (5, 50)] if args.sweep else [(2048, 50)]
         for batch, wait in configs:
             raw = asyncio.run(raw_passthrough(bootstrap, topic, args.events, batch))
-            wrk = worker_throughput(bootstrap, registry.root, topic, args.events, batch, wait, work / "worker.log")
+            wrk = worker_throughput(bootstrap, registry, topic, args.events, batch, wait, work / "worker.log")
             print(
                 f"batch {batch:5d} wait {wait:3d} ms: raw passthrough {raw:10,.0f} ev/s | "
                 f"worker {wrk:10,.0f} ev/s | ratio {wrk / raw:.2f}"
             )
-        lat = latency(bootstrap, registry.root, f"{topic}-lat", 2048, 50, args.rate, work / "worker.log")
+        lat = latency(bootstrap, registry, f"{topic}-lat", 2048, 50, args.rate, work / "worker.log")
         if len(lat):
             print(
                 f"latency at {args.rate:,.0f} ev/s (batch 2048, wait 50 ms), {len(lat)} anomaly records: "
                 f"p50 {np.percentile(lat, 50) * 1000:.1f} ms, p99 {np.percentile(lat, 99) * 1000:.1f} ms"
             )
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""What every Kafka benchmark starts from: a broker (its own local one unless given) and a
+registry holding one small NCAE trained on synthetic card transactions."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream_ae.kafka_local import LocalKafka
+from stream_ae.registry import Registry
+from stream_ae.synthetic import transactions
+from trainer.train import FittedModel, fit_events
+
+
+@dataclass(frozen=True)
+class BenchEnvironment:
+    bootstrap: str
+    registry: Path
+    work: Path
+    fitted: FittedModel
+
+
+@contextmanager
+def bench_environment(bootstrap: str | None, prefix: str) -> Iterator[BenchEnvironment]:
+    """Start a local broker when ``bootstrap`` is None (stopped on exit) and publish the
+    benchmark model as version ``bench`` in a fresh registry under a temporary folder."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    broker = None
+    if bootstrap is None:
+        broker = LocalKafka(work / "kafka", die_with_parent=True, heap="1g")
+        broker.start()
+        bootstrap = broker.bootstrap_servers
+    try:
+        registry = Registry(work / "models")
+        fitted = fit_events(transactions(20_000, seed=1)[0], max_steps=800, min_steps=800, target_rate=0.001)
+        registry.publish(lambda tmp: fitted.save(tmp, version="bench"), "bench")
+        yield BenchEnvironment(bootstrap, registry.root, work, fitted)
+    finally:
+        if broker is not None:
+            broker.stop()
