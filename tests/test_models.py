@@ -131,7 +131,7 @@ def test_manifest_pins_the_network_options(data: np.ndarray, tmp_path: Path) -> 
     path = AutoencoderDetector("ncae", seed=0, device="cpu", **FAST).fit(data).save(tmp_path / "m")
     options = json.loads((path / "manifest.json").read_text())["detector"]["hyper"]["net_options"]
     assert set(network_defaults(NoiseContrastiveNet)) <= set(options), "every option is written down"
-    assert options["reference"] == "marginal" and options["bridges"] == 4 and options["trim"] == 0.0
+    assert options["reference"] == "marginal+gaussian" and options["bridges"] == 4 and options["trim"] == 0.0
 
 
 def test_an_artifact_from_before_telescoping_still_loads_unchanged(data: np.ndarray, tmp_path: Path) -> None:

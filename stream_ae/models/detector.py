@@ -44,10 +44,10 @@ DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
 # Network options a variant starts from, over the network class's own defaults (which stay those
 # of older artifacts, whose manifests do not name the options added since).
 DEFAULT_NET_OPTIONS: dict[str, dict[str, Any]] = {
-    # a telescoping chain of feature-swap waymarks to the product of the marginals, four steps;
-    # no trimming: it taught the heads that rare legitimate behaviour (travel abroad in the
-    # synthetic card stream) is anomalous (README.md, "The model")
-    "ncae": {"reference": "marginal", "bridges": 4, "trim": 0.0, "head_hidden": [64, 64]},
+    # two telescoping chains of four steps: feature-swap waymarks to the product of the marginals
+    # and interpolations to a fitted Gaussian; no trimming, which taught the heads that rare
+    # legitimate behaviour (travel abroad in the synthetic card stream) is anomalous (README.md)
+    "ncae": {"reference": "marginal+gaussian", "bridges": 4, "trim": 0.0, "head_hidden": [64, 64]},
 }
 
 
