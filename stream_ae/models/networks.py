@@ -161,10 +161,11 @@ class NoiseContrastiveNet(AutoencoderNet):
     (mean over references), and ``reference`` = ``-log q(x)``, how unusual the row is under
     the reference alone (for the marginal reference: feature by feature).
 
-    ``trim`` makes the fit robust to anomalies in the training data: in each batch the
-    real rows with the lowest current density estimate (that fraction) are left out, so the
-    heads never learn to call the rarest training rows real (a least-trimmed loss). Hard
-    negatives (corrupted real rows) can be added as extra negatives of the first step.
+    ``trim`` (off by default) leaves the real rows with the lowest current density estimate
+    (that fraction of each batch) out of the "real" side, so the heads never learn to call
+    the rarest training rows real: a least-trimmed loss against contaminated training data,
+    which also teaches them that rare *legitimate* modes are anomalous. Hard negatives
+    (corrupted real rows) can be added as extra negatives of the first step.
     """
 
     def __init__(
@@ -209,13 +210,19 @@ class NoiseContrastiveNet(AutoencoderNet):
     def _chain(self, r: int) -> list[nn.Sequential]:
         return self.heads[r * self.bridges : (r + 1) * self.bridges]
 
-    def density(self, x: torch.Tensor) -> torch.Tensor:
+    def _log_ratios(self, x: torch.Tensor) -> torch.Tensor:
+        """``[references, n]``: each chain's summed logits, its estimate of ``log p(x) / q(x)``."""
+        return torch.stack(
+            [torch.stack([head(x).squeeze(1) for head in self._chain(r)]).sum(0) for r in range(len(self.references))]
+        )
+
+    def _log_q(self, x: torch.Tensor) -> torch.Tensor:
+        """``[references, n]``: each reference's exact log-density."""
+        return torch.stack([ref.log_prob(x) for ref in self.references])
+
+    def density(self, x: torch.Tensor, log_q: torch.Tensor | None = None) -> torch.Tensor:
         """``-log p(x)`` estimated by each reference's chain, averaged over the references."""
-        estimates = [
-            -(sum(head(x).squeeze(1) for head in self._chain(r)) + ref.log_prob(x))
-            for r, ref in enumerate(self.references)
-        ]
-        return torch.stack(estimates).mean(0)
+        return -(self._log_ratios(x) + (self._log_q(x) if log_q is None else log_q)).mean(0)
 
     def training_loss(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Parts]:
         if self.trim > 0:
@@ -243,10 +250,13 @@ class NoiseContrastiveNet(AutoencoderNet):
 
     def score_parts(self, x: torch.Tensor, need: Collection[str] | None = None) -> Parts:
         parts = super().score_parts(x, need)
-        if need is None or "density" in need:
-            parts["density"] = self.density(x)
-        if need is None or "reference" in need:
-            parts["reference"] = -torch.stack([ref.log_prob(x) for ref in self.references]).mean(0)
+        want = {"density", "reference"} if need is None else {"density", "reference"} & set(need)
+        if want:
+            log_q = self._log_q(x)  # shared by both parts
+            if "density" in want:
+                parts["density"] = self.density(x, log_q)
+            if "reference" in want:
+                parts["reference"] = -log_q.mean(0)
         return parts
 
 
