@@ -57,16 +57,12 @@ def _lag(metrics: dict[str, float]) -> float:
     return sum(v for k, v in metrics.items() if k.startswith("stream_ae_consumer_lag{"))
 
 
-def _scored(metrics: dict[str, float]) -> float:
-    return metrics.get("stream_ae_events_scored_total", 0.0)
-
-
 def measure_capacity(worker: WorkerProcess, expected: int, timeout_s: float) -> float:
     """Events/s while the worker drains a pre-filled backlog of ``expected`` events."""
     deadline = time.monotonic() + timeout_s
     first: tuple[float, float] | None = None
     while time.monotonic() < deadline:
-        n, now = _scored(worker.metrics()), time.perf_counter()
+        n, now = worker.scored(), time.perf_counter()
         if n > 0 and first is None:
             first = (now, n)
         if n >= expected:
@@ -126,16 +122,15 @@ def run_overload(
         deadline = time.monotonic() + seconds * 3 + recovery_timeout_s
         while time.monotonic() < deadline and worker.alive:
             time.sleep(SAMPLE_EVERY_S)
-            m = worker.metrics()
             rss_peak = max(rss_peak, worker.rss_mb())
-            lag = _lag(m)
+            lag = _lag(worker.metrics())
             peak_lag = max(peak_lag, lag)
             if done_at is None and not producer.is_alive():
                 done_at = time.perf_counter()
-            if done_at is not None and _scored(m) >= total and lag == 0:
+            if done_at is not None and worker.scored() >= total and lag == 0:
                 break
         producer.join(timeout=5)
-        recovered = done_at is not None and _scored(worker.metrics()) >= total and lag == 0
+        recovered = done_at is not None and worker.scored() >= total and lag == 0
         recovery_s = time.perf_counter() - done_at if done_at is not None else float("nan")
         alive = worker.alive
         audit = asyncio.run(audit_delivery(bootstrap, [scores], total))

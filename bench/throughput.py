@@ -86,21 +86,17 @@ def start_worker(bootstrap: str, registry: Path, topic: str, batch: int, wait_ms
     return WorkerProcess(env, log).start(timeout_s=120)
 
 
-def _scored(worker: WorkerProcess) -> float:
-    return worker.metrics().get("stream_ae_events_scored_total", 0.0)
-
-
 def worker_throughput(bootstrap: str, registry: Path, topic: str, n: int, batch: int, wait_ms: int, log: Path) -> float:
     worker = start_worker(bootstrap, registry, topic, batch, wait_ms, log)
     try:
         deadline = time.monotonic() + 600
-        while _scored(worker) == 0 and time.monotonic() < deadline:
+        while worker.scored() == 0 and time.monotonic() < deadline:
             if not worker.alive:
                 raise RuntimeError(f"the worker exited; see {log}")
             time.sleep(0.02)
         start = time.perf_counter()
-        first = _scored(worker)
-        while _scored(worker) < n and time.monotonic() < deadline:
+        first = worker.scored()
+        while worker.scored() < n and time.monotonic() < deadline:
             time.sleep(0.05)
         return (n - first) / (time.perf_counter() - start)
     finally:

@@ -96,6 +96,10 @@ class WorkerProcess:
         except OSError:
             return {}
 
+    def scored(self) -> float:
+        """The worker's ``stream_ae_events_scored_total`` (0 while it cannot be scraped)."""
+        return self.metrics().get("stream_ae_events_scored_total", 0.0)
+
     def rss_mb(self) -> float:
         """Resident memory of the worker process in MiB (0 when it is not running)."""
         if not self.alive:

@@ -8,13 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stream_ae.audit import read_all
 from stream_ae.registry import Registry
 from stream_ae.synthetic import transactions
-from stream_ae.worker_process import WorkerProcess, worker_env
 from trainer.train import FittedModel, fit_events
-
-__all__ = ["WorkerProcess", "publish_model", "read_all", "run", "wait_for", "worker_env"]
 
 FAST_MODEL = {"max_steps": 800, "min_steps": 800, "target_rate": 0.001, "seed": 0, "device": "cpu"}
 

@@ -20,7 +20,8 @@ from stream_ae.kafka_admin import ensure_topics
 from stream_ae.kafka_local import LocalKafka
 from stream_ae.produce import send_events, send_raw
 from stream_ae.synthetic import transactions
-from tests.streaming import WorkerProcess, run, wait_for, worker_env
+from stream_ae.worker_process import WorkerProcess, worker_env
+from tests.streaming import run, wait_for
 from tests.test_worker import malformed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -78,7 +79,7 @@ def test_broker_restart_is_survived(registry: Path, topic_name: str, tmp_path: P
     try:
         first, _ = transactions(6_000, seed=12)
         run(send_events({"bootstrap_servers": bootstrap}, topic_name, first))
-        assert wait_for(lambda: worker.metrics().get("stream_ae_events_scored_total", 0) >= len(first), 60)
+        assert wait_for(lambda: worker.scored() >= len(first), 60)
         broker.stop()
         saw_outage = wait_for(lambda: worker.metrics().get("stream_ae_kafka_up") == 0.0, timeout_s=20)
         time.sleep(3)
@@ -97,20 +98,13 @@ def test_broker_restart_is_survived(registry: Path, topic_name: str, tmp_path: P
     assert alive and lost == 0
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def test_ten_thousand_hostile_messages(bootstrap: str, topic_name: str, registry: Path, tmp_path: Path) -> None:
     run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 2}))
     env = worker_env(bootstrap, registry, topic_name, STREAM_AE_MAX_MESSAGE_BYTES="65536")
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         assert worker.proc is not None
-        rss_before = _rss_mb(worker.proc.pid)
+        rss_before = worker.rss_mb()
         rng = random.Random(3)
         hostile = [(k, v) for k, v, _ in malformed(800)][:8_800]
         hostile += [(None, rng.randbytes(rng.randint(1, 200))) for _ in range(1_200)]  # random bytes
@@ -126,7 +120,7 @@ def test_ten_thousand_hostile_messages(bootstrap: str, topic_name: str, registry
 
         assert wait_for(done, timeout_s=120)
         m = worker.metrics()
-        rss_after = _rss_mb(worker.proc.pid)
+        rss_after = worker.rss_mb()
         alive = worker.proc.poll() is None
     finally:
         worker.stop()

@@ -10,12 +10,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from stream_ae.audit import read_all
 from stream_ae.kafka_admin import ensure_topics
 from stream_ae.produce import send_events
 from stream_ae.registry import Registry
 from stream_ae.settings import Settings
 from stream_ae.synthetic import transactions
-from tests.streaming import WorkerProcess, publish_model, read_all, run, wait_for, worker_env
+from stream_ae.worker_process import WorkerProcess, worker_env
+from tests.streaming import publish_model, run, wait_for
 from trainer.service import TrainerService
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -44,7 +46,7 @@ def test_hot_swap_drops_nothing_and_refuses_a_tampered_model(bootstrap: str, top
             target=run, args=(send_events({"bootstrap_servers": bootstrap}, topic_name, events, rate=4000),)
         )
         sender.start()  # a steady stream for about six seconds
-        assert wait_for(lambda: worker.metrics().get("stream_ae_events_scored_total", 0) > 4000, timeout_s=30)
+        assert wait_for(lambda: worker.scored() > 4000, timeout_s=30)
         publish_model(registry, "v2", seed=2)
         run(trainer.announce("v2"))
         assert wait_for(lambda: worker.health().get("model_version") == "v2", timeout_s=30), "v2 swapped in"
@@ -61,7 +63,7 @@ def test_hot_swap_drops_nothing_and_refuses_a_tampered_model(bootstrap: str, top
         more, _ = transactions(1000, seed=9)
         run(send_events({"bootstrap_servers": bootstrap}, topic_name, more))
         total = len(events) + len(more)
-        assert wait_for(lambda: worker.metrics().get("stream_ae_events_scored_total", 0) >= total, timeout_s=60)
+        assert wait_for(lambda: worker.scored() >= total, timeout_s=60)
         assert worker.health()["model_version"] == "v2"
         assert worker.metrics()['stream_ae_model_swaps_total{result="swapped"}'] == 1
     finally:
@@ -128,7 +130,7 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
         assert new_version not in (None, "v1"), "drift led to a retrain and a swap"
         assert trainer.metrics.runs.labels(trigger="drift", result="published")._value.get() >= 1
         assert m["stream_ae_score_drift_psi"] >= 0.0
-        assert wait_for(lambda: worker.metrics().get("stream_ae_events_scored_total", 0) >= 22_000, timeout_s=60)
+        assert wait_for(lambda: worker.scored() >= 22_000, timeout_s=60)
     finally:
         worker.stop()
     out = [orjson.loads(r.value) for r in run(read_all(bootstrap, [f"{topic_name}.anomalies"], until=1))]

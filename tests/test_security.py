@@ -16,7 +16,8 @@ from stream_ae.kafka_local import LocalKafka, free_port
 from stream_ae.produce import send_events
 from stream_ae.settings import Settings
 from stream_ae.synthetic import transactions
-from tests.streaming import WorkerProcess, publish_model, run, wait_for, worker_env
+from stream_ae.worker_process import WorkerProcess, worker_env
+from tests.streaming import publish_model, run, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 PASSWORD = "s3cr3t-scram-password-do-not-log"
@@ -95,7 +96,7 @@ def test_worker_connects_securely_and_keeps_secrets(
     try:
         events, _ = transactions(2_000, seed=31)
         run(send_events({"bootstrap_servers": broker.bootstrap_servers}, topic_name, events))
-        assert wait_for(lambda: worker.metrics().get("stream_ae_events_scored_total", 0) >= len(events), 60)
+        assert wait_for(lambda: worker.scored() >= len(events), 60)
         with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics") as r:
             exported = r.read().decode()
     finally:

@@ -11,11 +11,13 @@ import jsonschema
 import orjson
 import pytest
 
+from stream_ae.audit import read_all
 from stream_ae.kafka_admin import ensure_topics
 from stream_ae.produce import send_events, send_raw
 from stream_ae.records import ANOMALY_SCHEMA
 from stream_ae.synthetic import transactions
-from tests.streaming import WorkerProcess, read_all, run, wait_for, worker_env
+from stream_ae.worker_process import WorkerProcess, worker_env
+from tests.streaming import run, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -109,11 +111,7 @@ def test_two_workers_split_partitions_without_double_scoring(
         events, _ = transactions(8_000, seed=8)
         run(send_events({"bootstrap_servers": bootstrap}, topic_name, events))
         assert wait_for(
-            lambda: (
-                first.metrics().get("stream_ae_events_scored_total", 0)
-                + second.metrics().get("stream_ae_events_scored_total", 0)
-                >= len(events)
-            ),
+            lambda: first.scored() + second.scored() >= len(events),
             timeout_s=90,
         )
         both = [first.metrics()["stream_ae_events_scored_total"], second.metrics()["stream_ae_events_scored_total"]]

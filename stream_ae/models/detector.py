@@ -35,9 +35,9 @@ DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
     "sparse": {"recon": 1.0},
     "contractive": {"recon": 1.0},
     "vae": {"recon": 1.0, "kl": 1.0},
-    # The NCAE scores by its noise-contrastive density estimate plus the evidence of its reference
-    # alone (how unusual each feature is); adding the reconstruction error lowered ROC-AUC on the
-    # ADBench sets (README.md, "Score rule" ablation). ``score_weights`` changes the mix.
+    # The NCAE scores by its noise-contrastive density estimate plus the evidence of its references
+    # alone; each part adds on the ADBench sets, the reconstruction error does not (README.md,
+    # "Ablations" and "What else was tried"). ``score_weights`` changes the mix.
     "ncae": {"density": 1.0, "reference": 1.0},
 }
 
