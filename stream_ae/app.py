@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, BatchWorker
     """A Faust app running one :class:`BatchWorker` with its metrics exporter."""
     settings = settings or Settings()
     metrics = WorkerMetrics()
+    datadir = settings.state_dir / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust expects it to exist
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
@@ -48,6 +50,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, BatchWorker
         web_bind=settings.web_host,
         autodiscover=False,
         store="memory://",
+        datadir=str(datadir),
         topic_replication_factor=1,
         # Faust's own consumer group must notice a dead worker as fast as the hot path's does
         broker_session_timeout=settings.session_timeout_ms / 1000,

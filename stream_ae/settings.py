@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -51,6 +52,9 @@ class Settings(BaseSettings):
     group_id: str = "stream-ae-worker"
     session_timeout_ms: int = Field(10_000, ge=6_000)  # how fast a dead worker's partitions move
     app_id: str = "stream-ae"
+    # Faust's own state (its table and app-data folder, empty with the in-memory store); kept
+    # out of the working directory, which may be read-only in a container
+    state_dir: Path = Path(tempfile.gettempdir()) / "stream-ae"
     # stable per worker instance (pod name): the exactly-once producer's transactional id, so
     # a restarted instance fences its dead predecessor and aborts its open transaction
     instance_id: str = Field(default_factory=socket.gethostname)
