@@ -95,5 +95,6 @@ def test_readme_documents_every_setting() -> None:
     from stream_ae.settings import Settings
 
     readme = (ROOT / "README.md").read_text()
-    missing = [f"STREAM_AE_{name.upper()}" for name in Settings.model_fields if f"`STREAM_AE_{name.upper()}`" not in readme]
+    names = [f"STREAM_AE_{field.upper()}" for field in Settings.model_fields]
+    missing = [name for name in names if f"`{name}`" not in readme]
     assert not missing, f"settings not in README.md: {missing}"
