@@ -35,10 +35,12 @@ DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
     "sparse": {"recon": 1.0},
     "contractive": {"recon": 1.0},
     "vae": {"recon": 1.0, "kl": 1.0},
-    # The NCAE scores by its noise-contrastive density estimate plus the evidence of its references
-    # alone; each part adds on the ADBench sets, the reconstruction error does not (README.md,
-    # "Ablations" and "What else was tried"). ``score_weights`` changes the mix.
-    "ncae": {"density": 1.0, "reference": 1.0},
+    # The NCAE scores by its noise-contrastive density estimate (the joint view) plus, with the
+    # same total weight, the marginal view: half the references' own -log q (how rare each value
+    # is), half the tail score (how extreme). Each part adds on the ADBench sets, the
+    # reconstruction error does not (README.md, "Ablations" and "What else was tried").
+    # ``score_weights`` changes the mix.
+    "ncae": {"density": 1.0, "reference": 0.5, "tail": 0.5},
 }
 
 # Network options a variant starts from, over the network class's own defaults (which stay those
@@ -47,7 +49,7 @@ DEFAULT_NET_OPTIONS: dict[str, dict[str, Any]] = {
     # two telescoping chains of four steps: feature-swap waymarks to the product of the marginals
     # and interpolations to a fitted Gaussian; no trimming, which taught the heads that rare
     # legitimate behaviour (travel abroad in the synthetic card stream) is anomalous (README.md)
-    "ncae": {"reference": "marginal+gaussian", "bridges": 4, "trim": 0.0, "head_hidden": [64, 64]},
+    "ncae": {"reference": "marginal+gaussian", "bridges": 4, "trim": 0.0, "head_hidden": [64, 64], "tails": True},
 }
 
 
@@ -85,13 +87,15 @@ class Hyper:
         if self.variant not in NETWORKS:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {sorted(NETWORKS)}")
         self.hidden = tuple(self.hidden)
-        if not self.score_weights:
-            self.score_weights = dict(DEFAULT_SCORE_WEIGHTS[self.variant])
         self.net_options = {
             **network_defaults(NETWORKS[self.variant]),
             **DEFAULT_NET_OPTIONS.get(self.variant, {}),
             **self.net_options,
         }
+        if not self.score_weights:
+            self.score_weights = dict(DEFAULT_SCORE_WEIGHTS[self.variant])
+            if not self.net_options.get("tails", True):  # no tail table, no tail part
+                self.score_weights.pop("tail", None)
 
 
 class NotFittedError(RuntimeError):
@@ -187,7 +191,7 @@ class AutoencoderDetector:
 
         ``init_from`` warm-starts from another fitted detector (the trainer's champion) when
         it has the same network (:meth:`same_network`), else training starts from scratch; the
-        reference-noise buffers are always refitted, not copied.
+        reference-noise and tail buffers are always refitted, not copied.
         """
         h = self.hyper
         X = self._check_x(X)
@@ -204,7 +208,8 @@ class AutoencoderDetector:
         if isinstance(net, NoiseContrastiveNet):
             net.fit_references(xt)
         if init_from is not None and self.same_network(init_from):
-            warm = {k: v for k, v in init_from.state_dict().items() if not k.startswith("references.")}
+            fitted_here = ("references.", "tails.")  # exact statistics of this training set, kept
+            warm = {k: v for k, v in init_from.state_dict().items() if not k.startswith(fitted_here)}
             net.load_state_dict(warm, strict=False)
         self._train(net, xt, progress, self._to_tensor(X[cal_idx]) if n_cal >= 20 else None)
         train_parts = self._parts(xt)

@@ -4,7 +4,7 @@ Every network maps a batch of scaled rows ``x`` (float32, ``[n, d]``) to:
 
 * ``training_loss(x, gen) -> (loss, parts)``: the objective of its variant;
 * ``score_parts(x) -> dict``: raw per-row anomaly components, higher = more anomalous
-  (always ``"recon"``; the NCAE adds ``"density"`` and ``"reference"``, the VAE ``"kl"``);
+  (always ``"recon"``; the NCAE adds ``"density"``, ``"reference"`` and ``"tail"``, the VAE ``"kl"``);
 * ``residual(x) -> [n, d]``: per-feature reconstruction error (for explanations).
 
 Variants: ``ae`` (plain), ``dae`` (denoising), ``sparse`` (L1 on the code), ``contractive``
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stream_ae.models.noise import REFERENCES, MarginalReference, Reference, corrupt
+from stream_ae.models.tails import MarginalTails
 
 Parts = dict[str, torch.Tensor]
 
@@ -159,7 +160,10 @@ class NoiseContrastiveNet(AutoencoderNet):
 
     Score parts: ``density`` = ``-(sum of logits + log q(x))``, an estimate of ``-log p(x)``
     (mean over references), and ``reference`` = ``-log q(x)``, how unusual the row is under
-    the reference alone (for the marginal reference: feature by feature).
+    the reference alone (for the marginal reference: feature by feature). With ``tails`` on,
+    ``tail`` is how extreme each feature's value is by the training quantiles, summed over
+    features (:class:`~stream_ae.models.tails.MarginalTails`): a value between two modes has a
+    low density but is not extreme, a value beyond all but a few training rows is.
 
     ``trim`` (off by default) leaves the real rows with the lowest current density estimate
     (that fraction of each batch) out of the "real" side, so the heads never learn to call
@@ -180,6 +184,7 @@ class NoiseContrastiveNet(AutoencoderNet):
         noise_scales: Sequence[float] = (1.0, 2.0),
         bridges: int = 1,
         trim: float = 0.0,
+        tails: bool = False,
         **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
@@ -202,10 +207,15 @@ class NoiseContrastiveNet(AutoencoderNet):
         self.hard_negatives = tuple(hard_negatives)
         self.hard_negative_weight = hard_negative_weight
         self.trim = trim
+        self.tails = MarginalTails(self.n_features) if tails else None
 
     def fit_references(self, x: torch.Tensor) -> None:
+        """Fit everything the network knows exactly from the training rows (no gradients):
+        the reference noises and, when on, the tail table."""
         for ref in self.references:
             ref.fit(x)
+        if self.tails is not None:
+            self.tails.fit(x)
 
     def _chain(self, r: int) -> list[nn.Sequential]:
         return self.heads[r * self.bridges : (r + 1) * self.bridges]
@@ -257,6 +267,8 @@ class NoiseContrastiveNet(AutoencoderNet):
                 parts["density"] = self.density(x, log_q)
             if "reference" in want:
                 parts["reference"] = -log_q.mean(0)
+        if self.tails is not None and (need is None or "tail" in need):
+            parts["tail"] = self.tails.score(x)
         return parts
 
 

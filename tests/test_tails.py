@@ -1,0 +1,46 @@
+"""The tail score: how extreme each value is by the training quantiles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from stream_ae.models import AutoencoderDetector
+from stream_ae.models.tails import MarginalTails
+
+
+def test_tail_score_is_zero_at_the_median_and_grows_with_extremity() -> None:
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(20_000, 1)).astype(np.float32))
+    tails = MarginalTails(1).fit(x)
+    values = torch.tensor([[0.0], [1.0], [-2.0], [3.0], [-3.5], [8.0], [80.0]])
+    s = tails.score(values).numpy()
+    assert s[0] < 0.05
+    # inside the range it is -log of the two-sided normal tail probability
+    assert abs(s[1] - -math.log(math.erfc(1 / math.sqrt(2)))) < 0.05
+    assert abs(s[2] - -math.log(math.erfc(2 / math.sqrt(2)))) < 0.1
+    assert np.all(np.diff(s[1:]) > 0), "further out is always more extreme, beyond the training range too"
+
+
+def test_tied_values_get_the_tail_mass_of_the_whole_tie() -> None:
+    """A flag that is 0 in 95 % of rows: 0 is not extreme at all, 1 is a 5 % tail."""
+    flag = (np.random.default_rng(1).random((10_000, 1)) < 0.05).astype(np.float32)
+    tails = MarginalTails(1).fit(torch.from_numpy(flag))
+    zero, one = tails.score(torch.tensor([[0.0], [1.0]])).numpy()
+    rate = float(flag.mean())
+    assert zero == 0.0
+    assert abs(one - -math.log(2 * rate)) < 0.15  # the table's levels are ~15 % apart in probability
+
+
+def test_tail_part_flags_a_single_extreme_feature_the_density_misses() -> None:
+    """One feature at the edge of its range in an otherwise typical row ranks high on ``tail``."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(3_000, 6)).astype(np.float32)
+    det = AutoencoderDetector("ncae", seed=0, device="cpu", epochs=2, min_steps=30, max_steps=60).fit(X)
+    test = rng.normal(size=(500, 6)).astype(np.float32)
+    test[0, 3] = 4.5  # beyond all but a handful of 3,000 training values
+    parts = det.component_scores(test)
+    assert set(parts) >= {"density", "reference", "tail", "recon"}
+    assert (parts["tail"] > parts["tail"][0]).sum() <= 2
+    assert (det.score_samples(test) > det.score_samples(test)[0]).sum() <= 5
