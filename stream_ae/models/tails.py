@@ -48,6 +48,7 @@ class MarginalTails(nn.Module):
 
     knots: torch.Tensor
     levels: torch.Tensor
+    tie_start: torch.Tensor
     floor: torch.Tensor
 
     def __init__(self, n_features: int, per_side: int = 96) -> None:
@@ -55,6 +56,8 @@ class MarginalTails(nn.Module):
         levels = tail_levels(per_side)
         self.register_buffer("levels", levels.float())
         self.register_buffer("knots", torch.zeros(n_features, len(levels)))
+        # level of the first knot equal to each knot: P(X < v) where v is a tied value
+        self.register_buffer("tie_start", levels.float().repeat(n_features, 1))
         self.register_buffer("floor", torch.tensor(0.5))
 
     def fit(self, x: torch.Tensor) -> MarginalTails:
@@ -65,33 +68,33 @@ class MarginalTails(nn.Module):
         lo = pos.floor().long().clamp(0, n - 1)
         hi = (lo + 1).clamp(max=n - 1)
         frac = (pos - lo).unsqueeze(1)
-        knots = ordered[lo] + frac * (ordered[hi] - ordered[lo])  # [levels, d]
-        self.knots.copy_(knots.T.float())
+        knots = (ordered[lo] + frac * (ordered[hi] - ordered[lo])).T.float()  # [d, levels]
+        k = knots.shape[1]
+        index = torch.arange(k, device=x.device).expand_as(knots)
+        starts = torch.ones_like(knots, dtype=torch.bool)
+        starts[:, 1:] = knots[:, 1:] != knots[:, :-1]
+        first = torch.where(starts, index, torch.zeros_like(index)).cummax(1).values
+        self.knots.copy_(knots)
+        self.tie_start.copy_(self.levels[first])
         self.floor.fill_(1.0 / (n + 1))
         return self
-
-    def _cdf_le(self, knots: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``P(X <= v)`` per feature: ``knots`` [d, K] ascending, ``v`` [d, n]."""
-        levels = self.levels.to(v.dtype)
-        k = knots.shape[1]
-        idx = torch.searchsorted(knots, v, right=True)  # knots <= v
-        i0 = (idx - 1).clamp(0, k - 1)
-        i1 = idx.clamp(0, k - 1)
-        k0, k1 = torch.gather(knots, 1, i0), torch.gather(knots, 1, i1)
-        frac = ((v - k0) / (k1 - k0).clamp_min(1e-12)).clamp(0, 1)
-        inside = levels[i0] + frac * (levels[i1] - levels[i0])
-        return torch.where(idx == 0, levels[0], torch.where(idx >= k, torch.ones_like(v), inside))
 
     def log_tail(self, x: torch.Tensor) -> torch.Tensor:
         """``[n, d]``: ``-log(2 t)`` per feature (0 at the median, larger the more extreme)."""
         v = x.T.contiguous()  # [d, n]
-        left = self._cdf_le(self.knots, v)
-        right = self._cdf_le(-self.knots.flip(1), -v)  # P(X >= v) = P(-X <= -v)
-        beyond = (self.knots[:, :1] - v).clamp_min(0) + (v - self.knots[:, -1:]).clamp_min(0)
+        knots, k = self.knots, self.knots.shape[1]
+        idx = torch.searchsorted(knots, v, right=True)  # how many knots are <= v
+        i0, i1 = (idx - 1).clamp(0, k - 1), idx.clamp(max=k - 1)
+        k0, k1 = torch.gather(knots, 1, i0), torch.gather(knots, 1, i1)
+        levels = self.levels.expand_as(knots)
+        l0, l1 = torch.gather(levels, 1, i0), torch.gather(levels, 1, i1)
+        frac = ((v - k0) / (k1 - k0).clamp_min(1e-12)).clamp(0, 1)
+        le = torch.where(idx >= k, torch.ones_like(v), l0 + frac * (l1 - l0))  # P(X <= v)
+        lt = torch.where(v == k0, torch.gather(self.tie_start, 1, i0), le)  # P(X < v): a tie counts as >= v
+        t = torch.minimum(le, 1.0 - lt)
+        beyond = (knots[:, :1] - v).clamp_min(0) + (v - knots[:, -1:]).clamp_min(0)
         floor = self.floor.to(v.dtype)
-        log_t = torch.where(
-            beyond > 0, torch.log(floor) - beyond, torch.log(torch.minimum(left, right).clamp_min(floor))
-        )
+        log_t = torch.where(beyond > 0, torch.log(floor) - beyond, torch.log(t.clamp_min(floor)))
         return (-(log_t + math.log(2.0))).clamp_min(0.0).T
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
