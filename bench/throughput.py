@@ -4,7 +4,8 @@
     python -m bench.throughput --events 200000 --sweep
 
 Throughput: a topic is pre-filled with N synthetic events; (a) a raw aiokafka consumer ->
-producer passthrough with manual commits (what the hardware and client reach) and (b) a
+producer passthrough with manual commits, pipelined like the worker (one batch's acks and
+commit in flight while the next is fetched: what the hardware and client reach) and (b) a
 ``stream-ae worker`` process (writing the all-scores topic, so it also produces one record per
 input, plus anomalies) each drain it completely; figures are events/s from the first
 record read to the last one committed (worker: read off its metrics). Latency: events are
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -51,17 +53,28 @@ async def raw_passthrough(bootstrap: str, topic: str, n: int, batch: int) -> flo
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="lz4")
     await consumer.start()
     await producer.start()
-    seen, start = 0, None
+
+    async def acknowledge_and_commit(futures: list[Any], offsets: dict[Any, int]) -> None:
+        await asyncio.gather(*futures)
+        await consumer.commit(offsets)
+
+    # the worker's discipline: one batch's acknowledgements and commit in flight while the next
+    # batch is fetched; it is produced only after the one before is committed
+    seen, start, in_flight = 0, None, None
     try:
         while seen < n:
             got = await consumer.getmany(timeout_ms=50, max_records=batch)
             if not got:
                 continue
             start = start or time.perf_counter()
+            if in_flight is not None:
+                await in_flight
             futures = [await producer.send(out, m.value, key=m.key) for msgs in got.values() for m in msgs]
-            await asyncio.gather(*futures)
-            await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in got.items()})
+            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in got.items()}
+            in_flight = asyncio.ensure_future(acknowledge_and_commit(futures, offsets))
             seen += sum(len(m) for m in got.values())
+        if in_flight is not None:
+            await in_flight
         assert start is not None
         return n / (time.perf_counter() - start)
     finally:

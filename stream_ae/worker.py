@@ -8,12 +8,15 @@ micro-batch:
 1. ``getmany`` up to ``batch_max_size`` records or ``batch_max_wait_ms``;
 2. decode, validate, encode and score the batch on a dedicated single-thread executor
    (device work never blocks the event loop);
-3. produce anomaly / dead-letter / score records and wait for every acknowledgement;
-4. commit the batch's offsets (or, with ``exactly_once``, send them inside the producer's
-   transaction), and only then fetch the next batch.
+3. produce anomaly / dead-letter / score records;
+4. wait for every acknowledgement, then commit the batch's offsets. With ``at_least_once``
+   step 4 runs while the next batch is fetched and processed (one batch in flight; the next
+   is produced only after it is committed). With ``exactly_once`` records and offsets go in
+   one producer transaction before the next fetch.
 
-A failure in step 3 or 4 rewinds the consumer to the batch's first offsets and retries, so
-every consumed event is scored or dead-lettered at least once. Model swaps happen between
+A failure in step 3 or 4 rewinds the consumer to the batch's first offsets (and the next
+batch's, which is dropped unpublished) and retries, so every consumed event is scored or
+dead-lettered at least once. Model swaps happen between
 two batches; loading and verification run off the hot path.
 """
 
@@ -25,6 +28,7 @@ import logging
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +49,23 @@ log = logging.getLogger("stream_ae.worker")
 MAX_BATCH_ATTEMPTS = 5
 
 
+@dataclass
+class InFlightBatch:
+    """A published batch whose acknowledgements and commit are still pending."""
+
+    task: asyncio.Future[None]
+    first: dict[TopicPartition, int]  # where to rewind to if it fails
+    routed: Routed
+    started: float
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: BatchWorker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        await self.worker.wait_in_flight()  # its commit lands before the partitions move
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         parts = list(assigned)
@@ -106,6 +121,8 @@ class BatchWorker(Service):
         self.psi = 0.0
         self.kafka_reachable = True
         self._drift_reported = 0.0
+        self._in_flight: InFlightBatch | None = None
+        self._publish_failures = 0
         super().__init__(**kwargs)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -148,6 +165,7 @@ class BatchWorker(Service):
 
     async def on_stop(self) -> None:
         self.ready = False
+        await self.wait_in_flight()  # commit what was acknowledged: less to re-deliver after restart
         for client in (self._consumer, self._control):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -277,8 +295,14 @@ class BatchWorker(Service):
                 continue
             if fetched:
                 await self._handle(fetched)
+            else:
+                await self._settle()  # idle: finish the batch in flight now, not with the next one
 
     async def _handle(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Process one fetched batch, then publish it. With ``at_least_once`` the batch's
+        acknowledgements and commit are left in flight while the next batch is fetched and
+        processed (at most one batch in flight, committed in order); a batch is published only
+        after the one before it is committed, so a failure rewinds both and loses nothing."""
         assert self._consumer is not None and self.model is not None
         started = time.perf_counter()
         records = [r for msgs in fetched.values() for r in msgs]
@@ -286,33 +310,80 @@ class BatchWorker(Service):
         offsets = {tp: msgs[-1].offset + 1 for tp, msgs in fetched.items()}
         for tp, msgs in fetched.items():
             self.metrics.consumed.labels(topic=tp.topic).inc(len(msgs))
+        routed = await self._process(records)
+        if routed is None:
+            return  # stopping: nothing was committed, the records are read again after restart
+        previous = self._in_flight
+        if not await self._settle():  # the batch before failed and was rewound: this one goes too
+            await self._rewind({**first, **(previous.first if previous else {})})
+            return
+        try:
+            if self.settings.processing_guarantee == "exactly_once":
+                await self._publish_in_transaction(routed, offsets)
+                self._record_metrics(routed, started)
+                return
+            futures = [await self._producer.send(rec.topic, rec.value, key=rec.key) for rec in routed.out]  # type: ignore[union-attr]
+        except Exception as exc:
+            await self._publish_failed(exc, first)
+            return
+        task = asyncio.ensure_future(self._acknowledge_and_commit(futures, offsets))
+        self._in_flight = InFlightBatch(task, first, routed, started)
+
+    async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> Routed | None:
+        """Score and route on the hot executor; a failing batch is retried, then dead-lettered
+        (a bug, not bad input: bad input is dead-lettered record by record inside)."""
+        model = self.model
+        assert model is not None
         attempt = 0
         while not self.should_stop:
             attempt += 1
             try:
-                routed = await asyncio.get_running_loop().run_in_executor(
-                    self._hot, process_batch, records, self.model, self.topics, self.settings.max_message_bytes
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._hot, process_batch, records, model, self.topics, self.settings.max_message_bytes
                 )
-            except Exception as exc:  # a bug, not bad input: retry, then dead-letter the batch
+            except Exception as exc:
                 log.exception("processing a batch failed (attempt %d)", attempt)
                 self.metrics.batch_errors.labels(stage="process").inc()
-                if attempt < MAX_BATCH_ATTEMPTS:
-                    await self.sleep(0.2 * attempt)
-                    continue
-                routed = self._dead_letter_all(records, f"processing_error: {exc}")
-            try:
-                await self._publish_and_commit(routed, offsets)
-                break
-            except Exception as exc:
-                log.warning("publish/commit failed (%s); rewinding and retrying the batch", exc)
-                self.metrics.batch_errors.labels(stage="publish").inc()
-                self.metrics.kafka_up.set(0)
-                await self._rewind(first)
-                await self.sleep(min(5.0, 0.5 * attempt))
-                return  # the records come back through getmany after the rewind
-        else:
-            return  # stopping: nothing was committed, the records are read again after restart
-        self._record_metrics(routed, started)
+                if attempt >= MAX_BATCH_ATTEMPTS:
+                    return self._dead_letter_all(records, f"processing_error: {exc}")
+                await self.sleep(0.2 * attempt)
+        return None
+
+    async def _acknowledge_and_commit(self, futures: list[Any], offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        if futures:
+            await asyncio.gather(*futures)
+        await self._consumer.commit(offsets)
+
+    async def _settle(self) -> bool:
+        """Wait for the batch in flight; False when it failed (it is rewound, nothing of it or
+        after it is committed)."""
+        batch, self._in_flight = self._in_flight, None
+        if batch is None:
+            return True
+        try:
+            await batch.task
+        except Exception as exc:
+            await self._publish_failed(exc, batch.first)
+            return False
+        self._record_metrics(batch.routed, batch.started)
+        return True
+
+    async def wait_in_flight(self) -> None:
+        """Let the batch in flight finish (its commit lands) without taking over its outcome:
+        the hot loop still settles it (rebalances and shutdown call this)."""
+        batch = self._in_flight
+        if batch is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(batch.task), 10.0)
+
+    async def _publish_failed(self, exc: BaseException, first: dict[TopicPartition, int]) -> None:
+        log.warning("publish/commit failed (%s); rewinding and retrying the batch", exc)
+        self.metrics.batch_errors.labels(stage="publish").inc()
+        self.metrics.kafka_up.set(0)
+        await self._rewind(first)
+        self._publish_failures += 1
+        await self.sleep(min(5.0, 0.5 * self._publish_failures))
 
     def _dead_letter_all(self, records: list[ConsumerRecord[bytes, bytes]], detail: str) -> Routed:
         routed = Routed(n_in=len(records))
@@ -328,23 +399,17 @@ class BatchWorker(Service):
             if tp in assigned:
                 self._consumer.seek(tp, offset)
 
-    async def _publish_and_commit(self, routed: Routed, offsets: dict[TopicPartition, int]) -> None:
-        assert self._producer is not None and self._consumer is not None
-        if self.settings.processing_guarantee == "exactly_once":
-            async with self._producer.transaction():
-                for rec in routed.out:
-                    await self._producer.send(rec.topic, rec.value, key=rec.key)
-                await self._producer.send_offsets_to_transaction(
-                    {tp: o for tp, o in offsets.items()}, self.settings.group_id
-                )
-            return
-        futures = [await self._producer.send(rec.topic, rec.value, key=rec.key) for rec in routed.out]
-        if futures:
-            await asyncio.gather(*futures)
-        await self._consumer.commit(offsets)
+    async def _publish_in_transaction(self, routed: Routed, offsets: dict[TopicPartition, int]) -> None:
+        """``exactly_once``: the batch's records and its offsets in one Kafka transaction."""
+        assert self._producer is not None
+        async with self._producer.transaction():
+            for rec in routed.out:
+                await self._producer.send(rec.topic, rec.value, key=rec.key)
+            await self._producer.send_offsets_to_transaction(dict(offsets), self.settings.group_id)
 
     def _record_metrics(self, routed: Routed, started: float) -> None:
         m, now = self.metrics, time.time()
+        self._publish_failures = 0
         m.batches.inc()
         m.batch_size.observe(routed.n_in)
         m.scored.inc(routed.n_scored)
