@@ -53,10 +53,8 @@ MAX_BATCH_ATTEMPTS = 5
 class InFlightBatch:
     """A published batch whose acknowledgements and commit are still pending."""
 
-    task: asyncio.Future[None]
+    task: asyncio.Future[None]  # acknowledgements, commit, then the batch's metrics
     first: dict[TopicPartition, int]  # where to rewind to if it fails
-    routed: Routed
-    started: float
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -326,8 +324,8 @@ class BatchWorker(Service):
         except Exception as exc:
             await self._publish_failed(exc, first)
             return
-        task = asyncio.ensure_future(self._acknowledge_and_commit(futures, offsets))
-        self._in_flight = InFlightBatch(task, first, routed, started)
+        task = asyncio.ensure_future(self._acknowledge_and_commit(futures, offsets, routed, started))
+        self._in_flight = InFlightBatch(task, first)
 
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> Routed | None:
         """Score and route on the hot executor; a failing batch is retried, then dead-lettered
@@ -349,11 +347,14 @@ class BatchWorker(Service):
                 await self.sleep(0.2 * attempt)
         return None
 
-    async def _acknowledge_and_commit(self, futures: list[Any], offsets: dict[TopicPartition, int]) -> None:
+    async def _acknowledge_and_commit(
+        self, futures: list[Any], offsets: dict[TopicPartition, int], routed: Routed, started: float
+    ) -> None:
         assert self._consumer is not None
         if futures:
             await asyncio.gather(*futures)
         await self._consumer.commit(offsets)
+        self._record_metrics(routed, started)  # when it is committed, not when the loop looks
 
     async def _settle(self) -> bool:
         """Wait for the batch in flight; False when it failed (it is rewound, nothing of it or
@@ -366,7 +367,6 @@ class BatchWorker(Service):
         except Exception as exc:
             await self._publish_failed(exc, batch.first)
             return False
-        self._record_metrics(batch.routed, batch.started)
         return True
 
     async def wait_in_flight(self) -> None:
