@@ -158,3 +158,10 @@ def test_warm_start_uses_the_champion_only_when_the_network_matches(data: np.nda
     assert not other.same_network(champion)
     other.fit(data, init_from=champion)  # a changed network trains from scratch instead of failing
     assert np.isfinite(other.score_samples(data[:10])).all()
+
+
+@pytest.mark.parametrize("steps", [1, 10, 11])
+def test_very_short_training_runs(data: np.ndarray, steps: int) -> None:
+    """A smoke-test budget of a few steps trains (the one-cycle schedule once divided by zero)."""
+    det = AutoencoderDetector("ae", seed=0, device="cpu", epochs=1, min_steps=steps, max_steps=steps).fit(data)
+    assert np.isfinite(det.score_samples(data[:10])).all()

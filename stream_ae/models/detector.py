@@ -248,8 +248,10 @@ class AutoencoderDetector:
         opt = torch.optim.AdamW(net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
         bs = min(h.batch_size, len(xt))
         steps_per_epoch = max(1, len(xt) // bs)
-        total = min(h.max_steps, max(h.min_steps, h.epochs * steps_per_epoch))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=total, pct_start=0.1)
+        total = max(4, min(h.max_steps, max(h.min_steps, h.epochs * steps_per_epoch)))
+        # the warm-up needs two steps at least (one-cycle divides by its length minus one)
+        warmup = min(0.5, max(0.1, 2.0 / total))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=total, pct_start=warmup)
         net.train()
         start, step, running = time.perf_counter(), 0, 0.0
         self.history_ = []
