@@ -44,3 +44,17 @@ def test_tail_part_flags_a_single_extreme_feature_the_density_misses() -> None:
     assert set(parts) >= {"density", "reference", "tail", "recon"}
     assert (parts["tail"] > parts["tail"][0]).sum() <= 2
     assert (det.score_samples(test) > det.score_samples(test)[0]).sum() <= 5
+
+
+def test_a_warm_started_model_learns_the_tails_of_its_own_training_window() -> None:
+    """The trainer warm-starts from the champion: the tail table must still be the new window's
+    (traffic moved), not the champion's copied along with its weights."""
+    rng = np.random.default_rng(3)
+    old, new = rng.normal(size=(2_000, 4)).astype(np.float32), rng.normal(3.0, 2.0, size=(2_000, 4)).astype(np.float32)
+    fast = {"epochs": 1, "min_steps": 10, "max_steps": 20}
+    champion = AutoencoderDetector("ncae", seed=0, device="cpu", **fast).fit(old)
+    warm = AutoencoderDetector("ncae", seed=0, device="cpu", **fast).fit(new, init_from=champion)
+    cold = AutoencoderDetector("ncae", seed=0, device="cpu", **fast).fit(new)
+    knots = {name: det.state_dict()["tails.knots"] for name, det in (("warm", warm), ("cold", cold), ("old", champion))}
+    assert torch.equal(knots["warm"], knots["cold"])
+    assert not torch.equal(knots["warm"], knots["old"])
