@@ -301,7 +301,7 @@ class BatchWorker(Service):
         acknowledgements and commit are left in flight while the next batch is fetched and
         processed (at most one batch in flight, committed in order); a batch is published only
         after the one before it is committed, so a failure rewinds both and loses nothing."""
-        assert self._consumer is not None and self.model is not None
+        assert self._consumer is not None and self._producer is not None and self.model is not None
         started = time.perf_counter()
         records = [r for msgs in fetched.values() for r in msgs]
         first = {tp: msgs[0].offset for tp, msgs in fetched.items()}
@@ -318,9 +318,9 @@ class BatchWorker(Service):
         try:
             if self.settings.processing_guarantee == "exactly_once":
                 await self._publish_in_transaction(routed, offsets)
-                self._record_metrics(routed, started)
+                self._committed(routed, started)
                 return
-            futures = [await self._producer.send(rec.topic, rec.value, key=rec.key) for rec in routed.out]  # type: ignore[union-attr]
+            futures = [await self._producer.send(rec.topic, rec.value, key=rec.key) for rec in routed.out]
         except Exception as exc:
             await self._publish_failed(exc, first)
             return
@@ -354,7 +354,7 @@ class BatchWorker(Service):
         if futures:
             await asyncio.gather(*futures)
         await self._consumer.commit(offsets)
-        self._record_metrics(routed, started)  # when it is committed, not when the loop looks
+        self._committed(routed, started)  # when it is committed, not when the loop next looks
 
     async def _settle(self) -> bool:
         """Wait for the batch in flight; False when it failed (it is rewound, nothing of it or
@@ -407,9 +407,12 @@ class BatchWorker(Service):
                 await self._producer.send(rec.topic, rec.value, key=rec.key)
             await self._producer.send_offsets_to_transaction(dict(offsets), self.settings.group_id)
 
+    def _committed(self, routed: Routed, started: float) -> None:
+        self._publish_failures = 0  # the publish backoff starts over
+        self._record_metrics(routed, started)
+
     def _record_metrics(self, routed: Routed, started: float) -> None:
         m, now = self.metrics, time.time()
-        self._publish_failures = 0
         m.batches.inc()
         m.batch_size.observe(routed.n_in)
         m.scored.inc(routed.n_scored)
