@@ -191,7 +191,7 @@ class AutoencoderDetector:
 
         ``init_from`` warm-starts from another fitted detector (the trainer's champion) when
         it has the same network (:meth:`same_network`), else training starts from scratch; the
-        reference-noise and tail buffers are always refitted, not copied.
+        buffers (reference noises, tail table) are always refitted, not copied.
         """
         h = self.hyper
         X = self._check_x(X)
@@ -208,8 +208,10 @@ class AutoencoderDetector:
         if isinstance(net, NoiseContrastiveNet):
             net.fit_references(xt)
         if init_from is not None and self.same_network(init_from):
-            fitted_here = ("references.", "tails.")  # exact statistics of this training set, kept
-            warm = {k: v for k, v in init_from.state_dict().items() if not k.startswith(fitted_here)}
+            # learned parameters only: every buffer (reference noises, tail table) is a statistic
+            # of this training set and was fitted above
+            learned = {name for name, _ in net.named_parameters()}
+            warm = {k: v for k, v in init_from.state_dict().items() if k in learned}
             net.load_state_dict(warm, strict=False)
         self._train(net, xt, progress, self._to_tensor(X[cal_idx]) if n_cal >= 20 else None)
         train_parts = self._parts(xt)
