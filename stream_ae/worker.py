@@ -47,6 +47,7 @@ from stream_ae.threshold import population_stability_index
 
 log = logging.getLogger("stream_ae.worker")
 MAX_BATCH_ATTEMPTS = 5
+IN_FLIGHT_WAIT_S = 10.0  # how long a rebalance or shutdown waits for the batch in flight to commit
 
 
 @dataclass
@@ -313,6 +314,7 @@ class BatchWorker(Service):
             return  # stopping: nothing was committed, the records are read again after restart
         previous = self._in_flight
         if not await self._settle():  # the batch before failed and was rewound: this one goes too
+            # where both touch a partition the earlier batch's offset wins: never seek past it
             await self._rewind({**first, **(previous.first if previous else {})})
             return
         try:
@@ -375,7 +377,7 @@ class BatchWorker(Service):
         batch = self._in_flight
         if batch is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(batch.task), 10.0)
+                await asyncio.wait_for(asyncio.shield(batch.task), IN_FLIGHT_WAIT_S)
 
     async def _publish_failed(self, exc: BaseException, first: dict[TopicPartition, int]) -> None:
         log.warning("publish/commit failed (%s); rewinding and retrying the batch", exc)
