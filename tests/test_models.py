@@ -132,17 +132,24 @@ def test_manifest_pins_the_network_options(data: np.ndarray, tmp_path: Path) -> 
     options = json.loads((path / "manifest.json").read_text())["detector"]["hyper"]["net_options"]
     assert set(network_defaults(NoiseContrastiveNet)) <= set(options), "every option is written down"
     assert options["reference"] == "marginal+gaussian" and options["bridges"] == 4 and options["trim"] == 0.0
-    assert options["tails"] is True
+    assert options["tails"] is True and options["neighbour_sets"] == 32
 
 
 def test_an_artifact_from_before_telescoping_still_loads_unchanged(data: np.ndarray, tmp_path: Path) -> None:
-    """Manifests written before ``bridges``, ``trim`` and ``tails`` existed lack them: they must rebuild
-    the single-step network they were trained as, not today's default."""
-    old_style = {"reference": "gaussian+mixture", "head_hidden": [32], "bridges": 1, "trim": 0.0, "tails": False}
+    """Manifests written before ``bridges``, ``trim``, ``tails`` and the neighbour samples existed lack
+    them: they must rebuild the single-step network they were trained as, not today's default."""
+    old_style = {
+        "reference": "gaussian+mixture",
+        "head_hidden": [32],
+        "bridges": 1,
+        "trim": 0.0,
+        "tails": False,
+        "neighbour_sets": 0,
+    }
     det = AutoencoderDetector("ncae", seed=0, device="cpu", net_options=old_style, **FAST).fit(data)
     path = det.save(tmp_path / "m")
     manifest = json.loads((path / "manifest.json").read_text())
-    for option in ("bridges", "trim", "tails"):
+    for option in ("bridges", "trim", "tails", "neighbour_sets", "neighbour_size", "neighbour_k"):
         del manifest["detector"]["hyper"]["net_options"][option]
     (path / "manifest.json").write_text(json.dumps(manifest))
     loaded = load_artifact(path, device="cpu").detector

@@ -4,7 +4,7 @@ Every network maps a batch of scaled rows ``x`` (float32, ``[n, d]``) to:
 
 * ``training_loss(x, gen) -> (loss, parts)``: the objective of its variant;
 * ``score_parts(x) -> dict``: raw per-row anomaly components, higher = more anomalous
-  (always ``"recon"``; the NCAE adds ``"density"``, ``"reference"`` and ``"tail"``, the VAE ``"kl"``);
+  (always ``"recon"``; the NCAE adds ``"density"``, ``"reference"``, ``"tail"`` and ``"neighbour"``, the VAE ``"kl"``);
 * ``residual(x) -> [n, d]``: per-feature reconstruction error (for explanations).
 
 Variants: ``ae`` (plain), ``dae`` (denoising), ``sparse`` (L1 on the code), ``contractive``
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stream_ae.models.neighbours import SubsampleNeighbours
 from stream_ae.models.noise import REFERENCES, MarginalReference, Reference, corrupt
 from stream_ae.models.tails import MarginalTails
 
@@ -163,7 +164,11 @@ class NoiseContrastiveNet(AutoencoderNet):
     the reference alone (for the marginal reference: feature by feature). With ``tails`` on,
     ``tail`` is how extreme each feature's value is by the training quantiles, summed over
     features (:class:`~stream_ae.models.tails.MarginalTails`): a value between two modes has a
-    low density but is not extreme, a value beyond all but a few training rows is.
+    low density but is not extreme, a value beyond all but a few training rows is. With
+    ``neighbour_sets`` > 0, ``neighbour`` is how far the row is from its ``neighbour_k``-th
+    nearest row in each of that many random samples of ``neighbour_size`` training rows
+    (:class:`~stream_ae.models.neighbours.SubsampleNeighbours`): small samples see through a
+    tight cluster of anomalies that the density, fitted on all rows, learns as common.
 
     ``trim`` (off by default) leaves the real rows with the lowest current density estimate
     (that fraction of each batch) out of the "real" side, so the heads never learn to call
@@ -185,6 +190,9 @@ class NoiseContrastiveNet(AutoencoderNet):
         bridges: int = 1,
         trim: float = 0.0,
         tails: bool = False,
+        neighbour_sets: int = 0,
+        neighbour_size: int = 64,
+        neighbour_k: int = 2,
         **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
@@ -208,14 +216,22 @@ class NoiseContrastiveNet(AutoencoderNet):
         self.hard_negative_weight = hard_negative_weight
         self.trim = trim
         self.tails = MarginalTails(self.n_features) if tails else None
+        self.neighbours = (
+            SubsampleNeighbours(self.n_features, neighbour_sets, neighbour_size, neighbour_k)
+            if neighbour_sets > 0
+            else None
+        )
 
-    def fit_references(self, x: torch.Tensor) -> None:
+    def fit_references(self, x: torch.Tensor, seed: int = 0) -> None:
         """Fit everything the network knows exactly from the training rows (no gradients):
-        the reference noises and, when on, the tail table."""
+        the reference noises and, when on, the tail table and the neighbour samples (drawn
+        with ``seed``)."""
         for ref in self.references:
             ref.fit(x)
         if self.tails is not None:
             self.tails.fit(x)
+        if self.neighbours is not None:
+            self.neighbours.fit(x, torch.Generator(device=x.device).manual_seed(seed))
 
     def _chain(self, r: int) -> list[nn.Sequential]:
         return self.heads[r * self.bridges : (r + 1) * self.bridges]
@@ -269,6 +285,8 @@ class NoiseContrastiveNet(AutoencoderNet):
                 parts["reference"] = -log_q.mean(0)
         if self.tails is not None and (need is None or "tail" in need):
             parts["tail"] = self.tails.score(x)
+        if self.neighbours is not None and (need is None or "neighbour" in need):
+            parts["neighbour"] = self.neighbours.score(x)
         return parts
 
 
