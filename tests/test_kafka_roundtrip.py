@@ -84,3 +84,13 @@ def test_stale_pid_file_is_not_trusted(tmp_path) -> None:  # type: ignore[no-unt
     broker.pid_file.write_text("1")  # pid 1 is alive but is no Kafka broker
     assert broker.running_pid() is None
     assert not broker.pid_file.exists()
+
+
+def test_a_fresh_cluster_id_never_reads_as_an_option() -> None:
+    """The storage tool parses ``-t <id>``; an id starting with ``-`` (one in 64 of plain random
+    ids) made it refuse to format, so a fresh broker failed to start once in 64 runs."""
+    from stream_ae.kafka_local import _cluster_id
+
+    ids = [_cluster_id() for _ in range(5_000)]
+    assert not any(cid.startswith("-") for cid in ids)
+    assert all(len(cid) == 22 for cid in ids) and len(set(ids)) == len(ids)

@@ -90,8 +90,13 @@ def resolve_jars(version: str = DEFAULT_KAFKA_VERSION, cache_dir: Path | None = 
 
 
 def _cluster_id() -> str:
-    # Kafka's own format: 16 random bytes, URL-safe base64 without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """Kafka's own format: 16 random bytes, URL-safe base64 without padding. Like Kafka's
+    ``Uuid.randomUuid`` it never starts with ``-``: the storage tool's argument parser would read
+    such an id as an option and refuse to format (one start in 64 failed that way)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
