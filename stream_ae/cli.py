@@ -102,6 +102,7 @@ def train(
     max_steps: Annotated[int, typer.Option(help="optimiser steps at most")] = 2000,
     seed: int = 0,
     device: str = "auto",
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast for the layers (for CUDA)")] = False,
     schema: Annotated[Path | None, typer.Option(help="feature schema (.json/.yaml); inferred if absent")] = None,
 ) -> None:
     """Train a model from a file and write it as a checksummed artifact."""
@@ -122,6 +123,7 @@ def train(
         "max_steps": max_steps,
         "seed": seed,
         "device": device,
+        "bf16": bf16,
     }
     with Progress(
         TextColumn("[bold]training {task.fields[variant]}"),

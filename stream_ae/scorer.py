@@ -70,13 +70,10 @@ class DeviceScorer:
         top_share = np.zeros((n, self.top_k), dtype=np.float32)
         rows = torch.nonzero(flagged_t).squeeze(1)
         if self.top_k and rows.numel():
-            assert self.detector.net_ is not None
-            res = self.detector.net_.residual(z[rows]).pow(2)
-            share = res / res.sum(1, keepdim=True).clamp_min(1e-12)
-            top = torch.topk(share, self.top_k, dim=1)
+            index, share = self.detector.explain_tensor(z[rows], self.top_k)
             r = rows.cpu().numpy()
-            top_index[r] = top.indices.cpu().numpy()
-            top_share[r] = top.values.float().cpu().numpy()
+            top_index[r, : index.shape[1]] = index.cpu().numpy()
+            top_share[r, : share.shape[1]] = share.cpu().numpy()
         scores = scores_t.double().cpu().numpy()
         return ScoreResult(scores, scores > self.threshold, top_index, top_share)
 

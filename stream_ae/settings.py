@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     trainer_window_events: int = Field(50_000, ge=100)
     trainer_exclude_anomalies: bool = True
     trainer_warm_start: bool = True
+    # the trainer's device: the CPU by default, leaving the GPU to the workers on a shared host
+    trainer_device: Device = "cpu"
+    trainer_bf16: bool = False  # bf16 autocast for the networks' layers while training (for CUDA)
     trainer_metrics_port: int = 9109
     trainer_min_interval_s: float = Field(60.0, ge=0)
     drift_report_interval_s: float = Field(30.0, gt=0)

@@ -172,3 +172,25 @@ def test_very_short_training_runs(data: np.ndarray, steps: int) -> None:
     """A smoke-test budget of a few steps trains (the one-cycle schedule once divided by zero)."""
     det = AutoencoderDetector("ae", seed=0, device="cpu", epochs=1, min_steps=steps, max_steps=steps).fit(data)
     assert np.isfinite(det.score_samples(data[:10])).all()
+
+
+@pytest.mark.parametrize("variant", ["ncae", "vae"])
+def test_bf16_autocast_learns_and_keeps_the_exact_parts_in_float32(
+    variant: str, data: np.ndarray, tmp_path: Path
+) -> None:
+    """``bf16=True`` runs the layers in bfloat16 (CPU autocast here, CUDA in production): the model
+    still learns and ranks anomalies; parts that are exact statistics are unchanged; the setting
+    travels with the artifact."""
+    fp32 = AutoencoderDetector(variant, seed=0, device="cpu", **FAST).fit(data)
+    bf16 = AutoencoderDetector(variant, seed=0, device="cpu", bf16=True, **FAST).fit(data)
+    assert bf16.history_[-1]["loss"] < bf16.history_[0]["loss"]
+    s_norm, s_anom = bf16.score_samples(normal_data(500, seed=7)), bf16.score_samples(obvious_anomalies(100))
+    assert (s_anom > np.quantile(s_norm, 0.95)).mean() >= 0.8
+    if variant == "ncae":
+        ours, theirs = bf16.component_scores(data[:300]), fp32.component_scores(data[:300])
+        for part in ("tail", "neighbour"):
+            np.testing.assert_array_equal(ours[part], theirs[part])
+        assert not np.array_equal(ours["density"], theirs["density"]), "the heads did run in bf16"
+    loaded = load_artifact(bf16.save(tmp_path / "m"), device="cpu").detector
+    assert loaded.hyper.bf16
+    np.testing.assert_array_equal(loaded.score_samples(data[:100]), bf16.score_samples(data[:100]))

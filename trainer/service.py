@@ -210,7 +210,8 @@ class TrainerService:
             schema=schema,
             variant=s.variant,
             target_rate=s.target_false_alarm_rate,
-            device="cpu",
+            device=s.trainer_device,
+            bf16=s.trainer_bf16,
             init_from=warm,
             max_steps=1500,
         )

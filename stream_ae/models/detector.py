@@ -94,6 +94,7 @@ class Hyper:
     clip: float = 1000.0  # scaled inputs are clipped to +-clip (keeps hostile values finite)
     seed: int = 0
     early_stopping: bool = True  # keep the weights with the best objective on the calibration slice
+    bf16: bool = False  # bf16 autocast for the networks' layers (meant for CUDA); exact densities stay float32
     score_weights: dict[str, float] = field(default_factory=dict)
     net_options: dict[str, Any] = field(default_factory=dict)  # variant-specific knobs
 
@@ -187,6 +188,17 @@ class AutoencoderDetector:
             z = _gaussianize(x, self._knots_t, self._scale_t)
         return z.clamp(-self.hyper.clip, self.hyper.clip)
 
+    def autocast(self, device: torch.device | None = None) -> torch.autocast:
+        """The context the networks run in: bf16 autocast when ``hyper.bf16``, else a no-op.
+
+        Linear layers (encoder, decoder, heads) then compute in bfloat16; the exact parts
+        (reference log-densities, tail table, neighbour distances) switch autocast off and stay
+        float32, as does the score arithmetic. Meant for CUDA; on the CPU it works but is rarely
+        faster.
+        """
+        dev = device or self.device
+        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self.hyper.bf16)
+
     def _to_tensor(self, X: FloatArray) -> torch.Tensor:
         return self.scale_tensor(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self.device))
 
@@ -248,7 +260,8 @@ class AutoencoderDetector:
         """The training objective on held-out rows, with noise from a fixed seed (comparable
         from one check to the next)."""
         gen = torch.Generator(device=self.device).manual_seed(self.hyper.seed + 7919)
-        loss, _ = net.training_loss(xval, gen)
+        with self.autocast():
+            loss, _ = net.training_loss(xval, gen)
         return float(loss.detach())
 
     def _train(
@@ -276,7 +289,8 @@ class AutoencoderDetector:
             perm = torch.randperm(len(xt), generator=gen, device=self.device)
             for i in range(steps_per_epoch):
                 batch = xt[perm[i * bs : (i + 1) * bs]]
-                loss, parts = net.training_loss(batch, gen)
+                with self.autocast():
+                    loss, parts = net.training_loss(batch, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -309,7 +323,9 @@ class AutoencoderDetector:
             raise NotFittedError("fit or load the detector first")
         out: dict[str, list[NDArray[np.float64]]] = {}
         for i in range(0, len(xt), chunk):
-            for k, v in self.net_.score_parts(xt[i : i + chunk]).items():
+            with self.autocast(xt.device):
+                parts = self.net_.score_parts(xt[i : i + chunk])
+            for k, v in parts.items():
                 out.setdefault(k, []).append(v.double().cpu().numpy())
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
@@ -326,7 +342,8 @@ class AutoencoderDetector:
         """Scores of an already scaled device tensor, kept on the device (the worker's path)."""
         if self.net_ is None:
             raise NotFittedError("fit or load the detector first")
-        parts = self.net_.score_parts(xt_scaled, need=self.hyper.score_weights.keys())
+        with self.autocast(xt_scaled.device):
+            parts = self.net_.score_parts(xt_scaled, need=self.hyper.score_weights.keys())
         score = torch.zeros(xt_scaled.shape[0], device=xt_scaled.device, dtype=torch.float32)
         for name, weight in self.hyper.score_weights.items():
             med, scale = self.part_stats_[name]
@@ -358,13 +375,19 @@ class AutoencoderDetector:
     @torch.inference_mode()
     def explain(self, X: NDArray[Any], k: int = 3) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """Top-``k`` features by share of squared reconstruction error: (indices, shares)."""
+        index, share = self.explain_tensor(self._to_tensor(self._check_x(X)), k)
+        return index.cpu().numpy(), share.cpu().numpy()
+
+    def explain_tensor(self, xt_scaled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`explain` on an already scaled device tensor, kept on the device (the worker's
+        path): ``[n, k]`` feature indices and their float32 shares."""
         if self.net_ is None:
             raise NotFittedError("fit or load the detector first")
-        res = self.net_.residual(self._to_tensor(self._check_x(X))).pow(2)
+        with self.autocast(xt_scaled.device):
+            res = self.net_.residual(xt_scaled).float().pow(2)
         share = res / res.sum(1, keepdim=True).clamp_min(1e-12)
-        k = min(k, share.shape[1])
-        top = torch.topk(share, k, dim=1)
-        return top.indices.cpu().numpy(), top.values.float().cpu().numpy()
+        top = torch.topk(share, min(k, share.shape[1]), dim=1)
+        return top.indices, top.values
 
     # -- persistence ---------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -67,8 +67,12 @@ class SubsampleNeighbours(nn.Module):
         rounds of "mask the minimum" and a last minimum, which for small ``k`` is several
         times faster than ``topk`` on the CPU. Chunks of 1,024 rows keep the matrix in cache.
         """
+        with torch.autocast(x.device.type, enabled=False):  # |y|^2 - 2 x.y cancels: never in bf16
+            return self._score(x.float(), chunk)
+
+    def _score(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
         sets, size, d = self.points.shape
-        flat = self.points.reshape(sets * size, d).to(x.dtype)
+        flat = self.points.reshape(sets * size, d)
         sq = (flat * flat).sum(1)
         out = []
         for i in range(0, x.shape[0], chunk):

@@ -243,8 +243,10 @@ class NoiseContrastiveNet(AutoencoderNet):
         )
 
     def _log_q(self, x: torch.Tensor) -> torch.Tensor:
-        """``[references, n]``: each reference's exact log-density."""
-        return torch.stack([ref.log_prob(x) for ref in self.references])
+        """``[references, n]``: each reference's exact log-density (float32, under any autocast)."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            return torch.stack([ref.log_prob(x) for ref in self.references])
 
     def density(self, x: torch.Tensor, log_q: torch.Tensor | None = None) -> torch.Tensor:
         """``-log p(x)`` estimated by each reference's chain, averaged over the references."""
