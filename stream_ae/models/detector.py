@@ -218,7 +218,7 @@ class AutoencoderDetector:
 
         ``init_from`` warm-starts from another fitted detector (the trainer's champion) when
         it has the same network (:meth:`same_network`), else training starts from scratch; the
-        buffers (reference noises, tail table) are always refitted, not copied.
+        buffers (reference noises, tail table, neighbour samples) are always refitted, not copied.
         """
         h = self.hyper
         X = self._check_x(X)
@@ -235,7 +235,7 @@ class AutoencoderDetector:
         if isinstance(net, NoiseContrastiveNet):
             net.fit_references(xt, seed=h.seed)
         if init_from is not None and self.same_network(init_from):
-            # learned parameters only: every buffer (reference noises, tail table) is a statistic
+            # learned parameters only: every buffer (reference noises, tail table, neighbour samples) is a statistic
             # of this training set and was fitted above
             learned = {name for name, _ in net.named_parameters()}
             warm = {k: v for k, v in init_from.state_dict().items() if k in learned}
