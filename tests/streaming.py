@@ -16,7 +16,7 @@ FAST_MODEL = {"max_steps": 800, "min_steps": 800, "target_rate": 0.001, "seed": 
 
 
 @functools.lru_cache(maxsize=8)
-def _fitted(seed: int, amount_shift: float) -> FittedModel:
+def card_model(seed: int, amount_shift: float) -> FittedModel:
     events, _ = transactions(20_000, seed=seed, amount_shift=amount_shift)
     return fit_events(events, **FAST_MODEL)
 
@@ -24,7 +24,7 @@ def _fitted(seed: int, amount_shift: float) -> FittedModel:
 def publish_model(registry_dir: Path, version: str, *, seed: int = 1, amount_shift: float = 0.0) -> str:
     """Publish a small NCAE trained on synthetic normal transactions (trained once per
     ``seed``/``amount_shift`` for the whole test session)."""
-    fitted = _fitted(seed, amount_shift)
+    fitted = card_model(seed, amount_shift)
     Registry(registry_dir).publish(lambda tmp: fitted.save(tmp, version=version), version)
     return version
 
