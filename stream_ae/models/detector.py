@@ -44,8 +44,8 @@ DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
     "ncae": {"neighbour": 1.0, "density": 0.25, "tail": 0.5},
 }
 
-# A score part that exists only when a network option turns it on: (option, value meaning off).
-OPTIONAL_PARTS: dict[str, tuple[str, object]] = {"tail": ("tails", False), "neighbour": ("neighbour_sets", 0)}
+# A score part that exists only when a network option turns it on (a false or zero option: off).
+OPTIONAL_PARTS: dict[str, str] = {"tail": "tails", "neighbour": "neighbour_sets"}
 
 # Network options a variant starts from, over the network class's own defaults (which stay those
 # of older artifacts, whose manifests do not name the options added since).
@@ -109,8 +109,8 @@ class Hyper:
         }
         if not self.score_weights:
             self.score_weights = dict(DEFAULT_SCORE_WEIGHTS[self.variant])
-            for part, (option, off) in OPTIONAL_PARTS.items():  # e.g. no tail table, no tail part
-                if self.net_options.get(option) == off:
+            for part, option in OPTIONAL_PARTS.items():  # e.g. no tail table, no tail part
+                if not self.net_options.get(option):
                     self.score_weights.pop(part, None)
 
 

@@ -218,7 +218,7 @@ class NoiseContrastiveNet(AutoencoderNet):
         self.tails = MarginalTails(self.n_features) if tails else None
         self.neighbours = (
             SubsampleNeighbours(self.n_features, neighbour_sets, neighbour_size, neighbour_k)
-            if neighbour_sets > 0
+            if neighbour_sets  # a negative count is refused there
             else None
         )
 
