@@ -112,6 +112,7 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from stream_ae.features import FeatureSchema
+    from stream_ae.models import DegenerateDataError
     from stream_ae.registry import Registry
     from trainer.train import fit_events, fit_matrix, read_events, read_matrix
 
@@ -137,14 +138,19 @@ def train(
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, loss=loss)
 
-        if input.suffix in (".jsonl", ".json"):
-            events = read_events(input)
-            fitted = fit_events(
-                events, schema=FeatureSchema.load(schema) if schema else None, progress=progress, **hyper
-            )
-        else:
-            X, _ = read_matrix(input)
-            fitted = fit_matrix(X, progress=progress, **hyper)
+        try:
+            if input.suffix in (".jsonl", ".json"):
+                events = read_events(input)
+                fitted = fit_events(
+                    events, schema=FeatureSchema.load(schema) if schema else None, progress=progress, **hyper
+                )
+            else:
+                X, _ = read_matrix(input)
+                fitted = fit_matrix(X, progress=progress, **hyper)
+        except DegenerateDataError as exc:
+            bar.stop()
+            console.print(f"[red]cannot train on {input}: {exc}[/]")
+            raise typer.Exit(2) from exc
     version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{secrets.token_hex(2)}"
     if registry is not None:
         info = Registry(registry).publish(lambda tmp: fitted.save(tmp, version=version), version)
@@ -317,7 +323,7 @@ def models_show(version: Annotated[str | None, typer.Argument()] = None, registr
 
     reg = _registry(registry_dir)
     manifest, sha = read_manifest(reg.path_of(version or reg.latest() or ""))
-    summary = {k: manifest[k] for k in ("version", "variant", "created", "metrics", "data_fingerprint", "files")}
+    summary = {k: manifest.get(k) for k in ("version", "variant", "created", "metrics", "data_fingerprint", "files")}
     summary["threshold"] = manifest["detector"]["threshold"]["value"]
     summary["manifest_sha256"] = sha
     print(json.dumps(summary, indent=2))

@@ -6,7 +6,9 @@ Scoring and thresholding are separate steps: a :class:`Threshold` is fitted on h
 * ``quantile``: the empirical ``1 - rate`` quantile (needs about ``10 / rate`` scores).
 * ``pot``: peaks over threshold. A generalised Pareto distribution is fitted to the
   exceedances over a high empirical quantile and extrapolated to ``rate``; use it for rates
-  below about 1e-3, where the held-out sample is too small for a plain quantile.
+  below about 1e-3, where the held-out sample is too small for a plain quantile. When the
+  tail has nothing to fit (fewer than 10 exceedances, or all of them equal: scores that take a
+  few values only), it falls back to the empirical quantile; the value is always finite.
 
 Example:
     >>> import numpy as np
@@ -26,6 +28,11 @@ from numpy.typing import NDArray
 
 Method = Literal["quantile", "pot", "auto"]
 REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 101)
+MIN_EXCEEDANCES = 10  # fewer exceedances over the tail's start than this: no Pareto fit
+
+
+def _empirical(s: NDArray[np.float64], rate: float) -> float:
+    return float(np.quantile(s, 1 - rate))
 
 
 def _gpd_fit(excess: NDArray[np.float64]) -> tuple[float, float]:
@@ -76,17 +83,23 @@ class Threshold:
             method = "quantile" if rate * len(s) >= 10 else "pot"
         ref = np.quantile(s, REFERENCE_QUANTILES).tolist()
         if method == "quantile":
-            return cls(float(np.quantile(s, 1 - rate)), rate, method, len(s), ref)
+            return cls(_empirical(s, rate), rate, method, len(s), ref)
         # peaks over threshold: exceedances over the top 5 % (or 10 % of a small sample)
         q0 = 0.95 if len(s) >= 1000 else 0.9
         u = float(np.quantile(s, q0))
         excess = s[s > u] - u
+        if len(excess) < MIN_EXCEEDANCES or float(np.ptp(excess)) <= 0.0:
+            # a few atoms (a stuck sensor, one replayed event): no tail to fit. The empirical
+            # quantile is the honest answer: no calibration score lies above it.
+            return cls(_empirical(s, rate), rate, "quantile", len(s), ref, {"pot_fallback": 1.0})
         xi, sigma = _gpd_fit(excess)
         zeta = len(excess) / len(s)
         if abs(xi) < 1e-6:
             value = u + sigma * math.log(zeta / rate)
         else:
             value = u + sigma / xi * ((zeta / rate) ** xi - 1)
+        if not math.isfinite(value):
+            return cls(_empirical(s, rate), rate, "quantile", len(s), ref, {"pot_fallback": 1.0})
         return cls(float(value), rate, "pot", len(s), ref, {"u": u, "xi": xi, "sigma": sigma})
 
     def flag(self, scores: NDArray[Any]) -> NDArray[np.int8]:

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from stream_ae.artifacts import ArtifactError, LoadedModel
 from stream_ae.features import Event, FeatureEncoder
 from stream_ae.kafka_admin import ensure_topics
-from stream_ae.models import AutoencoderDetector
+from stream_ae.models import AutoencoderDetector, DegenerateDataError
 from stream_ae.registry import Registry, announcement_bytes
 from stream_ae.settings import Settings
 from trainer.train import FittedModel, fit_events
@@ -205,16 +205,21 @@ class TrainerService:
         train = [events[i] for i in order[n_hold:]]
         warm = champion.detector if (champion is not None and s.trainer_warm_start) else None
         schema = champion.encoder.schema if champion is not None and champion.encoder is not None else None
-        fitted: FittedModel = fit_events(
-            train,
-            schema=schema,
-            variant=s.variant,
-            target_rate=s.target_false_alarm_rate,
-            device=s.trainer_device,
-            bf16=s.trainer_bf16,
-            init_from=warm,
-            max_steps=1500,
-        )
+        try:
+            fitted: FittedModel = fit_events(
+                train,
+                schema=schema,
+                variant=s.variant,
+                target_rate=s.target_false_alarm_rate,
+                device=s.trainer_device,
+                bf16=s.trainer_bf16,
+                init_from=warm,
+                max_steps=1500,
+            )
+        except DegenerateDataError as exc:  # one replayed event, a stuck producer: keep the champion
+            self.metrics.rejections.labels(reason="degenerate_window").inc()
+            log.warning("window of %d events rejected (degenerate_window): %s", len(events), exc)
+            return RunResult(None, "degenerate_window", n_events=len(events))
         assert fitted.encoder is not None
         chal = gate_figures(fitted.detector, fitted.encoder, holdout)
         champ = (

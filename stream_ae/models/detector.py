@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from stream_ae.artifact_format import ArtifactError, read_artifact, write_artifact
 from stream_ae.models.networks import NETWORKS, AutoencoderNet, NoiseContrastiveNet, network_defaults
 from stream_ae.threshold import Method, Threshold
 
@@ -118,6 +119,38 @@ class NotFittedError(RuntimeError):
     """The detector was used before ``fit`` (or ``load``)."""
 
 
+# Below these a training set cannot be told apart from a list of memorised rows: the held-out
+# calibration scores take a handful of values, so no false-alarm rate can be calibrated.
+MIN_ROWS = 20
+MIN_DISTINCT_ROWS = 10
+
+
+class DegenerateDataError(ValueError):
+    """The training data cannot make a detector: too few rows, or too few distinct rows (a
+    stuck sensor, one replayed event). The message names the reason and the minimum.
+
+    Example:
+        >>> AutoencoderDetector("ae").fit(np.ones((2000, 5)))
+        Traceback (most recent call last):
+        ...
+        stream_ae.models.detector.DegenerateDataError: training data has 1 distinct row; at least 10 are needed
+    """
+
+
+def check_not_degenerate(X: NDArray[Any]) -> None:
+    """Raise :class:`DegenerateDataError` when ``X`` has fewer than :data:`MIN_ROWS` rows or
+    fewer than :data:`MIN_DISTINCT_ROWS` distinct rows. Constant columns alone are fine."""
+    if len(X) < MIN_ROWS:
+        plural = "s" * (len(X) != 1)
+        raise DegenerateDataError(f"training data has {len(X)} row{plural}; at least {MIN_ROWS} are needed")
+    rows = np.ascontiguousarray(X) + np.float32(0.0)  # -0.0 and 0.0 are one value
+    distinct = len(np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()))
+    if distinct < MIN_DISTINCT_ROWS:
+        raise DegenerateDataError(
+            f"training data has {distinct} distinct row{'s' * (distinct != 1)}; at least {MIN_DISTINCT_ROWS} are needed"
+        )
+
+
 class AutoencoderDetector:
     """An autoencoder-family anomaly detector with a calibrated threshold.
 
@@ -159,7 +192,8 @@ class AutoencoderDetector:
             raise ValueError("input contains NaN or infinite values")
         return X
 
-    def _fit_scaler(self, X: FloatArray) -> None:
+    def _fit_scaler(self, X32: FloatArray) -> None:
+        X = X32.astype(np.float64)  # float32 squares overflow at magnitudes near 1e20
         if self.hyper.scaler == "standard":
             center, scale = X.mean(0), X.std(0)
         else:
@@ -171,7 +205,7 @@ class AutoencoderDetector:
         self.center_ = center.astype(np.float32)
         self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
         if self.hyper.scaler == "quantile":
-            self.knots_ = np.ascontiguousarray(np.quantile(X, QUANTILE_LEVELS, axis=0).T, dtype=np.float32)  # [d, K]
+            self.knots_ = np.ascontiguousarray(np.quantile(X32, QUANTILE_LEVELS, axis=0).T, dtype=np.float32)  # [d, K]
 
     def scale_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Raw rows (on the model's device) to the network's input space, clipped."""
@@ -222,6 +256,7 @@ class AutoencoderDetector:
         """
         h = self.hyper
         X = self._check_x(X)
+        check_not_degenerate(X)
         self.n_features_in_ = X.shape[1]
         rng = np.random.default_rng(h.seed)
         torch.manual_seed(h.seed)
@@ -435,18 +470,33 @@ class AutoencoderDetector:
         det.net_ = net
         return det
 
-    def save(self, path: str | Path, **manifest_extra: Any) -> Path:
-        """Write a checksummed artifact directory (see :mod:`stream_ae.artifacts`)."""
-        from stream_ae.artifacts import save_artifact
+    def save(self, path: str | Path, version: str | None = None, **manifest_extra: Any) -> Path:
+        """Write a checksummed artifact directory (:mod:`stream_ae.artifact_format`): the
+        weights as safetensors, :meth:`config` and ``manifest_extra`` in the manifest."""
+        fields = {
+            "version": version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+            "created": time.time(),
+            "variant": self.hyper.variant,
+            "detector": self.config(),
+            **manifest_extra,
+        }
+        return write_artifact(Path(path), self.state_dict(), fields)
 
-        return save_artifact(Path(path), self, **manifest_extra)
+    @classmethod
+    def from_artifact(
+        cls, manifest: dict[str, Any], state: dict[str, torch.Tensor], device: str = "auto"
+    ) -> AutoencoderDetector:
+        """The detector of a verified artifact (:func:`~stream_ae.artifact_format.read_artifact`)."""
+        try:
+            return cls.from_config(manifest["detector"], state, device=device)
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"weights do not fit the manifest's model: {exc}") from exc
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> AutoencoderDetector:
         """Load an artifact after verifying every checksum."""
-        from stream_ae.artifacts import load_artifact
-
-        return load_artifact(Path(path), device=device).detector
+        manifest, state, _ = read_artifact(Path(path))
+        return cls.from_artifact(manifest, state, device=device)
 
 
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 65)
