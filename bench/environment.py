@@ -3,13 +3,14 @@ registry holding one small NCAE trained on synthetic card transactions."""
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_ae.kafka_local import LocalKafka
+from stream_ae.kafka.local import LocalKafka
 from stream_ae.registry import Registry
 from stream_ae.synthetic import transactions
 from trainer.train import FittedModel, fit_events
@@ -24,9 +25,9 @@ class BenchEnvironment:
 
 
 @contextmanager
-def bench_environment(bootstrap: str | None, prefix: str) -> Iterator[BenchEnvironment]:
+def bench_environment(bootstrap: str | None, prefix: str, variant: str = "ncae") -> Iterator[BenchEnvironment]:
     """Start a local broker when ``bootstrap`` is None (stopped on exit) and publish the
-    benchmark model as version ``bench`` in a fresh registry under a temporary folder."""
+    benchmark model (``variant``) as version ``bench`` in a fresh registry under a temporary folder."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     broker = None
     if bootstrap is None:
@@ -34,10 +35,22 @@ def bench_environment(bootstrap: str | None, prefix: str) -> Iterator[BenchEnvir
         broker.start()
         bootstrap = broker.bootstrap_servers
     try:
-        registry = Registry(work / "models")
-        fitted = fit_events(transactions(20_000, seed=1)[0], max_steps=800, min_steps=800, target_rate=0.001)
-        registry.publish(lambda tmp: fitted.save(tmp, version="bench"), "bench")
-        yield BenchEnvironment(bootstrap, registry.root, work, fitted)
+        registry = publish_bench_model(work / "models", variant)
+        fitted = _fitted(variant)
+        yield BenchEnvironment(bootstrap, registry, work, fitted)
     finally:
         if broker is not None:
             broker.stop()
+
+
+@functools.lru_cache(maxsize=4)
+def _fitted(variant: str) -> FittedModel:
+    events = transactions(20_000, seed=1)[0]
+    return fit_events(events, variant=variant, max_steps=800, min_steps=800, target_rate=0.001)
+
+
+def publish_bench_model(root: Path, variant: str = "ncae") -> Path:
+    """A registry at ``root`` holding the benchmark model (``variant``) as version ``bench``."""
+    fitted = _fitted(variant)
+    Registry(root).publish(lambda tmp: fitted.save(tmp, version="bench"), "bench")
+    return root

@@ -34,7 +34,8 @@ import torch
 from stream_ae.artifacts import load_artifact
 from stream_ae.features import FeatureEncoder, FeatureSchema
 from stream_ae.models import AutoencoderDetector, variants
-from stream_ae.pipeline import ActiveModel, Topics, process_batch
+from stream_ae.pipeline import ActiveModel, process_batch
+from stream_ae.route import Topics
 from stream_ae.scorer import DeviceScorer
 from stream_ae.synthetic import transactions
 from trainer.train import fit_events

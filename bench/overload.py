@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.environment import bench_environment
 from stream_ae.audit import audit_delivery
-from stream_ae.kafka_admin import ensure_topics
+from stream_ae.kafka.admin import ensure_topics
 from stream_ae.produce import send_events
 from stream_ae.synthetic import transactions
 from stream_ae.worker_process import WorkerProcess, worker_env

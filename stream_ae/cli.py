@@ -27,7 +27,7 @@ def kafka_start(
     fresh: Annotated[bool, typer.Option(help="wipe earlier data first")] = False,
 ) -> None:
     """Resolve the broker jars with Maven (cached), format storage and start the broker."""
-    from stream_ae.kafka_local import KafkaLocalError, LocalKafka
+    from stream_ae.kafka.local import KafkaLocalError, LocalKafka
 
     broker = LocalKafka(data_dir, port=port)
     if broker.running_pid() is not None:
@@ -50,7 +50,7 @@ def kafka_start(
 @kafka_app.command("stop")
 def kafka_stop(data_dir: KafkaDir = DEFAULT_KAFKA_DIR) -> None:
     """Stop the broker started from ``--dir`` (SIGTERM, then wait)."""
-    from stream_ae.kafka_local import LocalKafka
+    from stream_ae.kafka.local import LocalKafka
 
     broker = LocalKafka(data_dir)
     if broker.running_pid() is None:
@@ -63,7 +63,7 @@ def kafka_stop(data_dir: KafkaDir = DEFAULT_KAFKA_DIR) -> None:
 @kafka_app.command("status")
 def kafka_status(data_dir: KafkaDir = DEFAULT_KAFKA_DIR) -> None:
     """Say whether the broker runs and answers metadata requests."""
-    from stream_ae.kafka_local import LocalKafka, broker_answers
+    from stream_ae.kafka.local import LocalKafka, broker_answers
 
     broker = LocalKafka(data_dir)
     pid = broker.running_pid()

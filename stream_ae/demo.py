@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from stream_ae.kafka_admin import ensure_topics
-from stream_ae.kafka_local import LocalKafka, free_port
+from stream_ae.kafka.admin import ensure_topics
+from stream_ae.kafka.local import LocalKafka, free_port
 from stream_ae.metrics import scrape
 from stream_ae.produce import stream_forever
 from stream_ae.registry import Registry

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from collections import Counter
@@ -165,6 +166,33 @@ def _to_epoch(value: Any) -> float:
     raise TypeError(type(value).__name__)
 
 
+def _floats(values: list[Any]) -> NDArray[np.float64]:
+    """Numbers (and None, as NaN) to float64; integers beyond float range become infinite."""
+    try:
+        return np.array(values, dtype=np.float64)
+    except OverflowError:
+        return np.array([_safe_float(v) for v in values], dtype=np.float64)
+
+
+def epoch_seconds(values: list[Any], name: str, bad: dict[int, EncodeError]) -> NDArray[np.float64]:
+    """Timestamps (epoch seconds or milliseconds, or ISO-8601 strings) to epoch seconds; NaN
+    where a value is missing or bad (and ``bad`` names the row). A column of numbers is
+    converted in one step."""
+    if set(map(type, values)) <= {int, float, type(None)}:
+        col = _floats(values)
+        with np.errstate(invalid="ignore"):
+            return np.where(col > 1e11, col / 1000.0, col)  # epoch milliseconds are accepted too
+    col = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        try:
+            col[i] = _to_epoch(v)
+        except (TypeError, ValueError, OverflowError) as exc:
+            bad.setdefault(i, EncodeError(name, "bad_timestamp", str(exc)[:80]))
+    return col
+
+
 class FeatureEncoder:
     """Learns per-field statistics and turns event batches into float32 matrices."""
 
@@ -177,24 +205,28 @@ class FeatureEncoder:
     def _column(
         self, spec: FieldSpec, events: Sequence[Event], bad: dict[int, EncodeError]
     ) -> tuple[NDArray[np.float64] | list[Any], NDArray[np.bool_]]:
-        """Raw values of a field and its missing mask; records rows with wrong types."""
+        """Raw values of a field and its missing mask; records rows with wrong types.
+
+        Whole-column fast paths (one C-level pass: a type set, a ``None`` scan) decide whether
+        the per-value checks are needed at all; clean columns never take them."""
         name = spec.name
-        values = [e.get(name, None) for e in events]
-        missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
-        if missing.any() and spec.required:
-            for i in np.flatnonzero(missing).tolist():
-                bad.setdefault(int(i), EncodeError(name, "missing_field", "required field is absent or null"))
+        values = [e.get(name) for e in events]
+        n = len(values)
+        if None in values:
+            missing = np.fromiter((v is None for v in values), dtype=bool, count=n)
+            if spec.required:
+                for i in np.flatnonzero(missing).tolist():
+                    bad.setdefault(int(i), EncodeError(name, "missing_field", "required field is absent or null"))
+        else:
+            missing = np.zeros(n, dtype=bool)
+        types = set(map(type, values))
         if spec.kind is FieldKind.NUMERIC:
-            types = set(map(type, values))
             if not types <= {int, float, type(None)}:
                 for i, v in enumerate(values):
                     if v is not None and type(v) not in _NUMBER_TYPES:
                         bad.setdefault(i, EncodeError(name, "wrong_type", f"expected a number, got {type(v).__name__}"))
                         values[i] = None
-            try:
-                col = np.array(values, dtype=np.float64)
-            except OverflowError:  # integers beyond float range
-                col = np.array([_safe_float(v) for v in values], dtype=np.float64)
+            col = _floats(values)
             nonfinite = ~np.isfinite(col) & ~missing
             for i in np.flatnonzero(nonfinite).tolist():
                 if int(i) not in bad:
@@ -203,28 +235,24 @@ class FeatureEncoder:
                 col = np.sign(col) * np.log1p(np.abs(col))
             return col, missing
         if spec.kind is FieldKind.BOOLEAN:
+            if types <= {bool}:
+                return np.array(values, dtype=np.float64), missing
             for i, v in enumerate(values):
                 if v is not None and type(v) is not bool:
                     bad.setdefault(i, EncodeError(name, "wrong_type", f"expected a boolean, got {type(v).__name__}"))
             return np.array([v is True for v in values], dtype=np.float64), missing
         if spec.kind is FieldKind.TIMESTAMP:
-            col = np.full(len(values), np.nan)
-            for i, v in enumerate(values):
-                if v is None:
-                    continue
-                try:
-                    col[i] = _to_epoch(v)
-                except (TypeError, ValueError, OverflowError) as exc:
-                    bad.setdefault(i, EncodeError(name, "bad_timestamp", str(exc)[:80]))
+            col = epoch_seconds(values, name, bad)
             nonfinite = ~np.isfinite(col) & ~missing
             for i in np.flatnonzero(nonfinite).tolist():
                 bad.setdefault(int(i), EncodeError(name, "non_finite", "timestamp is not finite"))
             return col, missing
         # categorical
-        for i, v in enumerate(values):
-            if (v is not None and not isinstance(v, str | int)) or type(v) is bool:
-                bad.setdefault(i, EncodeError(name, "wrong_type", f"expected a string, got {type(v).__name__}"))
-                values[i] = None
+        if not types <= {str, type(None)}:
+            for i, v in enumerate(values):
+                if (v is not None and not isinstance(v, str | int)) or type(v) is bool:
+                    bad.setdefault(i, EncodeError(name, "wrong_type", f"expected a string, got {type(v).__name__}"))
+                    values[i] = None
         return values, missing
 
     # -- fitting -------------------------------------------------------------------------
@@ -324,9 +352,12 @@ class FeatureEncoder:
             index = self._index[spec.name]
             width = len(index) + 1
             unknown = width - 1
-            codes = np.fromiter(
-                (index.get(str(v), unknown) if v is not None else unknown for v in raw), np.int64, count=n
-            )
+            if set(map(type, raw)) <= {str, type(None)}:
+                codes = np.fromiter(map(index.get, raw, itertools.repeat(unknown, n)), np.int64, count=n)
+            else:  # integers are looked up as their text; None (missing) is unknown, then zeroed
+                codes = np.fromiter(
+                    (index.get(str(v), unknown) if v is not None else unknown for v in raw), np.int64, count=n
+                )
         out = np.zeros((n, width))
         out[np.arange(n), codes] = 1.0
         out[missing] = 0.0

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from stream_ae.kafka_local import free_port
+from stream_ae.kafka.local import free_port
 from stream_ae.metrics import scrape
 
 

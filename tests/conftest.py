@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_ae.kafka_local import KafkaLocalError, LocalKafka
+from stream_ae.kafka.local import KafkaLocalError, LocalKafka
 
 
 @pytest.fixture(scope="session")

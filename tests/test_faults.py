@@ -16,8 +16,8 @@ import pytest
 
 from bench.overload import run_overload
 from stream_ae.audit import audit_delivery
-from stream_ae.kafka_admin import ensure_topics
-from stream_ae.kafka_local import LocalKafka
+from stream_ae.kafka.admin import ensure_topics
+from stream_ae.kafka.local import LocalKafka
 from stream_ae.produce import send_events, send_raw
 from stream_ae.synthetic import transactions
 from stream_ae.worker_process import WorkerProcess, worker_env

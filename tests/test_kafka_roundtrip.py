@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_ae.kafka_admin import ensure_topics
-from stream_ae.kafka_local import LocalKafka
+from stream_ae.kafka.admin import ensure_topics
+from stream_ae.kafka.local import LocalKafka
 
 pytestmark = pytest.mark.kafka
 
@@ -89,7 +89,7 @@ def test_stale_pid_file_is_not_trusted(tmp_path) -> None:  # type: ignore[no-unt
 def test_a_fresh_cluster_id_never_reads_as_an_option() -> None:
     """The storage tool parses ``-t <id>``; an id starting with ``-`` (one in 64 of plain random
     ids) made it refuse to format, so a fresh broker failed to start once in 64 runs."""
-    from stream_ae.kafka_local import _cluster_id
+    from stream_ae.kafka.local import _cluster_id
 
     ids = [_cluster_id() for _ in range(5_000)]
     assert not any(cid.startswith("-") for cid in ids)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from stream_ae.audit import read_all
-from stream_ae.kafka_admin import ensure_topics
+from stream_ae.kafka.admin import ensure_topics
 from stream_ae.produce import send_events
 from stream_ae.registry import Registry
 from stream_ae.settings import Settings

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_ae.artifacts import load_artifact
-from stream_ae.pipeline import ActiveModel, Topics, process_batch
+from stream_ae.pipeline import ActiveModel, process_batch
+from stream_ae.route import Routed, Topics
 from stream_ae.synthetic import transactions
 from trainer.train import fit_events
 
@@ -27,6 +28,11 @@ class Rec:
     key: bytes | None
     value: bytes | None
     timestamp: int = 1_700_000_000_000
+
+
+def read(routed: Routed, topic: str) -> list[dict[str, object]]:
+    out = routed.outputs.get(topic)
+    return [orjson.loads(v) for v in out.values] if out else []
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +50,9 @@ def test_routes_good_events_and_dead_letters_bad_ones(model: ActiveModel) -> Non
     records = [Rec("in", 0, i, None, v) for i, v in enumerate(values)]
     routed = process_batch(records, model, TOPICS, max_message_bytes=10_000)
     assert routed.n_scored == 51 and sum(routed.dead_reasons.values()) == 3
-    scores = [orjson.loads(o.value) for o in routed.out if o.topic == "scores"]
+    scores = read(routed, "scores")
     assert sorted(s["source"]["offset"] for s in scores) == list(range(51))
-    anomalies = [orjson.loads(o.value) for o in routed.out if o.topic == "out"]
+    anomalies = read(routed, "out")
     assert any(a["event_id"] == attack[0]["id"] for a in anomalies)
     top = next(a for a in anomalies if a["event_id"] == attack[0]["id"])["top_features"]
     assert len(top) == 3 and all(f["feature"] in model.feature_names for f in top)
@@ -74,6 +80,6 @@ def test_fuzz_every_record_is_accounted_for(model: ActiveModel, values: list[byt
     records = [Rec("in", 0, i, b"k", v) for i, v in enumerate(values)]
     routed = process_batch(records, model, TOPICS, max_message_bytes=2_000)
     assert routed.n_scored + sum(routed.dead_reasons.values()) == len(records)
-    dead = [orjson.loads(o.value) for o in routed.out if o.topic == "dlq"]
+    dead = read(routed, "dlq")
     assert len(dead) == sum(routed.dead_reasons.values())
     assert all(d["reason"] and d["source"]["topic"] == "in" for d in dead)

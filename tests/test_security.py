@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_ae.kafka_admin import ensure_topics
-from stream_ae.kafka_local import LocalKafka, free_port
+from stream_ae.kafka.admin import ensure_topics
+from stream_ae.kafka.local import LocalKafka, free_port
 from stream_ae.produce import send_events
 from stream_ae.settings import Settings
 from stream_ae.synthetic import transactions

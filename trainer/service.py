@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from stream_ae.artifacts import ArtifactError, LoadedModel
 from stream_ae.features import Event, FeatureEncoder
-from stream_ae.kafka_admin import ensure_topics
+from stream_ae.kafka.admin import ensure_topics
 from stream_ae.models import AutoencoderDetector, DegenerateDataError
 from stream_ae.registry import Registry, announcement_bytes
 from stream_ae.settings import Settings

@@ -58,15 +58,20 @@ def _require(tool: str, hint: str) -> str:
     return path
 
 
-def resolve_jars(version: str = DEFAULT_KAFKA_VERSION, cache_dir: Path | None = None) -> Path:
-    """Resolve the broker's runtime jars with Maven once; return the folder holding them."""
-    libs = (cache_dir or default_cache_dir()) / f"kafka-{version}" / "libs"
+def resolve_jars(
+    version: str = DEFAULT_KAFKA_VERSION, cache_dir: Path | None = None, artifact: str = "kafka_2.13"
+) -> Path:
+    """Resolve ``org.apache.kafka:<artifact>`` and its runtime jars with Maven once; return the
+    folder holding them. ``kafka_2.13`` is the broker; ``kafka-tools`` the command-line tools
+    (``ProducerPerformance`` and ``ConsumerPerformance`` for the Java reference figures)."""
+    folder = "libs" if artifact == "kafka_2.13" else artifact
+    libs = (cache_dir or default_cache_dir()) / f"kafka-{version}" / folder
     marker = libs / ".complete"
     if marker.exists():
         return libs
     mvn = _require("mvn", "install Apache Maven (e.g. `apt-get install maven`) to fetch Kafka")
     _require("java", "install a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)")
-    tmp = libs.with_name("libs.partial")
+    tmp = libs.with_name(f"{folder}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cmd = [
@@ -79,10 +84,11 @@ def resolve_jars(version: str = DEFAULT_KAFKA_VERSION, cache_dir: Path | None = 
         f"-DoutputDirectory={tmp}",
         "-DincludeScope=runtime",
         f"-Dkafka.version={version}",
+        f"-Dkafka.artifact={artifact}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not any(tmp.glob(f"kafka_2.13-{version}.jar")):
-        raise KafkaLocalError(f"mvn could not resolve Kafka {version}:\n{proc.stdout[-3000:]}")
+    if proc.returncode != 0 or not any(tmp.glob(f"{artifact}-{version}.jar")):
+        raise KafkaLocalError(f"mvn could not resolve Kafka {artifact} {version}:\n{proc.stdout[-3000:]}")
     (tmp / ".complete").write_text(version)
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)

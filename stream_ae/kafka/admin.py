@@ -1,13 +1,18 @@
-"""Small admin helpers over aiokafka: create topics and wait until they are usable."""
+"""Small admin helpers over aiokafka: create topics, wait until they are usable, read the
+record size limits the producer must respect."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
+
+from stream_ae.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 
 async def ensure_topics(
@@ -37,6 +42,29 @@ async def ensure_topics(
             await _wait_for_leaders(admin, [t.name for t in new])
     finally:
         await admin.close()
+
+
+log = logging.getLogger("stream_ae.kafka")
+
+
+async def topic_max_message_bytes(client_kwargs: dict[str, Any], topics: list[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes``: the largest record batch the broker accepts on it
+    (Kafka's default when the topic does not say, or the configs cannot be read)."""
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    await admin.start()
+    limits = dict.fromkeys(topics, DEFAULT_MAX_MESSAGE_BYTES)
+    try:
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None}) for t in topics]
+        for response in await admin.describe_configs(resources):
+            for error_code, _msg, _type, name, entries in response.resources:
+                for entry in entries if error_code == 0 else ():
+                    if entry[0] == "max.message.bytes" and entry[1] is not None:
+                        limits[name] = int(entry[1])
+    except Exception as exc:  # no DescribeConfigs permission: Kafka's default is the safe guess
+        log.warning("cannot read max.message.bytes of %s (%s); assuming %d", topics, exc, DEFAULT_MAX_MESSAGE_BYTES)
+    finally:
+        await admin.close()
+    return limits
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 15.0) -> None:
