@@ -33,7 +33,8 @@ evaluate: install
 # The benchmarks whose figures README.md reports (each starts what it needs; no ../shared/).
 bench: install
 	$(BIN)/python -m bench.model_speed
-	$(BIN)/python -m bench.throughput --events 150000 --sweep
+	$(BIN)/python -m bench.throughput --events 150000 --sweep --variants ncae,ae --java
+	$(BIN)/python -m bench.profile --events 150000 --variant ae
 	$(BIN)/python -m bench.overload
 
 clean:
