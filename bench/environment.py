@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stream_ae.kafka.local import LocalKafka
 from stream_ae.registry import Registry
-from stream_ae.synthetic import transactions
+from stream_ae.synthetic import CARD_SCHEMA, transactions
 from trainer.train import FittedModel, fit_events
 
 
@@ -46,7 +46,7 @@ def bench_environment(bootstrap: str | None, prefix: str, variant: str = "ncae")
 @functools.lru_cache(maxsize=4)
 def _fitted(variant: str) -> FittedModel:
     events = transactions(20_000, seed=1)[0]
-    return fit_events(events, variant=variant, max_steps=800, min_steps=800, target_rate=0.001)
+    return fit_events(events, schema=CARD_SCHEMA, variant=variant, max_steps=800, min_steps=800, target_rate=0.001)
 
 
 def publish_bench_model(root: Path, variant: str = "ncae") -> Path:

@@ -104,8 +104,12 @@ def train(
     device: str = "auto",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast for the layers (for CUDA)")] = False,
     schema: Annotated[Path | None, typer.Option(help="feature schema (.json/.yaml); inferred if absent")] = None,
+    key_field: Annotated[
+        str | None, typer.Option(help="the field that stands for the Kafka record key (entities keyed by it)")
+    ] = None,
 ) -> None:
-    """Train a model from a file and write it as a checksummed artifact."""
+    """Train a model from a file and write it as a checksummed artifact. With entity
+    features in the schema the file is replayed in order through the entity state first."""
     import secrets
     import time
 
@@ -142,7 +146,11 @@ def train(
             if input.suffix in (".jsonl", ".json"):
                 events = read_events(input)
                 fitted = fit_events(
-                    events, schema=FeatureSchema.load(schema) if schema else None, progress=progress, **hyper
+                    events,
+                    schema=FeatureSchema.load(schema) if schema else None,
+                    key_field=key_field,
+                    progress=progress,
+                    **hyper,
                 )
             else:
                 X, _ = read_matrix(input)
@@ -168,21 +176,26 @@ def score(
     input: Annotated[Path, typer.Argument(help="events (.jsonl) or matrix (.npz/.csv)")],
     out: Annotated[Path, typer.Option(help="CSV of row, score, flag")] = Path("scores.csv"),
     device: str = "auto",
+    key_field: Annotated[
+        str | None, typer.Option(help="the field that stands for the Kafka record key (entities keyed by it)")
+    ] = None,
 ) -> None:
-    """Score a file offline with a saved model (no Kafka needed)."""
+    """Score a file offline with a saved model (no Kafka needed). With entity features the
+    file is replayed in order from an empty state: the worker's features for the same events."""
     import numpy as np
 
     from stream_ae.artifacts import load_artifact
+    from stream_ae.featurize import featurize_file
     from trainer.train import read_events, read_matrix
 
     loaded = load_artifact(model, device=device)
     if input.suffix in (".jsonl", ".json"):
         if loaded.encoder is None:
             raise typer.BadParameter("this model was trained on a matrix; give a matrix")
-        batch = loaded.encoder.encode(read_events(input))
-        rows, X = batch.ok, batch.X
-        for i, err in batch.errors.items():
-            console.print(f"[yellow]row {i} skipped: {err}[/]")
+        feats = featurize_file(loaded.encoder, read_events(input), key_field)
+        rows, X = feats.batch.ok, feats.batch.X
+        for i, (reason, detail) in sorted(feats.rejects.items()):
+            console.print(f"[yellow]row {i} skipped: {reason}: {detail}[/]")
     else:
         X, _ = read_matrix(input)
         rows = np.arange(len(X))

@@ -31,7 +31,7 @@ from stream_ae.kafka.local import LocalKafka, free_port
 from stream_ae.metrics import scrape
 from stream_ae.produce import stream_forever
 from stream_ae.registry import Registry
-from stream_ae.synthetic import transactions
+from stream_ae.synthetic import CARD_SCHEMA, transactions
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Demo:
                 from trainer.train import fit_events
 
                 events, _ = transactions(20_000, seed=1)
-                fitted = fit_events(events, target_rate=0.001, max_steps=1500)
+                fitted = fit_events(events, schema=CARD_SCHEMA, target_rate=0.001, max_steps=1500)
                 self.registry.publish(lambda tmp: fitted.save(tmp, version="v1-initial"), "v1-initial")
         say(f"[green]✓[/] model {self.registry.latest()} in {self.registry.root}")
         self.spawn("worker", "worker")

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from stream_ae.entities.spec import EntitySpec
+
 Event = Mapping[str, Any]
 _NUMBER_TYPES = (int, float)
 _MISSING = object()
@@ -73,25 +75,42 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class FeatureSchema:
-    """The declared fields of an event, plus which fields give its id and event time."""
+    """The declared fields of an event, which fields give its id and event time, and the
+    entity it belongs to with its per-entity features (:mod:`stream_ae.entities.spec`)."""
 
     fields: tuple[FieldSpec, ...]
     id_field: str | None = None
     time_field: str | None = None
+    entity: EntitySpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "fields": [{**asdict(f), "kind": f.kind.value} for f in self.fields],
             "id_field": self.id_field,
             "time_field": self.time_field,
         }
+        if self.entity is not None:
+            out["entity"] = self.entity.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
         fields = tuple(FieldSpec(**{**f, "kind": FieldKind(f["kind"])}) for f in data["fields"])
         if not fields:
             raise ValueError("a feature schema needs at least one field")
-        return cls(fields, data.get("id_field"), data.get("time_field"))
+        entity = EntitySpec.from_dict(data["entity"]) if data.get("entity") else None
+        return cls(fields, data.get("id_field"), data.get("time_field"), entity)
+
+    @property
+    def derived_fields(self) -> tuple[FieldSpec, ...]:
+        """The entity features as numeric fields (counts, sums and times heavy-tailed: log1p)."""
+        if self.entity is None:
+            return ()
+        out = []
+        for agg in self.entity.aggregates:
+            heavy = agg.kind in ("count", "sum", "since_last")
+            out += [FieldSpec(name, FieldKind.NUMERIC, log=heavy) for name in agg.feature_names()]
+        return tuple(out)
 
     @classmethod
     def load(cls, path: Path) -> FeatureSchema:
@@ -112,6 +131,7 @@ class FeatureSchema:
         id_field: str | None = None,
         time_field: str | None = None,
         high_cardinality: int = 200,
+        entity: EntitySpec | None = None,
     ) -> FeatureSchema:
         """Guess a schema from a sample: numbers are numeric, booleans boolean, strings
         categorical (hashed above ``high_cardinality`` distinct values); ``time_field`` is a
@@ -124,7 +144,7 @@ class FeatureSchema:
             names.update(dict.fromkeys(e))
         specs = []
         for name in names:
-            if name == id_field:
+            if name == id_field or (entity is not None and name == entity.field):
                 continue
             values = [e.get(name) for e in sample]
             present = [v for v in values if v is not None]
@@ -144,7 +164,7 @@ class FeatureSchema:
             # fields of mixed or nested types are left out of an inferred schema
         if not specs:
             raise ValueError("no usable field found in the sample")
-        return cls(tuple(specs), id_field, time_field)
+        return cls(tuple(specs), id_field, time_field, entity)
 
 
 @dataclass
@@ -257,7 +277,9 @@ class FeatureEncoder:
 
     # -- fitting -------------------------------------------------------------------------
     def fit(self, events: Sequence[Event]) -> FeatureEncoder:
-        """Learn statistics from events; rows that cannot be encoded are skipped."""
+        """Learn statistics from events; rows that cannot be encoded are skipped. With an
+        entity declaration the entity features are fitted after, by :meth:`fit_derived`, on
+        what replaying the same events gives (:func:`stream_ae.featurize.fit_encoder`)."""
         bad: dict[int, EncodeError] = {}
         cols = {spec.name: self._column(spec, events, bad) for spec in self.schema.fields}
         keep = np.ones(len(events), dtype=bool)
@@ -281,11 +303,42 @@ class FeatureEncoder:
                 self.stats[spec.name] = {"vocab": sorted(vocab)}
             else:
                 self.stats[spec.name] = {}
-        self.fitted = True
+        self.fitted = not self.schema.derived_fields
         self._index = {
             s.name: {v: i for i, v in enumerate(self.stats[s.name].get("vocab", []))} for s in self.schema.fields
         }
         return self
+
+    def fit_derived(self, derived: NDArray[np.float64]) -> FeatureEncoder:
+        """Learn the robust scaling of the entity features from ``derived`` (rows x
+        ``schema.derived_fields``: what the training events' replay gave)."""
+        for j, spec in enumerate(self.schema.derived_fields):
+            col = np.asarray(derived[:, j], dtype=np.float64)
+            if spec.log:
+                col = np.sign(col) * np.log1p(np.abs(col))
+            col = col[np.isfinite(col)]
+            med = float(np.median(col)) if len(col) else 0.0
+            q75, q25 = np.percentile(col, [75, 25]) if len(col) else (1.0, 0.0)
+            iqr = float(q75 - q25)
+            if iqr <= 1e-12:
+                iqr = float(col.std()) if len(col) else 1.0
+            self.stats[spec.name] = {"median": med, "iqr": iqr if iqr > 1e-12 else 1.0}
+        self.fitted = True
+        return self
+
+    def add_derived(self, batch: EncodedBatch, derived: NDArray[np.float64], keep: NDArray[np.int64]) -> EncodedBatch:
+        """``batch`` restricted to its rows ``keep`` (indices into ``batch.X``), with the
+        scaled entity features ``derived`` (one row per kept row) appended."""
+        cols = []
+        for j, spec in enumerate(self.schema.derived_fields):
+            col = np.asarray(derived[:, j], dtype=np.float64)
+            if spec.log:
+                col = np.sign(col) * np.log1p(np.abs(col))
+            st = self.stats[spec.name]
+            cols.append(np.nan_to_num((col - st["median"]) / st["iqr"], nan=0.0, posinf=0.0, neginf=0.0))
+        extra = np.stack(cols, axis=1) if cols else np.zeros((len(keep), 0))
+        X = np.hstack([batch.X[keep], extra.astype(np.float32)])
+        return EncodedBatch(X, batch.ok[keep], batch.errors)
 
     # -- encoding ------------------------------------------------------------------------
     @property
@@ -304,15 +357,17 @@ class FeatureEncoder:
                 names += [f"{n}={v}" for v in self.stats[n]["vocab"]] + [f"{n}=<unknown>"]
             if not spec.required:
                 names.append(f"{n}__missing")
-        return names
+        return names + [spec.name for spec in self.schema.derived_fields]
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
 
     def encode(self, events: Sequence[Event]) -> EncodedBatch:
-        """Encode a batch; rows with bad values are reported in ``errors``, not encoded."""
-        if not self.fitted:
+        """Encode a batch; rows with bad values are reported in ``errors``, not encoded. With
+        an entity declaration this is the declared fields' part only: the entity features come
+        from the state (:func:`stream_ae.featurize.featurize`), which adds them."""
+        if not self.fitted and not (self.schema.derived_fields and self.stats):
             raise RuntimeError("fit the encoder first")
         n = len(events)
         bad: dict[int, EncodeError] = {}
@@ -364,7 +419,10 @@ class FeatureEncoder:
         return out
 
     def transform(self, events: Sequence[Event]) -> NDArray[np.float32]:
-        """Encode a batch or raise :class:`EncodeError` for the first bad row."""
+        """Encode a batch or raise :class:`EncodeError` for the first bad row (a schema without
+        an entity declaration: entity features need the state, see :mod:`stream_ae.featurize`)."""
+        if self.schema.entity is not None:
+            raise ValueError("this schema declares entity features: encode through stream_ae.featurize")
         batch = self.encode(events)
         if batch.errors:
             row, err = next(iter(batch.errors.items()))

@@ -71,6 +71,25 @@ class WorkerMetrics:
             "stream_ae_last_batch_timestamp_seconds", "When the last batch was committed", registry=r
         )
         self.kafka_up = Gauge("stream_ae_kafka_up", "1 while the last Kafka call succeeded", registry=r)
+        self.entities = Gauge("stream_ae_entities", "Entities held in memory", ["partition"], registry=r)
+        self.entity_evictions = Counter(
+            "stream_ae_entity_evictions_total", "Entities dropped from memory", ["reason"], registry=r
+        )
+        self.entity_replays = Counter(
+            "stream_ae_entity_replays_total", "Events at or before their entity's last applied offset", registry=r
+        )
+        self.changelog_records = Counter(
+            "stream_ae_changelog_records_total", "Entity changelog records written (tombstones included)", registry=r
+        )
+        self.restore_seconds = Histogram(
+            "stream_ae_entity_restore_seconds",
+            "Time to restore one partition's entity state from its changelog",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.entities_restored = Counter(
+            "stream_ae_entities_restored_total", "Entities restored from the changelog", registry=r
+        )
         self._recent: deque[np.ndarray] = deque()
         self._recent_n = 0
 

@@ -2,7 +2,7 @@
 
 One way through, one module a step::
 
-    decode (stream_ae.decode) -> encode features (stream_ae.features)
+    decode (stream_ae.decode) -> features, with the entity state (stream_ae.featurize)
         -> score on the device (stream_ae.scorer) -> route (stream_ae.route)
 
 Every input record ends up in exactly one of: scored (and maybe an anomaly) or dead-lettered
@@ -11,6 +11,7 @@ with a reason. The worker only moves bytes between Kafka and :func:`process_batc
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Sequence
 
@@ -18,7 +19,9 @@ import numpy as np
 
 from stream_ae.artifacts import LoadedModel
 from stream_ae.decode import RawRecord, decode_batch
+from stream_ae.entities.store import EntityStore
 from stream_ae.features import FeatureEncoder
+from stream_ae.featurize import RecordMeta, featurize
 from stream_ae.route import Routed, Router, Topics
 from stream_ae.scorer import DeviceScorer
 
@@ -37,10 +40,32 @@ class ActiveModel:
         self.feature_names = list(loaded.manifest.get("feature_names") or self.encoder.feature_names)
         self.version = loaded.version
         self.threshold = self.scorer.threshold
+        self.entity = self.encoder.schema.entity
 
 
-def process_batch(records: Sequence[RawRecord], model: ActiveModel, topics: Topics, max_message_bytes: int) -> Routed:
-    """Route one micro-batch. Never raises for bad input: bad records become dead letters."""
+_PARTITION, _OFFSET, _KEY, _TIMESTAMP = (operator.attrgetter(a) for a in ("partition", "offset", "key", "timestamp"))
+
+
+def record_meta(records: Sequence[RawRecord]) -> RecordMeta:
+    n = len(records)
+    return RecordMeta(
+        np.fromiter(map(_PARTITION, records), np.int64, count=n),
+        np.fromiter(map(_OFFSET, records), np.int64, count=n),
+        list(map(_KEY, records)),
+        np.fromiter(map(_TIMESTAMP, records), np.int64, count=n),
+    )
+
+
+def process_batch(
+    records: Sequence[RawRecord],
+    model: ActiveModel,
+    topics: Topics,
+    max_message_bytes: int,
+    entities: EntityStore | None = None,
+) -> Routed:
+    """Route one micro-batch. Never raises for bad input: bad records become dead letters.
+    ``entities`` holds the entity state when the model declares entity features; it is
+    updated, and ``Routed.deltas`` (and the changelog records) say how."""
     router = Router(topics, len(records))
     decoded = decode_batch(records, max_message_bytes)
     for rec, reason, detail in decoded.rejects:
@@ -49,9 +74,16 @@ def process_batch(records: Sequence[RawRecord], model: ActiveModel, topics: Topi
     if not decoded.events:
         return routed
     kept, events = decoded.records, decoded.events
-    batch = model.encoder.encode(events)
-    for i, err in batch.errors.items():
-        router.dead_letter(kept[i], f"schema_{err.reason}", str(err))
+    check_key = model.entity is not None and model.entity.field is not None
+    feats = featurize(model.encoder, events, record_meta(kept), entities, check_record_key=check_key)
+    for i, (reason, detail) in sorted(feats.rejects.items()):
+        router.dead_letter(kept[i], reason, detail)
+    batch = feats.batch
+    routed.deltas = feats.deltas
+    if entities is not None:
+        router.changelog(entities, feats.deltas)
+        routed.entity_counts = entities.take_counts()
+        routed.entities_held = entities.held()
     t0 = time.perf_counter()
     result = model.scorer.score(batch.X)
     routed.score_seconds = time.perf_counter() - t0

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from stream_ae.synthetic import transactions
+from stream_ae.synthetic import CardStream, transactions
 
 __all__ = ["send_events", "send_raw", "transactions"]
 
@@ -66,7 +66,9 @@ async def send_with(
     return len(payloads)
 
 
-def encode_events(events: Sequence[dict[str, Any]], key_field: str | None = "id") -> list[tuple[bytes | None, bytes]]:
+def encode_events(events: Sequence[dict[str, Any]], key_field: str | None = "card") -> list[tuple[bytes | None, bytes]]:
+    """``(key, value)`` pairs: the JSON event, keyed by its ``key_field`` (by default the card:
+    the card stream's entity, so that a card's payments share a partition)."""
     return [(str(e[key_field]).encode() if key_field and key_field in e else None, orjson.dumps(e)) for e in events]
 
 
@@ -76,7 +78,7 @@ async def send_events(
     events: Sequence[dict[str, Any]],
     *,
     rate: float | None = None,
-    key_field: str | None = "id",
+    key_field: str | None = "card",
 ) -> int:
     """JSON-encode events (keyed by ``key_field``) and send them."""
     return await send_raw(client_kwargs, topic, encode_events(events, key_field), rate=rate)
@@ -93,18 +95,18 @@ async def stream_forever(
     on_block: Callable[[list[dict[str, Any]], Any], Awaitable[None] | None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Generate and send blocks of synthetic transactions until ``stop`` is set."""
+    """Send blocks of one continuing card stream (:class:`CardStream`: the same cards, a clock
+    that runs on) until ``stop`` is set."""
     producer = make_producer(client_kwargs)
     await producer.start()
+    stream = CardStream(seed=seed, anomaly_rate=anomaly_rate, start_ts=time.time())
     try:
-        i = 0
         while stop is None or not stop.is_set():
-            events, labels = transactions(block, seed=seed + i, anomaly_rate=anomaly_rate, start_ts=time.time())
+            events, labels = stream.next(block)
             if on_block is not None:
                 res = on_block(events, labels)
                 if asyncio.iscoroutine(res):
                     await res
             await send_with(producer, topic, encode_events(events), rate=rate)
-            i += 1
     finally:
         await producer.stop()

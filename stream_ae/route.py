@@ -27,6 +27,8 @@ import orjson
 from numpy.typing import NDArray
 
 from stream_ae.decode import RawRecord
+from stream_ae.entities import changelog
+from stream_ae.entities.store import EntityStore, PartitionDelta, StoreCounts
 from stream_ae.kafka.limits import BATCH_OVERHEAD, DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD, fits
 from stream_ae.records import MAX_KEY_BYTES, Source, anomaly_record, dead_letter_record, output_key, score_records
 
@@ -40,14 +42,17 @@ class Topics:
     dead_letter: str
     scores: str | None = None
     batch_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    changelog: str | None = None  # the entity state's changelog, when the model declares entities
 
 
 @dataclass
 class OutputRecords:
-    """One topic's records of a batch, in order: ``keys[i]`` goes with ``values[i]``."""
+    """One topic's records of a batch, in order: ``keys[i]`` goes with ``values[i]`` (None: a
+    tombstone); ``partitions``, when set, pins each record's partition (a changelog's)."""
 
     keys: list[bytes | None] = field(default_factory=list)
-    values: list[bytes] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    partitions: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -65,6 +70,9 @@ class Routed:
     scores: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     event_times: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # of anomalies
     score_seconds: float = 0.0
+    deltas: list[PartitionDelta] = field(default_factory=list)  # what the batch changed in the entity state
+    entity_counts: StoreCounts | None = None  # evictions and replays of this batch
+    entities_held: dict[int, int] = field(default_factory=dict)  # per partition, after this batch
 
     def to(self, topic: str) -> OutputRecords:
         """The records bound for ``topic`` (created empty on first use)."""
@@ -123,6 +131,19 @@ class Router:
         out.keys.append(key)
         out.values.append(value)
         return True
+
+    def changelog(self, store: EntityStore, deltas: list[PartitionDelta]) -> None:
+        """One changelog record per entity a batch touched (a tombstone per one it dropped), to
+        the changelog partition of the input partition it came from."""
+        if not self.topics.changelog:
+            return
+        out = self.routed.to(self.topics.changelog)
+        out.partitions = out.partitions if out.partitions is not None else []
+        for delta in deltas:
+            keys, values = changelog.encode(store.spec, store.dtype, delta)
+            out.keys += keys
+            out.values += values
+            out.partitions += [delta.partition] * len(keys)
 
     def scores(self, records: list[RawRecord], scores: NDArray[np.float64], version: str) -> None:
         """All-scores records for ``records`` (in order), when an all-scores topic is set."""

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     group_id: str = "stream-ae-worker"
     session_timeout_ms: int = Field(10_000, ge=6_000)  # how fast a dead worker's partitions move
     app_id: str = "stream-ae"
+    # the entity state's changelog (compacted, one partition per input partition); None:
+    # "<app_id>-entity-changelog"
+    entity_changelog_topic: str | None = None
     # Faust's own state (its table and app-data folder, empty with the in-memory store); kept
     # out of the working directory, which may be read-only in a container
     state_dir: Path = Path(tempfile.gettempdir()) / "stream-ae"
@@ -81,6 +84,9 @@ class Settings(BaseSettings):
     # trainer
     trainer_interval_s: float = Field(900.0, gt=0)
     trainer_window_events: int = Field(50_000, ge=100)
+    # events read before the window only to warm the entity state (not trained on; no effect
+    # without entity features)
+    trainer_warmup_events: int = Field(10_000, ge=0)
     trainer_exclude_anomalies: bool = True
     trainer_warm_start: bool = True
     # the trainer's device: the CPU by default, leaving the GPU to the workers on a shared host
@@ -101,6 +107,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @property
+    def changelog_topic(self) -> str:
+        """The entity changelog's topic name."""
+        return self.entity_changelog_topic or f"{self.app_id}-entity-changelog"
 
     def kafka_client_kwargs(self) -> dict[str, Any]:
         """Connection keyword arguments shared by every aiokafka client of this process."""

@@ -9,22 +9,24 @@ from pathlib import Path
 from typing import Any
 
 from stream_ae.registry import Registry
-from stream_ae.synthetic import transactions
+from stream_ae.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, transactions
 from trainer.train import FittedModel, fit_events
 
 FAST_MODEL = {"max_steps": 800, "min_steps": 800, "target_rate": 0.001, "seed": 0, "device": "cpu"}
 
 
 @functools.lru_cache(maxsize=8)
-def card_model(seed: int, amount_shift: float) -> FittedModel:
+def card_model(seed: int, amount_shift: float, stateless: bool = False) -> FittedModel:
     events, _ = transactions(20_000, seed=seed, amount_shift=amount_shift)
-    return fit_events(events, **FAST_MODEL)
+    return fit_events(events, schema=CARD_SCHEMA_STATELESS if stateless else CARD_SCHEMA, **FAST_MODEL)
 
 
-def publish_model(registry_dir: Path, version: str, *, seed: int = 1, amount_shift: float = 0.0) -> str:
-    """Publish a small NCAE trained on synthetic normal transactions (trained once per
-    ``seed``/``amount_shift`` for the whole test session)."""
-    fitted = card_model(seed, amount_shift)
+def publish_model(
+    registry_dir: Path, version: str, *, seed: int = 1, amount_shift: float = 0.0, stateless: bool = False
+) -> str:
+    """Publish a small NCAE trained on synthetic normal transactions, with the card stream's
+    entity features unless ``stateless`` (trained once per choice for the whole test session)."""
+    fitted = card_model(seed, amount_shift, stateless)
     Registry(registry_dir).publish(lambda tmp: fitted.save(tmp, version=version), version)
     return version
 

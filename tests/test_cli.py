@@ -9,7 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from stream_ae.cli import app
-from stream_ae.synthetic import transactions
+from stream_ae.synthetic import FRAUD_KINDS, CardStream, transactions
 
 runner = CliRunner()
 
@@ -18,7 +18,9 @@ def test_train_then_score_events_offline(tmp_path: Path) -> None:
     events, _ = transactions(3000, seed=1)
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(e) + "\n" for e in events))
-    attacks, _ = transactions(20, seed=2, anomaly_rate=1.0)
+    stream = CardStream(seed=2, anomaly_rate=1.0)
+    frauds, _ = stream.next(400)
+    attacks = [e for e, k in zip(frauds, stream.kinds, strict=True) if FRAUD_KINDS[k] != "burst"][:20]
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(e) + "\n" for e in attacks) + '{"amount": "bad"}\n')
 

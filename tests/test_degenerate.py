@@ -108,7 +108,7 @@ def test_the_trainer_rejects_a_degenerate_window_and_keeps_its_champion(tmp_path
     from tests.streaming import publish_model
     from trainer.service import TrainerService
 
-    publish_model(tmp_path, "v1")
+    publish_model(tmp_path, "v1", stateless=True)  # with entity features a replayed event is a burst, not a flat window
     trainer = TrainerService(Settings(model_dir=tmp_path, trainer_metrics_port=0))
     replayed = transactions(1, seed=5)[0] * 3000  # a producer replaying one event
     result = trainer.train_and_gate(replayed, trigger="schedule")

@@ -109,7 +109,7 @@ def test_ten_thousand_hostile_messages(bootstrap: str, topic_name: str, registry
         hostile = [(k, v) for k, v, _ in malformed(800)][:8_800]
         hostile += [(None, rng.randbytes(rng.randint(1, 200))) for _ in range(1_200)]  # random bytes
         normal, _ = transactions(10_000, seed=14)
-        payloads = [(e["id"].encode(), orjson.dumps(e)) for e in normal] + hostile
+        payloads = [(e["card"].encode(), orjson.dumps(e)) for e in normal] + hostile  # keyed by the entity
         rng.shuffle(payloads)  # interleaved
         run(send_raw({"bootstrap_servers": bootstrap}, topic_name, payloads))
 

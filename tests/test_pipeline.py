@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_ae.artifacts import load_artifact
+from stream_ae.entities.store import EntityStore
 from stream_ae.pipeline import ActiveModel, process_batch
 from stream_ae.route import Routed, Topics
-from stream_ae.synthetic import transactions
+from stream_ae.synthetic import CARD_ENTITY, CARD_SCHEMA, transactions
 from trainer.train import fit_events
 
 TOPICS = Topics("out", "dlq", "scores")
@@ -38,7 +39,7 @@ def read(routed: Routed, topic: str) -> list[dict[str, object]]:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> ActiveModel:
     events, _ = transactions(5000, seed=1)
-    fitted = fit_events(events, max_steps=300, min_steps=300, device="cpu", target_rate=0.01)
+    fitted = fit_events(events, schema=CARD_SCHEMA, max_steps=300, min_steps=300, device="cpu", target_rate=0.01)
     path = fitted.save(tmp_path_factory.mktemp("m") / "m", version="t1")
     return ActiveModel(load_artifact(Path(path), device="cpu"), top_k=3)
 
@@ -47,8 +48,9 @@ def test_routes_good_events_and_dead_letters_bad_ones(model: ActiveModel) -> Non
     good, _ = transactions(50, seed=2)
     attack, _ = transactions(1, seed=3, anomaly_rate=1.0)
     values = [orjson.dumps(e) for e in good + attack] + [b"\x00\x01", b"[]", orjson.dumps({"amount": 1})]
-    records = [Rec("in", 0, i, None, v) for i, v in enumerate(values)]
-    routed = process_batch(records, model, TOPICS, max_message_bytes=10_000)
+    keys = [e["card"].encode() for e in good + attack] + [None] * 3
+    records = [Rec("in", 0, i, k, v) for i, (k, v) in enumerate(zip(keys, values, strict=True))]
+    routed = process_batch(records, model, TOPICS, max_message_bytes=10_000, entities=EntityStore(CARD_ENTITY))
     assert routed.n_scored == 51 and sum(routed.dead_reasons.values()) == 3
     scores = read(routed, "scores")
     assert sorted(s["source"]["offset"] for s in scores) == list(range(51))
@@ -78,7 +80,7 @@ def test_fuzz_every_record_is_accounted_for(model: ActiveModel, values: list[byt
     good, _ = transactions(3, seed=4)
     values = values + [orjson.dumps(e) for e in good]
     records = [Rec("in", 0, i, b"k", v) for i, v in enumerate(values)]
-    routed = process_batch(records, model, TOPICS, max_message_bytes=2_000)
+    routed = process_batch(records, model, TOPICS, max_message_bytes=2_000, entities=EntityStore(CARD_ENTITY))
     assert routed.n_scored + sum(routed.dead_reasons.values()) == len(records)
     dead = read(routed, "dlq")
     assert len(dead) == sum(routed.dead_reasons.values())

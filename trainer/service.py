@@ -13,22 +13,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from stream_ae.artifacts import ArtifactError, LoadedModel
 from stream_ae.features import Event, FeatureEncoder
+from stream_ae.featurize import RecordMeta, featurize, fit_encoder, store_for
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.models import AutoencoderDetector, DegenerateDataError
 from stream_ae.registry import Registry, announcement_bytes
 from stream_ae.settings import Settings
-from trainer.train import FittedModel, fit_events
+from trainer.train import FittedModel, infer_schema
 
 log = logging.getLogger("stream_ae.trainer")
 
@@ -65,6 +66,47 @@ class GateFigures:
             "recon_loss": self.recon_loss,
             "separation_auc": self.separation_auc,
         }
+
+
+@dataclass
+class Window:
+    """Events read for a run, with what the entity state needs of each: its partition and
+    offset (replay order), record key and timestamp; ``warmup`` marks the events read only to
+    warm the state (never trained on)."""
+
+    events: list[Event] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    warmups: list[bool] = field(default_factory=list)
+
+    def add(self, event: Event, record: ConsumerRecord[bytes, bytes], warmup: bool = False) -> None:
+        self.events.append(event)
+        self.partitions.append(record.partition)
+        self.offsets.append(record.offset)
+        self.keys.append(record.key)
+        self.timestamps.append(record.timestamp)
+        self.warmups.append(warmup)
+
+    @classmethod
+    def of(cls, events: list[Event], key_field: str | None = "card") -> Window:
+        """Events without Kafka coordinates (tests, files): one partition, in order."""
+        meta = RecordMeta.for_file(events, key_field)
+        n = len(events)
+        return cls(list(events), [0] * n, list(range(n)), list(meta.keys or [None] * n), [0] * n, [False] * n)
+
+    @property
+    def warmup(self) -> NDArray[np.bool_]:
+        return np.asarray(self.warmups, dtype=bool)
+
+    def meta(self) -> RecordMeta:
+        return RecordMeta(
+            np.asarray(self.partitions, dtype=np.int64),
+            np.asarray(self.offsets, dtype=np.int64),
+            list(self.keys),
+            np.asarray(self.timestamps, dtype=np.int64),
+        )
 
 
 @dataclass
@@ -106,10 +148,8 @@ def generated_anomalies(X: NDArray[np.float32], seed: int) -> NDArray[np.float32
     return out
 
 
-def gate_figures(
-    model_detector: AutoencoderDetector, encoder: FeatureEncoder, events: list[Event], seed: int = 0
-) -> GateFigures:
-    X = encoder.encode(events).X
+def gate_figures(model_detector: AutoencoderDetector, X: NDArray[np.float32], seed: int = 0) -> GateFigures:
+    """How a model does on held-out rows ``X`` (its own encoding of them)."""
     scores = model_detector.score_samples(X)
     fa = float((scores > model_detector.threshold_).mean())
     recon = float(model_detector.component_scores(X)["recon"].mean())
@@ -126,7 +166,10 @@ def compare(
     allowed = target_rate + 3 * np.sqrt(target_rate * (1 - target_rate) / max(n_holdout, 1)) + 1 / max(n_holdout, 1)
     if challenger.false_alarm_rate > max(allowed, champion.false_alarm_rate if champion else 0.0):
         return False, "false_alarm_rate"
-    if champion is not None and challenger.separation_auc < champion.separation_auc - 0.02:
+    # a champion that breaks the target on today's traffic (drift) cannot hold back a challenger
+    # that keeps it: its separation was measured against a calibration that no longer holds
+    champion_calibrated = champion is not None and champion.false_alarm_rate <= allowed
+    if champion is not None and champion_calibrated and challenger.separation_auc < champion.separation_auc - 0.02:
         return False, "separation"
     return True, "better_or_equal" if champion else "first_model"
 
@@ -141,8 +184,10 @@ class TrainerService:
         self._trigger = asyncio.Event()
         self._last_run = 0.0
 
-    async def read_window(self) -> list[Event]:
-        """The newest ``trainer_window_events`` decodable events across the input topics."""
+    async def read_window(self) -> Window:
+        """The newest ``trainer_window_events`` (plus ``trainer_warmup_events`` before them, which
+        only warm the entity state) decodable events across the input topics, per partition in
+        offset order, with their coordinates, keys and timestamps."""
         s = self.settings
         consumer = AIOKafkaConsumer(**s.kafka_client_kwargs(), group_id=None, enable_auto_commit=False)
         await consumer.start()
@@ -158,24 +203,27 @@ class TrainerService:
             consumer.assign(parts)
             ends = await consumer.end_offsets(parts)
             begins = await consumer.beginning_offsets(parts)
-            per = max(1, s.trainer_window_events // max(len(parts), 1))
+            total = s.trainer_window_events + s.trainer_warmup_events
+            per = max(1, total // max(len(parts), 1))
+            warm = s.trainer_warmup_events / max(total, 1)
             for tp in parts:
                 consumer.seek(tp, max(begins[tp], ends[tp] - per))
-            events: list[Event] = []
+            window = Window()
             remaining = {tp for tp in parts if ends[tp] > max(begins[tp], ends[tp] - per)}
             while remaining:
                 got = await consumer.getmany(timeout_ms=1000, max_records=10_000)
                 if not got:
                     break
                 for tp, msgs in got.items():
+                    start = max(begins[tp], ends[tp] - per)
                     for m in msgs:
                         with contextlib.suppress(orjson.JSONDecodeError):
                             value = orjson.loads(m.value or b"")
                             if isinstance(value, dict):
-                                events.append(value)
+                                window.add(value, m, warmup=(m.offset - start) < warm * (ends[tp] - start))
                     if msgs and msgs[-1].offset + 1 >= ends[tp]:
                         remaining.discard(tp)
-            return events
+            return window
         finally:
             await consumer.stop()
 
@@ -186,53 +234,70 @@ class TrainerService:
             log.info("no champion (%s)", exc)
             return None
 
-    def train_and_gate(self, events: list[Event], trigger: str = "manual") -> RunResult:
-        """Blocking part of a run (executor): filter, fit, gate, publish."""
+    def train_and_gate(self, window: Window | list[Event], trigger: str = "manual") -> RunResult:
+        """Blocking part of a run (executor): featurize, filter, fit, gate, publish.
+
+        The whole window is replayed in order through the entity state (one encoding for the
+        challenger, the champion's own for the champion), so that every row has the features
+        the worker computes; warm-up rows and, optionally, what the champion flags are then
+        left out of training, and a random fifth is held out for the gate."""
         s = self.settings
+        if not isinstance(window, Window):
+            window = Window.of(window)
+        events, meta = window.events, window.meta()
         champion = self._champion()
-        if champion is not None and champion.encoder is not None and s.trainer_exclude_anomalies:
-            batch = champion.encoder.encode(events)
-            keep = batch.ok[champion.detector.score_samples(batch.X) <= champion.detector.threshold_]
-            dropped = len(events) - len(keep)
-            events = [events[i] for i in keep.tolist()]
-            log.info("left out %d events the champion flags or cannot encode", dropped)
-        if len(events) < 500:
-            return RunResult(None, "too_few_events", n_events=len(events))
-        rng = np.random.default_rng(int(time.time()))
-        order = rng.permutation(len(events))
-        n_hold = max(200, len(events) // 5)
-        holdout = [events[i] for i in order[:n_hold]]
-        train = [events[i] for i in order[n_hold:]]
-        warm = champion.detector if (champion is not None and s.trainer_warm_start) else None
         schema = champion.encoder.schema if champion is not None and champion.encoder is not None else None
+        encoder = FeatureEncoder(schema or infer_schema(events))
         try:
-            fitted: FittedModel = fit_events(
-                train,
-                schema=schema,
-                variant=s.variant,
-                target_rate=s.target_false_alarm_rate,
-                device=s.trainer_device,
-                bf16=s.trainer_bf16,
-                init_from=warm,
-                max_steps=1500,
-            )
+            fitted_rows = fit_encoder(encoder, events, meta)
+        except ValueError as exc:  # no event of the window could be encoded
+            log.warning("window of %d events rejected: %s", len(events), exc)
+            return RunResult(None, "too_few_events", n_events=len(events))
+        X, rows = fitted_rows.X, fitted_rows.ok  # rows: event indices
+        usable = ~window.warmup[rows] if encoder.schema.entity is not None else np.ones(len(rows), dtype=bool)
+        candidates = np.flatnonzero(usable)
+        if len(candidates) < 500:
+            return RunResult(None, "too_few_events", n_events=len(candidates))
+        # the gate's holdout is a random fifth of the window as it came, never filtered: the
+        # false-alarm rate it measures is the one the workers will see
+        rng = np.random.default_rng(int(time.time()))
+        order = rng.permutation(candidates)
+        n_hold = max(200, len(order) // 5)
+        hold, train = order[:n_hold], order[n_hold:]
+        champ_X: NDArray[np.float32] | None = None
+        champ_rows = np.zeros(0, dtype=np.int64)
+        if champion is not None and champion.encoder is not None:
+            cb = featurize(champion.encoder, events, meta, store_for(champion.encoder)).batch
+            champ_X, champ_rows = cb.X, cb.ok
+            if s.trainer_exclude_anomalies:  # only the training part leaves out what the champion flags
+                flagged = champ_rows[champion.detector.score_samples(champ_X) > champion.detector.threshold_]
+                before = len(train)
+                train = train[~np.isin(rows[train], flagged)]
+                log.info("left out %d training events the champion flags", before - len(train))
+        if len(train) < 400:
+            return RunResult(None, "too_few_events", n_events=len(train))
+        warm = champion.detector if (champion is not None and s.trainer_warm_start) else None
+        detector = AutoencoderDetector(
+            variant=s.variant, device=s.trainer_device, bf16=s.trainer_bf16, target_rate=s.target_false_alarm_rate,
+            max_steps=1500,
+        )  # fmt: skip
+        try:
+            detector.fit(X[train], init_from=warm)
         except DegenerateDataError as exc:  # one replayed event, a stuck producer: keep the champion
             self.metrics.rejections.labels(reason="degenerate_window").inc()
             log.warning("window of %d events rejected (degenerate_window): %s", len(events), exc)
             return RunResult(None, "degenerate_window", n_events=len(events))
-        assert fitted.encoder is not None
-        chal = gate_figures(fitted.detector, fitted.encoder, holdout)
-        champ = (
-            gate_figures(champion.detector, champion.encoder, holdout)
-            if champion is not None and champion.encoder is not None
-            else None
-        )
+        fitted = FittedModel(detector, encoder, X[train])
+        chal = gate_figures(detector, X[hold])
+        champ = None
+        if champion is not None and champ_X is not None:
+            champ = gate_figures(champion.detector, champ_X[np.isin(champ_rows, rows[hold])])
         ok, reason = compare(chal, champ, s.target_false_alarm_rate, n_hold)
         for name, fig in (("challenger", chal), ("champion", champ)):
             if fig is not None:
                 for k, v in fig.as_dict().items():
                     self.metrics.figure.labels(model=name, figure=k).set(v)
-        self.metrics.window.set(len(events))
+        self.metrics.window.set(len(train) + n_hold)
         if not ok:
             self.metrics.rejections.labels(reason=reason).inc()
             log.warning("challenger kept back (%s): challenger %s vs champion %s", reason, chal, champ)
@@ -240,7 +305,7 @@ class TrainerService:
         version = time.strftime("v%Y%m%dT%H%M%S", time.gmtime()) + f"-{rng.integers(1000):03d}"
         metrics = {
             "trigger": trigger,
-            "window_events": len(events),
+            "window_events": len(train) + n_hold,
             "challenger": chal.as_dict(),
             "champion": champ.as_dict() if champ else None,
         }

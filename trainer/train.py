@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from stream_ae.artifacts import fingerprint, save_artifact
 from stream_ae.features import Event, FeatureEncoder, FeatureSchema
+from stream_ae.featurize import RecordMeta, fit_encoder
 from stream_ae.models import AutoencoderDetector
 from stream_ae.models.detector import ProgressFn
 
@@ -47,6 +48,8 @@ def fit_events(
     events: Sequence[Event],
     *,
     schema: FeatureSchema | None = None,
+    meta: RecordMeta | None = None,
+    key_field: str | None = None,
     id_field: str | None = "id",
     time_field: str | None = "ts",
     variant: str = "ncae",
@@ -55,19 +58,25 @@ def fit_events(
     init_from: AutoencoderDetector | None = None,
     **hyper: Any,
 ) -> FittedModel:
-    """Infer (or take) a schema, fit the encoder, encode, fit the detector."""
-    if schema is None:
-        present = set().union(*(e.keys() for e in events[:1000]))
-        schema = FeatureSchema.infer(
-            events[:5000],
-            id_field=id_field if id_field in present else None,
-            time_field=time_field if time_field in present else None,
-        )
-    encoder = FeatureEncoder(schema).fit(events)
-    X = encoder.encode(events).X
+    """Infer (or take) a schema, fit the encoder (replaying the events through the entity
+    state when the schema declares entity features), encode, fit the detector. ``meta`` gives
+    the events' Kafka coordinates, keys and timestamps (the trainer's window); a file's rows
+    are one partition in file order, keyed by ``key_field``."""
+    encoder = FeatureEncoder(schema or infer_schema(events, id_field, time_field))
+    X = fit_encoder(encoder, events, meta or RecordMeta.for_file(events, key_field)).X
     detector = AutoencoderDetector(variant=variant, device=device, **hyper)
     detector.fit(X, progress=progress, init_from=init_from)
     return FittedModel(detector, encoder, X)
+
+
+def infer_schema(events: Sequence[Event], id_field: str | None = "id", time_field: str | None = "ts") -> FeatureSchema:
+    """A schema inferred from the first events (``id_field`` left out, ``time_field`` a timestamp)."""
+    present = set().union(*(e.keys() for e in events[:1000]))
+    return FeatureSchema.infer(
+        events[:5000],
+        id_field=id_field if id_field in present else None,
+        time_field=time_field if time_field in present else None,
+    )
 
 
 def fit_matrix(

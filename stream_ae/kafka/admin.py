@@ -20,8 +20,10 @@ async def ensure_topics(
     topics: dict[str, int],
     *,
     compacted: set[str] | None = None,
+    configs: dict[str, str] | None = None,
 ) -> None:
-    """Create each ``topic -> partitions`` that does not exist yet (existing ones are kept)."""
+    """Create each ``topic -> partitions`` that does not exist yet (existing ones are kept);
+    ``configs`` are topic configs for the new ones."""
     admin = AIOKafkaAdminClient(**client_kwargs)
     await admin.start()
     try:
@@ -31,7 +33,10 @@ async def ensure_topics(
                 name,
                 num_partitions=parts,
                 replication_factor=1,
-                topic_configs={"cleanup.policy": "compact"} if name in (compacted or set()) else {},
+                topic_configs={
+                    **(configs or {}),
+                    **({"cleanup.policy": "compact"} if name in (compacted or set()) else {}),
+                },
             )
             for name, parts in topics.items()
             if name not in existing
@@ -65,6 +70,17 @@ async def topic_max_message_bytes(client_kwargs: dict[str, Any], topics: list[st
     finally:
         await admin.close()
     return limits
+
+
+async def partition_counts(client_kwargs: dict[str, Any], topics: list[str]) -> dict[str, int]:
+    """Partitions of each existing topic among ``topics`` (missing ones are left out)."""
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0 and t.get("partitions")}
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 15.0) -> None:

@@ -107,7 +107,7 @@ class BatchPublisher:
         self,
         topic: str,
         keys: Sequence[bytes | None],
-        values: Sequence[bytes],
+        values: Sequence[bytes | None],
         *,
         partitions: Sequence[int] | None = None,
         timestamp_ms: int | None = None,
@@ -123,10 +123,12 @@ class BatchPublisher:
             part = self.partition_of(keys, available)
         else:
             part = np.asarray(partitions, dtype=np.int64)
-        largest = max(map(len, values)) + max(map(len, filter(None, keys)), default=0)
+        largest = max(map(len, filter(None, values)), default=0) + max(map(len, filter(None, keys)), default=0)
         if largest + RECORD_OVERHEAD + BATCH_OVERHEAD > self.batch_bytes:  # the router should have caught it
-            big = next(i for i in range(len(values)) if not fits(keys[i], values[i], self.batch_bytes))
-            raise RecordTooLarge(f"a record of {len(values[big])} bytes does not fit a batch of {self.batch_bytes}")
+            big = next(i for i in range(len(values)) if not fits(keys[i], values[i] or b"", self.batch_bytes))
+            raise RecordTooLarge(
+                f"a record of {len(values[big] or b'')} bytes does not fit a batch of {self.batch_bytes}"
+            )
         stamp = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
         order = np.argsort(part, kind="stable")
         bounds = np.flatnonzero(np.diff(part[order])) + 1
@@ -137,7 +139,7 @@ class BatchPublisher:
             builder, size = self.producer.create_batch(), 0
             for i in chunk.tolist():
                 key, value = keys[i], values[i]
-                cost = len(value) + (len(key) if key else 0) + RECORD_OVERHEAD
+                cost = (len(value) if value else 0) + (len(key) if key else 0) + RECORD_OVERHEAD
                 if (size and size + cost > limit) or builder.append(timestamp=stamp, key=key, value=value) is None:
                     futures.append(await self.producer.send_batch(builder, topic, partition=p))  # full: send it
                     builder, size = self.producer.create_batch(), 0

@@ -35,6 +35,8 @@ def compatible(running: ActiveModel, candidate: LoadedModel) -> str | None:
     new = {(f.name, f.kind) for f in candidate.encoder.schema.fields}
     if old != new:
         return f"feature schema differs: {sorted(old ^ new)}"
+    if running.encoder.schema.entity != candidate.encoder.schema.entity:
+        return "entity declaration differs: the state it needs is not the one held (restart the workers to change it)"
     return None
 
 

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
+from stream_ae.entities.store import PartitionDelta
 from stream_ae.kafka.publisher import BatchPublisher, RecordTooLarge
 from stream_ae.metrics import WorkerMetrics
 from stream_ae.pipeline import process_batch
@@ -40,6 +41,7 @@ from stream_ae.route import Routed, Router, Topics
 from stream_ae.settings import Settings
 from stream_ae.worker.follower import ModelFollower
 from stream_ae.worker.health import HealthReporter
+from stream_ae.worker.state import EntityState
 
 log = logging.getLogger("stream_ae.worker")
 SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, RecordTooLarge)
@@ -56,23 +58,32 @@ class InFlightBatch:
 
     task: asyncio.Future[None]  # acknowledgements, commit, then the batch's metrics
     first: dict[TopicPartition, int]  # where to rewind to if it fails
+    deltas: list[PartitionDelta]  # what it changed in the entity state: undone if it fails
 
 
 class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Lets the batch in flight commit before its partitions move."""
+    """Lets the batch being published and the batch in flight land before partitions move;
+    hands the new assignment to the entity state (which restores what it does not hold)."""
 
     def __init__(self, loop: BatchLoop) -> None:
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
-        await self.loop.wait_in_flight()
+        parts = list(revoked)
+        log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in parts))
+        async with self.loop.batch_lock:  # no batch is between processing and publishing
+            await self.loop.wait_in_flight()
+            if self.loop.state is not None:
+                self.loop.state.revoked(parts)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         parts = list(assigned)
         log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in parts))
         self.loop.metrics.assigned.set(len(parts))
         self.loop.metrics.lag.clear()
+        self.loop.metrics.entities.clear()
+        if self.loop.state is not None:
+            await self.loop.state.assigned(parts)
 
 
 class BatchLoop:
@@ -90,6 +101,7 @@ class BatchLoop:
         executor: ThreadPoolExecutor,
         producer_lock: asyncio.Lock,
         read_batch_bytes: Callable[[], Awaitable[int]],
+        state: EntityState | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -102,6 +114,8 @@ class BatchLoop:
         self._hot = executor
         self._producer_lock = producer_lock  # one transaction at a time on the shared producer
         self._read_batch_bytes = read_batch_bytes  # the output topics' record batch limit, now
+        self.state = state
+        self.batch_lock = asyncio.Lock()  # held from processing a batch until it is published
         self._in_flight: InFlightBatch | None = None
         self._publish_failures = 0
 
@@ -116,16 +130,29 @@ class BatchLoop:
                 self.metrics.kafka_up.set(0)
                 await asyncio.sleep(1.0)
                 continue
-            if fetched:
-                await self._handle(fetched, stopping)
-            else:
-                await self._settle()  # idle: finish the batch in flight now, not with the next one
+            async with self.batch_lock:
+                fetched = self._still_ours(fetched)
+                if fetched:
+                    await self._handle(fetched, stopping)
+                elif (failed := await self._settle()) is not None:  # idle: finish the batch in flight now
+                    await self._undo(failed.deltas)
+
+    def _still_ours(self, fetched: Fetched) -> Fetched:
+        """Records of partitions revoked or still restoring since the fetch are left for later
+        (their new owner, or this worker once restored, reads them from the committed offset)."""
+        assigned = self.consumer.assignment()
+        restoring = self.state.restoring if self.state is not None else set()
+        for tp, msgs in fetched.items():
+            if tp in assigned and tp in restoring:
+                self.consumer.seek(tp, msgs[0].offset)  # read again once restored
+        return {tp: msgs for tp, msgs in fetched.items() if tp in assigned and tp not in restoring}
 
     async def _handle(self, fetched: Fetched, stopping: Callable[[], bool]) -> None:
         """Process one fetched batch, then publish it. With ``at_least_once`` the batch's
         acknowledgements and commit are left in flight while the next batch is fetched and
         processed (at most one batch in flight, committed in order); a batch is published only
-        after the one before it is committed, so a failure rewinds both and loses nothing."""
+        after the one before it is committed, so a failure rewinds both, and undoes both
+        batches' entity state changes, newest first: nothing is lost or counted twice."""
         started = time.perf_counter()
         records = [r for msgs in fetched.values() for r in msgs]
         first = {tp: msgs[0].offset for tp, msgs in fetched.items()}
@@ -135,10 +162,12 @@ class BatchLoop:
         routed = await self._process(records, stopping)
         if routed is None:
             return  # stopping: nothing was committed, the records are read again after restart
-        previous = self._in_flight
-        if not await self._settle():  # the batch before failed and was rewound: this one goes too
+        failed = await self._settle()
+        if failed is not None:  # the batch before failed and was rewound: this one goes too
+            await self._undo(routed.deltas)
+            await self._undo(failed.deltas)
             # where both touch a partition the earlier batch's offset wins: never seek past it
-            await self._rewind({**first, **(previous.first if previous else {})})
+            await self._rewind({**first, **failed.first})
             return
         try:
             if self._renew_producer:  # a batch failed on the producer in use: never reuse its state
@@ -151,10 +180,11 @@ class BatchLoop:
                 return
             futures = await self._publish(routed)
         except Exception as exc:
+            await self._undo(routed.deltas)
             await self._publish_failed(exc, first)
             return
         task = asyncio.ensure_future(self._acknowledge_and_commit(futures, offsets, routed, started))
-        self._in_flight = InFlightBatch(task, first)
+        self._in_flight = InFlightBatch(task, first, routed.deltas)
 
     async def _process(
         self, records: list[ConsumerRecord[bytes, bytes]], stopping: Callable[[], bool]
@@ -168,7 +198,13 @@ class BatchLoop:
             attempt += 1
             try:
                 return await asyncio.get_running_loop().run_in_executor(
-                    self._hot, process_batch, records, model, self.topics, self.settings.max_message_bytes
+                    self._hot,
+                    process_batch,
+                    records,
+                    model,
+                    self.topics,
+                    self.settings.max_message_bytes,
+                    self.state.store if self.state is not None else None,
                 )
             except Exception as exc:
                 log.exception("processing a batch failed (attempt %d)", attempt)
@@ -183,7 +219,9 @@ class BatchLoop:
         stamp = int(time.time() * 1000)
         futures: list[asyncio.Future[Any]] = []
         for topic, out in routed.outputs.items():
-            futures += await self.publisher.publish(topic, out.keys, out.values, timestamp_ms=stamp)
+            futures += await self.publisher.publish(
+                topic, out.keys, out.values, partitions=out.partitions, timestamp_ms=stamp
+            )
         return futures
 
     async def _acknowledge_and_commit(
@@ -194,18 +232,22 @@ class BatchLoop:
         await self.consumer.commit(offsets)
         self._committed(routed, started)  # when it is committed, not when the loop next looks
 
-    async def _settle(self) -> bool:
-        """Wait for the batch in flight; False when it failed (it is rewound, nothing of it or
-        after it is committed)."""
+    async def _settle(self) -> InFlightBatch | None:
+        """Wait for the batch in flight; the batch when it failed (it is rewound: nothing of it
+        or after it is committed, and the caller undoes its state changes), else None."""
         batch, self._in_flight = self._in_flight, None
         if batch is None:
-            return True
+            return None
         try:
             await batch.task
         except Exception as exc:
             await self._publish_failed(exc, batch.first)
-            return False
-        return True
+            return batch
+        return None
+
+    async def _undo(self, deltas: list[PartitionDelta]) -> None:
+        if self.state is not None:
+            await self.state.undo(list(reversed(deltas)))
 
     async def wait_in_flight(self) -> None:
         """Let the batch in flight finish (its commit lands) without taking over its outcome:
@@ -262,6 +304,8 @@ class BatchLoop:
     def _committed(self, routed: Routed, started: float) -> None:
         self._publish_failures = 0  # the publish backoff starts over
         self._record_metrics(routed, started)
+        if self.state is not None:
+            self.state.committed(routed)
 
     def _record_metrics(self, routed: Routed, started: float) -> None:
         """One update per metric per batch, never per record (except anomaly latencies)."""

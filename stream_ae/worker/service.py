@@ -24,7 +24,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from mode import Service
 
-from stream_ae.kafka.admin import ensure_topics, topic_max_message_bytes
+from stream_ae.entities.store import EntityStore
+from stream_ae.kafka.admin import ensure_topics, partition_counts, topic_max_message_bytes
 from stream_ae.kafka.publisher import BatchPublisher
 from stream_ae.metrics import WorkerMetrics
 from stream_ae.pipeline import ActiveModel
@@ -33,9 +34,12 @@ from stream_ae.settings import Settings
 from stream_ae.worker.follower import ModelFollower
 from stream_ae.worker.health import HealthReporter
 from stream_ae.worker.loop import BatchLoop, RebalanceListener
+from stream_ae.worker.state import EntityState
 
 log = logging.getLogger("stream_ae.worker")
 BATCH_SLACK_BYTES = 512  # a record batch stays this far below the topics' max.message.bytes
+# a changelog's active segment is never compacted: keep segments small enough that it is
+CHANGELOG_CONFIGS = {"segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.5"}
 
 
 class BatchWorker(Service):
@@ -52,6 +56,8 @@ class BatchWorker(Service):
         self.publisher: BatchPublisher | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._control: AIOKafkaConsumer | None = None
+        self._restorer: AIOKafkaConsumer | None = None
+        self.entity_state: EntityState | None = None
         self._producer_lock = asyncio.Lock()
         self.ready = False
         super().__init__(**kwargs)
@@ -68,8 +74,10 @@ class BatchWorker(Service):
         await ensure_topics(kw, outputs)
         await ensure_topics(kw, {s.control_topic: 1}, compacted={s.control_topic})
         batch_bytes = await self.output_batch_bytes()
-        topics = Topics(s.output_topic, s.dead_letter_topic, s.scores_topic, batch_bytes=batch_bytes)
         await self.follower.load_initial(lambda: self.should_stop)
+        assert self.model is not None
+        changelog = await self._prepare_changelog() if self.model.entity is not None else None
+        topics = Topics(s.output_topic, s.dead_letter_topic, s.scores_topic, batch_bytes, changelog)
         eos = s.processing_guarantee == "exactly_once"
 
         def make_producer() -> AIOKafkaProducer:
@@ -97,6 +105,19 @@ class BatchWorker(Service):
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=max(s.max_message_bytes * 2, 1_048_576),
         )
+        if self.model.entity is not None and changelog is not None:
+            self._restorer = AIOKafkaConsumer(
+                **kw,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                fetch_max_bytes=64 * 1024 * 1024,
+                max_partition_fetch_bytes=16 * 1024 * 1024,
+            )
+            await self._restorer.start()
+            self.entity_state = EntityState(
+                EntityStore(self.model.entity), changelog, self._consumer, self._restorer, self._hot, self.metrics
+            )
         self.batch_loop = BatchLoop(
             s,
             self.metrics,
@@ -108,6 +129,7 @@ class BatchWorker(Service):
             self._hot,
             self._producer_lock,
             self.output_batch_bytes,
+            self.entity_state,
         )
         self._consumer.subscribe(s.input_topics, listener=RebalanceListener(self.batch_loop))
         await self._consumer.start()
@@ -127,7 +149,9 @@ class BatchWorker(Service):
         self.ready = False
         if self.batch_loop is not None:
             await self.batch_loop.wait_in_flight()  # commit what was acknowledged: less to re-deliver after restart
-        for client in (self._consumer, self._control):
+        if self.entity_state is not None:
+            await self.entity_state.stop()
+        for client in (self._consumer, self._control, self._restorer):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.stop()
@@ -135,6 +159,30 @@ class BatchWorker(Service):
             await self.publisher.stop()
         self._hot.shutdown(wait=False)
         self._loader.shutdown(wait=False)
+
+    async def _prepare_changelog(self) -> str:
+        """The entity changelog: one partition per input partition (compacted). Refuses to
+        start, with the reason, when that cannot hold."""
+        s = self.settings
+        kw = s.kafka_client_kwargs()
+        if len(s.input_topics) != 1:
+            raise RuntimeError(
+                f"entity features need exactly one input topic (got {s.input_topics}): state is kept per "
+                "input partition, and the partitions of several topics would share it"
+            )
+        counts = await partition_counts(kw, s.input_topics)
+        if s.input_topics[0] not in counts:
+            raise RuntimeError(f"input topic {s.input_topics[0]!r} does not exist: create it first")
+        n = counts[s.input_topics[0]]
+        topic = s.changelog_topic
+        await ensure_topics(kw, {topic: n}, compacted={topic}, configs=CHANGELOG_CONFIGS)
+        have = (await partition_counts(kw, [topic])).get(topic)
+        if have != n:
+            raise RuntimeError(
+                f"the entity changelog {topic!r} has {have} partitions, the input topic {n}: "
+                "they must match (delete the changelog, or set STREAM_AE_ENTITY_CHANGELOG_TOPIC to a new one)"
+            )
+        return topic
 
     async def output_batch_bytes(self) -> int:
         """The largest record batch every output topic accepts now (their max.message.bytes,

@@ -1,0 +1,225 @@
+"""What a feature schema declares about entities: which one an event belongs to, and the
+per-entity aggregates that become features.
+
+In the schema file (YAML or JSON, frozen into the model's manifest)::
+
+    entity:
+      field: card            # omit for the Kafka record key
+      ttl: 7d                # an entity idle this long starts afresh (and its state expires)
+      max_entities: 1000000  # per input partition; the least recently seen are evicted beyond
+      features:
+        - count: [10m, 1h, 24h]              # events in each window (decayed, see below)
+        - sum: amount                        # sum of a numeric field in each window
+          windows: [1h, 24h]
+        - zscore: amount                     # deviation from the entity's own EWMA
+          half_life: 1d
+          min_history: 5
+          log: true                          # of log1p(amount): heavy-tailed fields
+        - since_last                         # seconds since the entity's previous event
+        - novelty: country                   # 1 when the value is not among its last 16
+          capacity: 16
+        - delta_mean: [cpu, mem]             # the row minus the mean of its previous rows
+          rows: 10
+
+Durations are seconds, or a number with ``s``, ``m``, ``h`` or ``d``. Each aggregate adds
+numeric features named after it (:meth:`EntitySpec.feature_names`, prefix ``entity.``), which
+the feature encoder scales like any numeric field.
+
+Example:
+    >>> spec = EntitySpec.from_dict({"field": "card", "features": [{"count": ["10m", "1h"]}, "since_last"]})
+    >>> spec.feature_names()
+    ['entity.count_10m', 'entity.count_1h', 'entity.since_last_s']
+    >>> EntitySpec.from_dict(spec.to_dict()) == spec
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["count", "sum", "zscore", "since_last", "novelty", "delta_mean"]
+KINDS: tuple[str, ...] = ("count", "sum", "zscore", "since_last", "novelty", "delta_mean")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+PREFIX = "entity."
+OPTIONS = {"kind", "field", "fields", "windows", "half_life", "min_history", "capacity", "rows", "log"}
+
+
+def seconds(value: Any) -> float:
+    """``600``, ``"600"``, ``"10m"``, ``"1h"``, ``"7d"`` -> seconds (positive)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        out = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
+        if m is None:
+            raise ValueError(f"not a duration: {value!r} (seconds, or a number with s, m, h or d)")
+        out = float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1)
+    if not out > 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return out
+
+
+def label(secs: float) -> str:
+    """The shortest exact label of a duration: 600 -> ``10m``, 86400 -> ``1d``, 90 -> ``90s``."""
+    for unit in ("d", "h", "m"):
+        n = secs / _UNITS[unit]
+        if n >= 1 and n == int(n):
+            return f"{int(n)}{unit}"
+    return f"{secs:g}s"
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One declared per-entity aggregate (see the module docstring for each kind)."""
+
+    kind: Kind
+    field: str | None = None  # sum, zscore, novelty
+    fields: tuple[str, ...] = ()  # delta_mean
+    windows: tuple[float, ...] = ()  # count, sum (seconds)
+    half_life: float = 86_400.0  # zscore (seconds)
+    min_history: int = 5  # zscore
+    capacity: int = 16  # novelty
+    rows: int = 10  # delta_mean
+    log: bool = False  # zscore: of the signed log1p of the value (heavy-tailed fields: amounts)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown entity feature {self.kind!r}; choose one of {', '.join(KINDS)}")
+        needs_field = self.kind in ("sum", "zscore", "novelty")
+        if needs_field and not self.field:
+            raise ValueError(f"entity feature {self.kind!r} needs a field")
+        if self.kind in ("count", "sum") and not self.windows:
+            raise ValueError(f"entity feature {self.kind!r} needs windows")
+        if self.kind == "delta_mean" and (not self.fields or self.rows < 1):
+            raise ValueError("entity feature 'delta_mean' needs fields and rows >= 1")
+        if self.kind == "novelty" and not 1 <= self.capacity <= 256:
+            raise ValueError("novelty capacity must lie in 1..256")
+        if self.kind == "zscore" and (self.half_life <= 0 or self.min_history < 1):
+            raise ValueError("zscore needs a positive half_life and min_history >= 1")
+        if self.log and self.kind != "zscore":
+            raise ValueError("log is an option of zscore only")
+
+    def feature_names(self) -> list[str]:
+        k = self.kind
+        if k == "count":
+            return [f"{PREFIX}count_{label(w)}" for w in self.windows]
+        if k == "sum":
+            return [f"{PREFIX}{self.field}_sum_{label(w)}" for w in self.windows]
+        if k == "zscore":
+            return [f"{PREFIX}{self.field}_z"]
+        if k == "since_last":
+            return [f"{PREFIX}since_last_s"]
+        if k == "novelty":
+            return [f"{PREFIX}{self.field}_new"]
+        return [f"{PREFIX}{f}_delta{self.rows}" for f in self.fields]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind in ("sum", "zscore", "novelty"):
+            out["field"] = self.field
+        if self.kind in ("count", "sum"):
+            out["windows"] = list(self.windows)
+        if self.kind == "zscore":
+            out.update(half_life=self.half_life, min_history=self.min_history)
+            if self.log:
+                out["log"] = True
+        if self.kind == "novelty":
+            out["capacity"] = self.capacity
+        if self.kind == "delta_mean":
+            out.update(fields=list(self.fields), rows=self.rows)
+        return out
+
+    @classmethod
+    def from_dict(cls, item: str | Mapping[str, Any]) -> Aggregate:
+        """The explicit form (``{"kind": "sum", "field": ..., ...}``) or the short one of the
+        module docstring (``{"sum": "amount", "windows": [...]}``, ``"since_last"``)."""
+        if isinstance(item, str):
+            return cls(kind=item)  # type: ignore[arg-type]
+        data = dict(item)
+        if "kind" not in data:
+            kinds = [k for k in data if k in KINDS]
+            if len(kinds) != 1:
+                raise ValueError(f"an entity feature names one kind of {', '.join(KINDS)}: {item!r}")
+            kind = kinds[0]
+            value = data.pop(kind)
+            data["kind"] = kind
+            if kind == "count":
+                data["windows"] = value
+            elif kind == "delta_mean":
+                data["fields"] = [value] if isinstance(value, str) else value
+            elif value is not None and kind != "since_last":
+                data["field"] = value
+        unknown = set(data) - OPTIONS
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} in entity feature {item!r}")
+        if "windows" in data:
+            data["windows"] = tuple(seconds(w) for w in data["windows"])
+        if "half_life" in data:
+            data["half_life"] = seconds(data["half_life"])
+        if "fields" in data:
+            data["fields"] = tuple(data["fields"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EntitySpec:
+    """The entity an event belongs to and the aggregates computed over its history."""
+
+    field: str | None = None  # None: the Kafka record key
+    ttl: float = 7 * 86_400.0
+    max_entities: int = 1_000_000  # per input partition
+    aggregates: tuple[Aggregate, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.aggregates:
+            raise ValueError("an entity declaration needs at least one feature")
+        if self.max_entities < 1:
+            raise ValueError("max_entities must be at least 1")
+        names = self.feature_names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"entity features repeat a name: {names}")
+
+    def feature_names(self) -> list[str]:
+        return [name for agg in self.aggregates for name in agg.feature_names()]
+
+    def numeric_fields(self) -> list[str]:
+        """The event fields read as numbers (sum, zscore, delta_mean), in first-use order."""
+        out: dict[str, None] = {}
+        for agg in self.aggregates:
+            if agg.kind in ("sum", "zscore") and agg.field:
+                out[agg.field] = None
+            out.update(dict.fromkeys(agg.fields))
+        return list(out)
+
+    def category_fields(self) -> list[str]:
+        """The event fields whose values novelty tracks."""
+        return list(dict.fromkeys(agg.field for agg in self.aggregates if agg.kind == "novelty" and agg.field))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "ttl": self.ttl,
+            "max_entities": self.max_entities,
+            "features": [a.to_dict() for a in self.aggregates],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EntitySpec:
+        unknown = set(data) - {"field", "ttl", "max_entities", "features"}
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} in the entity declaration")
+        return cls(
+            field=data.get("field"),
+            ttl=seconds(data.get("ttl", 7 * 86_400.0)),
+            max_entities=int(data.get("max_entities", 1_000_000)),
+            aggregates=tuple(Aggregate.from_dict(a) for a in data.get("features") or ()),
+        )
+
+    def fingerprint(self) -> bytes:
+        """8 bytes that change whenever the state layout or its meaning does (changelog records
+        written under another declaration are not read back)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).digest()[:8]

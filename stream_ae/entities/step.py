@@ -1,0 +1,357 @@
+"""The batch function: (state, one partition's events in offset order) -> (features, new state).
+
+One implementation, two callers: the worker calls it on every micro-batch, and the offline
+tools (``stream-ae train``, ``score``, ``evaluate``, the trainer) replay files and Kafka
+windows through it (:mod:`stream_ae.entities.replay`), so a model is trained and served on the
+same features. It is vectorised: numpy over the whole batch, grouped by entity; the only
+per-event work is a dict look-up mapping each key to its group (C-level ``map``).
+
+Semantics (README.md, "Entity features"):
+
+* **Before the update.** An event's features describe its entity's history *before* the
+  event: it never sees itself.
+* **Event time** is the schema's timestamp field, else the Kafka record timestamp. Time never
+  runs backwards for an entity: a late event (earlier than the entity's latest) counts as if
+  it happened at the entity's latest time (no decay, ``since_last`` 0); nothing is reordered.
+* **TTL.** An entity whose previous event is more than ``ttl`` before the new one starts
+  afresh, as a new entity would (its features do not depend on when its state was expired).
+* **Windows** are exponentially decayed: ``count_w`` is ``sum exp(-(t - t_j) / w)`` over earlier
+  events ``j``, so at a steady rate it equals the events per window; ``sum_w`` the same with
+  the field's values as weights (a missing value adds nothing). A value below 1e-6 reads as
+  0: what has decayed away is gone (and a feature that is mostly 0 scales cleanly).
+* **zscore** is ``(x - mean) / sd`` against the entity's exponentially weighted mean and
+  variance (each earlier event's weight halves every ``half_life``); 0 until the entity has
+  ``min_history`` earlier events, ``sd`` floored at 1 % of ``|mean|`` + 1e-6, clipped to +-1000;
+  with ``log``, of ``sign(x) log(1 + |x|)`` (amounts: a deviation by a factor, not by euros).
+* **since_last** is the seconds since the entity's previous event; ``ttl`` for a new entity.
+* **novelty** is 1 when the value is not among the entity's last ``capacity`` events' values
+  (0 for a missing value).
+* **delta_mean** is the row minus the mean of the entity's previous ``rows`` rows (each field
+  over the rows where it is present); 0 without history, as the row itself would give.
+
+Results do not depend on where micro-batches split, up to floating-point association: the
+decayed sums are a parallel scan whose association order follows the batch (they agree to
+about 1e-12 relative); the rings (novelty, delta_mean) are exact.
+
+Example:
+    >>> from stream_ae.entities.spec import EntitySpec
+    >>> from stream_ae.entities.table import EntityTable, row_dtype
+    >>> spec = EntitySpec.from_dict({"features": [{"count": ["1h"]}, "since_last"]})
+    >>> table = EntityTable(row_dtype(spec))
+    >>> batch = EntityBatch([b"a", b"a", b"b"], np.array([0, 60_000, 0]), np.array([0, 1, 2]), {}, {})
+    >>> out = step(spec, table, batch)
+    >>> out.features.round(3).tolist()   # [count_1h, since_last_s] before each event
+    [[0.0, 604800.0], [0.983, 60.0], [0.0, 604800.0]]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from stream_ae.entities.spec import EntitySpec
+from stream_ae.entities.table import EntityTable, empty_rows
+
+Floats = NDArray[np.float64]
+Ints = NDArray[np.int64]
+_SEGMENT = np.int64(1) << np.int64(42)  # more milliseconds than a batch plus a TTL can span (139 years)
+Z_CLIP = 1000.0
+NEGLIGIBLE = 1e-6  # a decayed count or sum below this reads as 0
+
+
+@dataclass
+class EntityBatch:
+    """One partition's events, in offset order, as the batch function reads them."""
+
+    keys: list[bytes]  # the entity of each event
+    times_ms: Ints  # event time, epoch milliseconds
+    offsets: Ints  # input offsets (a replayed offset is not applied twice)
+    numbers: dict[str, Floats]  # the spec's numeric fields, NaN where missing
+    codes: dict[str, NDArray[np.uint32]]  # the spec's novelty fields, hashed; 0 where missing
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, index: Ints) -> EntityBatch:
+        return EntityBatch(
+            [self.keys[i] for i in index.tolist()],
+            self.times_ms[index],
+            self.offsets[index],
+            {k: v[index] for k, v in self.numbers.items()},
+            {k: v[index] for k, v in self.codes.items()},
+        )
+
+
+@dataclass
+class StepResult:
+    """What a batch did: each event's features (batch order) and the touched entities' new rows."""
+
+    features: Floats  # [events, spec.feature_names()]
+    keys: list[bytes]  # the touched entities, in order of first appearance
+    rows: NDArray[np.void]  # their rows after the batch
+    first_offsets: Ints  # each touched entity's first and last offset in the batch
+    last_offsets: Ints
+    replayed: int = 0  # events at or before their entity's last applied offset: features only
+
+
+def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool = True) -> StepResult:
+    """Features of ``batch`` and the new rows of its entities; ``table`` is only read.
+
+    With ``dedupe``, events whose offset is at or before their entity's last applied offset
+    (a re-delivery the state already holds) get features from the state as it is and change
+    nothing (:attr:`StepResult.replayed` counts them)."""
+    n = len(batch)
+    names = spec.feature_names()
+    if n == 0:
+        return StepResult(np.zeros((0, len(names))), [], empty_rows(table.dtype, 0), _ints(0), _ints(0))
+    uniq = list(dict.fromkeys(batch.keys))
+    position = dict(zip(uniq, range(len(uniq)), strict=True))
+    inv = np.fromiter(map(position.__getitem__, batch.keys), np.int64, count=n)
+    slots = table.lookup(uniq)
+    held = slots >= 0
+    prior = empty_rows(table.dtype, len(uniq))
+    prior[held] = table.rows[slots[held]]
+    replayed = held[inv] & (batch.offsets <= prior["last_offset"][inv]) if dedupe else np.zeros(n, bool)
+    if not replayed.any():
+        features, rows = _run(spec, prior, held, inv, batch)
+        first, last = _first_last(inv, batch.offsets, len(uniq))
+        return StepResult(features, uniq, rows, first, last)
+    fresh = np.flatnonzero(~replayed)
+    features = np.zeros((n, len(names)))
+    old = np.flatnonzero(replayed)
+    features[old] = step(spec, table, batch.take(old), dedupe=False).features
+    if not len(fresh):
+        return StepResult(features, [], empty_rows(table.dtype, 0), _ints(0), _ints(0), len(old))
+    sub = step(spec, table, batch.take(fresh), dedupe=False)
+    features[fresh] = sub.features
+    return StepResult(features, sub.keys, sub.rows, sub.first_offsets, sub.last_offsets, len(old))
+
+
+def _ints(n: int) -> Ints:
+    return np.zeros(n, dtype=np.int64)
+
+
+def _first_last(inv: Ints, offsets: Ints, groups: int) -> tuple[Ints, Ints]:
+    first = np.full(groups, np.iinfo(np.int64).max)
+    last = np.full(groups, np.iinfo(np.int64).min)
+    np.minimum.at(first, inv, offsets)
+    np.maximum.at(last, inv, offsets)
+    return first, last
+
+
+def _scan(a: Floats, b: Floats, span: int) -> Floats:
+    """Inclusive scan of ``v_i = a_i * v_{i-1} + b_i`` down the rows (Hillis-Steele, log2
+    steps). A row with ``a = 0`` starts afresh, so independent groups can share one pass;
+    ``span`` is the longest group, beyond which no step reaches."""
+    A, B = a.copy(), b.copy()
+    s = 1
+    while s < span:
+        B_next = B.copy()
+        B_next[s:] += A[s:] * B[:-s]
+        A[s:] = A[s:] * A[:-s]
+        B = B_next
+        s *= 2
+    return B
+
+
+def _run(
+    spec: EntitySpec, prior: NDArray[np.void], held: NDArray[np.bool_], inv: Ints, batch: EntityBatch
+) -> tuple[Floats, NDArray[np.void]]:
+    """The sequential semantics of the module docstring, computed for all groups at once."""
+    n = len(inv)
+    order = np.argsort(inv, kind="stable")  # grouped by entity, offset order within
+    seg = inv[order]
+    start = np.ones(n, dtype=bool)
+    start[1:] = seg[1:] != seg[:-1]
+    is_last = np.ones(n, dtype=bool)
+    is_last[:-1] = start[1:]
+    idx = np.arange(n)
+    seg_start = np.maximum.accumulate(np.where(start, idx, 0))
+    span = int((idx - seg_start).max()) + 1
+    ttl_ms = round(spec.ttl * 1000)
+
+    # effective time: never backwards within an entity (segmented running maximum, exact in int64)
+    t = batch.times_ms[order].astype(np.int64)
+    base = int(t.min()) - ttl_ms - 1
+    has = held[seg]
+    prior_rel = np.where(has, np.maximum(prior["last_ms"][seg] - base, 0), 0)  # older than a TTL: 0, so a reset
+    running = np.maximum.accumulate(seg * _SEGMENT + (t - base)) - seg * _SEGMENT
+    T = np.maximum(running, prior_rel)
+    prev_T = np.empty(n, dtype=np.int64)
+    prev_T[1:] = T[:-1]
+    prev_T[start] = prior_rel[start]
+    dt = T - prev_T
+    reset = (start & ~has) | (dt > ttl_ms)
+    carry = start & ~reset  # the group's first event continues the stored state
+    run_start = np.maximum.accumulate(np.where(start | reset, idx, 0))
+    n_before = idx - run_start + np.where(carry[run_start], prior["n"][seg], 0)
+    run_id = np.cumsum(start | reset)
+
+    columns: dict[str, Floats] = {}
+    new = empty_rows(prior.dtype, len(prior))
+    last_pos = np.flatnonzero(is_last)
+    g = seg[last_pos]  # the unique entity each group's last event belongs to
+    new["last_ms"][g] = T[last_pos] + base
+    new["last_offset"][g] = batch.offsets[order][last_pos]
+    new["n"][g] = n_before[last_pos] + 1
+
+    def before_of(values: Floats, decay: Floats, stored: Floats) -> Floats:
+        """Each event's decayed value of its entity's earlier events: from the previous row
+        of its group, or from the stored state at a group's first event."""
+        out = np.zeros_like(values)
+        prev = ~start
+        out[prev] = decay[prev] * values[np.flatnonzero(prev) - 1]
+        out[carry] = decay[carry] * stored[carry]
+        return out
+
+    # decayed window counts and sums: one scan over every window
+    count_w = [w for a in spec.aggregates if a.kind == "count" for w in a.windows]
+    sum_w = [(a.field, w) for a in spec.aggregates if a.kind == "sum" for w in a.windows]
+    if count_w or sum_w:
+        tau = np.asarray(count_w + [w for _, w in sum_w]) * 1000.0
+        weight = np.ones((n, len(tau)))
+        for j, (f, _) in enumerate(sum_w):
+            x = batch.numbers[f or ""][order]
+            weight[:, len(count_w) + j] = np.where(np.isfinite(x), x, 0.0)
+        decay = np.exp(-dt[:, None] / tau[None, :])
+        decay[reset] = 0.0
+        stored = np.hstack([prior["counts"][seg], prior["sums"][seg]])
+        b = weight.copy()
+        b[carry] += decay[carry] * stored[carry]
+        a = decay.copy()
+        a[start] = 0.0
+        values = _scan(a, b, span)
+        before = before_of(values, decay, stored)
+        before[np.abs(before) < NEGLIGIBLE] = 0.0  # what has decayed away is gone, not 1e-40 (a clean zero to scale)
+        k = 0
+        for agg in (a for a in spec.aggregates if a.kind == "count"):
+            for name in agg.feature_names():
+                columns[name] = before[:, k]
+                k += 1
+        for agg in (a for a in spec.aggregates if a.kind == "sum"):
+            for name in agg.feature_names():
+                columns[name] = before[:, k]
+                k += 1
+        new["counts"][g] = values[last_pos, : len(count_w)]
+        new["sums"][g] = values[last_pos, len(count_w) :]
+
+    # exponentially weighted mean and variance, shifted by a per-entity reference for precision
+    zs = [a for a in spec.aggregates if a.kind == "zscore"]
+    if zs:
+        x = np.stack([_signed_log(batch.numbers[a.field or ""][order], a.log) for a in zs], axis=1)  # [n, Z]
+        finite = np.isfinite(x)
+        half = np.asarray([a.half_life for a in zs]) * 1000.0
+        decay = np.exp(-dt[:, None] * math.log(2.0) / half[None, :])
+        decay[reset] = 0.0
+        w0, m0, v0 = prior["ew_weight"][seg], prior["ew_mean"][seg], prior["ew_var"][seg]
+        first_x = np.where(finite, x, 0.0)[seg_start]
+        ref = np.where(carry[seg_start][:, None] & (w0 > 0), m0, first_x)
+        y = np.where(finite, x - ref, 0.0)
+        inc = finite.astype(np.float64)
+        stored = np.hstack([w0, w0 * (m0 - ref), w0 * (v0 + (m0 - ref) ** 2)])
+        b = np.hstack([inc, y, y * y])
+        d3 = np.hstack([decay, decay, decay])
+        b[carry] += d3[carry] * stored[carry]
+        a = d3.copy()
+        a[start] = 0.0
+        values = _scan(a, b, span)
+        before = before_of(values, d3, stored)
+        Z = len(zs)
+        wb, s1, s2 = before[:, :Z], before[:, Z : 2 * Z], before[:, 2 * Z :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_b = ref + s1 / wb
+            var_b = np.maximum(s2 / wb - (s1 / wb) ** 2, 0.0)
+            sd = np.maximum(np.sqrt(var_b), 0.01 * np.abs(mean_b) + 1e-6)
+            z = np.clip((x - mean_b) / sd, -Z_CLIP, Z_CLIP)
+        enough = (n_before[:, None] >= np.asarray([a.min_history for a in zs])[None, :]) & finite & (wb > 0)
+        z = np.where(enough, z, 0.0)
+        for j, agg in enumerate(zs):
+            columns[agg.feature_names()[0]] = z[:, j]
+        wl, s1l, s2l = values[last_pos, :Z], values[last_pos, Z : 2 * Z], values[last_pos, 2 * Z :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_l = np.where(wl > 0, ref[last_pos] + s1l / wl, 0.0)
+            var_l = np.where(wl > 0, np.maximum(s2l / wl - (s1l / wl) ** 2, 0.0), 0.0)
+        new["ew_weight"][g], new["ew_mean"][g], new["ew_var"][g] = wl, mean_l, var_l
+
+    for agg in (a for a in spec.aggregates if a.kind == "since_last"):
+        columns[agg.feature_names()[0]] = np.where(reset, spec.ttl, dt / 1000.0)
+
+    # rings: each group's stored recent entries laid out before its events, then windows
+    rings = [a for a in spec.aggregates if a.kind in ("novelty", "delta_mean")]
+    if rings:
+        seg_rank = np.cumsum(start) - 1
+        n_groups = int(seg_rank[-1]) + 1
+        group_first = np.flatnonzero(start)
+        for i_nov, agg in enumerate(a for a in spec.aggregates if a.kind == "novelty"):
+            K = agg.capacity
+            code = batch.codes[agg.field or ""][order]
+            ring = prior[f"codes{i_nov}"][seg[group_first]]  # [groups, K]
+            H, hrun, hpos = _layout(code, ring, K, seg_rank, group_first, run_id, carry, n_groups, empty=0)
+            window = hpos[:, None] - K + np.arange(K)[None, :]
+            same = (hrun[window] == run_id[:, None]) & (H[window] == code[:, None])
+            columns[agg.feature_names()[0]] = ((code != 0) & ~same.any(axis=1)).astype(np.float64)
+            new[f"codes{i_nov}"][g] = _final_ring(H, hrun, hpos[last_pos], run_id[last_pos], K, empty=0)
+        for i_dm, agg in enumerate(a for a in spec.aggregates if a.kind == "delta_mean"):
+            K = agg.rows
+            rows = np.stack([batch.numbers[f][order] for f in agg.fields], axis=1)  # [n, F]
+            ring = prior[f"recent{i_dm}"][seg[group_first]]  # [groups, K, F]
+            H, hrun, hpos = _layout(rows, ring, K, seg_rank, group_first, run_id, carry, n_groups, empty=np.nan)
+            window = hpos[:, None] - K + np.arange(K)[None, :]
+            past = np.where((hrun[window] == run_id[:, None])[:, :, None], H[window], np.nan)  # [n, K, F]
+            present = np.isfinite(past)
+            count = present.sum(axis=1)
+            total = np.where(present, past, 0.0).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                delta = np.where((count > 0) & np.isfinite(rows), rows - total / count, 0.0)
+            for j, name in enumerate(agg.feature_names()):
+                columns[name] = delta[:, j]
+            new[f"recent{i_dm}"][g] = _final_ring(H, hrun, hpos[last_pos], run_id[last_pos], K, empty=np.nan)
+
+    out = np.empty((n, len(columns)))
+    out[order] = np.stack([columns[name] for name in spec.feature_names()], axis=1)
+    return out, new
+
+
+def _signed_log(x: Floats, on: bool) -> Floats:
+    return np.sign(x) * np.log1p(np.abs(x)) if on else x
+
+
+def _layout(
+    values: NDArray[np.generic],
+    ring: NDArray[np.generic],
+    K: int,
+    seg_rank: Ints,
+    group_first: Ints,
+    run_id: Ints,
+    carry: NDArray[np.bool_],
+    n_groups: int,
+    empty: float,
+) -> tuple[NDArray[np.generic], Ints, Ints]:
+    """Each group's ``K`` stored entries followed by its events, in one array: ``(H, run of each
+    entry, position of each event in H)``. Stored entries belong to the group's first run
+    when it continues the state, to no run (-1) otherwise."""
+    n = len(values)
+    hpos = np.arange(n) + (seg_rank + 1) * K
+    H = np.full((n + n_groups * K, *values.shape[1:]), empty, dtype=values.dtype)
+    H[hpos] = values
+    hrun = np.full(n + n_groups * K, -1, dtype=np.int64)
+    hrun[hpos] = run_id
+    stored = (group_first + np.arange(n_groups) * K)[:, None] + np.arange(K)[None, :]  # [groups, K]
+    H[stored] = ring
+    hrun[stored] = np.where(carry[group_first], run_id[group_first], -1)[:, None]
+    return H, hrun, hpos
+
+
+def _final_ring(
+    H: NDArray[np.generic], hrun: Ints, last_hpos: Ints, last_run: Ints, K: int, empty: float
+) -> NDArray[np.generic]:
+    """The last ``K`` entries of each group's final run, oldest first (others empty)."""
+    window = last_hpos[:, None] - K + 1 + np.arange(K)[None, :]
+    keep = hrun[window] == last_run[:, None]
+    taken = H[window]
+    if taken.ndim == 3:
+        keep = keep[:, :, None]
+    return np.where(keep, taken, np.asarray(empty, dtype=H.dtype))
