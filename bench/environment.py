@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stream_ae.kafka.local import LocalKafka
 from stream_ae.registry import Registry
-from stream_ae.synthetic import CARD_SCHEMA, transactions
+from stream_ae.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, transactions
 from trainer.train import FittedModel, fit_events
 
 
@@ -44,13 +44,15 @@ def bench_environment(bootstrap: str | None, prefix: str, variant: str = "ncae")
 
 
 @functools.lru_cache(maxsize=4)
-def _fitted(variant: str) -> FittedModel:
+def _fitted(variant: str, stateless: bool = False) -> FittedModel:
     events = transactions(20_000, seed=1)[0]
-    return fit_events(events, schema=CARD_SCHEMA, variant=variant, max_steps=800, min_steps=800, target_rate=0.001)
+    schema = CARD_SCHEMA_STATELESS if stateless else CARD_SCHEMA
+    return fit_events(events, schema=schema, variant=variant, max_steps=800, min_steps=800, target_rate=0.001)
 
 
-def publish_bench_model(root: Path, variant: str = "ncae") -> Path:
-    """A registry at ``root`` holding the benchmark model (``variant``) as version ``bench``."""
-    fitted = _fitted(variant)
+def publish_bench_model(root: Path, variant: str = "ncae", stateless: bool = False) -> Path:
+    """A registry at ``root`` holding the benchmark model (``variant``; the card stream's entity
+    features unless ``stateless``) as version ``bench``."""
+    fitted = _fitted(variant, stateless)
     Registry(root).publish(lambda tmp: fitted.save(tmp, version="bench"), "bench")
     return root

@@ -147,9 +147,19 @@ def start_worker(bootstrap: str, registry: Path, topic: str, batch: int, wait_ms
     return WorkerProcess(env, log).start(timeout_s=120)
 
 
-def worker_throughput(bootstrap: str, registry: Path, topic: str, n: int, batch: int, wait_ms: int, log: Path) -> float:
+def worker_throughput(
+    bootstrap: str,
+    registry: Path,
+    topic: str,
+    n: int,
+    batch: int,
+    wait_ms: int,
+    log: Path,
+    figures: dict[str, float] | None = None,
+) -> float:
     """Events/s from the first committed batch to the last, by the worker's own metrics
-    (scraped every 0.2 s: scraping is work for the worker too)."""
+    (scraped every 0.2 s: scraping is work for the worker too). ``figures`` receives the
+    entity state's: changelog records written and entities held."""
     worker = start_worker(bootstrap, registry, topic, batch, wait_ms, log)
     try:
         deadline = time.monotonic() + 600
@@ -160,8 +170,11 @@ def worker_throughput(bootstrap: str, registry: Path, topic: str, n: int, batch:
         start = time.time()
         while worker.scored() < n and time.monotonic() < deadline:
             time.sleep(0.2)
-        end = worker.metrics()["stream_ae_last_batch_timestamp_seconds"]
-        return (n - first) / (end - start)
+        m = worker.metrics()
+        if figures is not None:
+            figures["changelog"] = m.get("stream_ae_changelog_records_total", 0.0)
+            figures["held"] = sum(v for k, v in m.items() if k.startswith("stream_ae_entities{"))
+        return (n - first) / (m["stream_ae_last_batch_timestamp_seconds"] - start)
     finally:
         worker.stop()
 

@@ -212,7 +212,7 @@ def score(
 def evaluate(
     data_dir: Annotated[Path, typer.Option(help="the shared data folder")] = Path("../shared/data"),
     out: Annotated[Path, typer.Option(help="report folder (JSON, Markdown, PNG)")] = Path("reports/eval"),
-    datasets: Annotated[str, typer.Option(help="comma-separated ADBench sets, or 'all'")] = "all",
+    datasets: Annotated[str, typer.Option(help="comma-separated ADBench sets, 'all', or 'none' (SMD only)")] = "all",
     variants: Annotated[str, typer.Option(help="comma-separated model variants")] = "ncae,ae",
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
     smd: Annotated[bool, typer.Option(help="also run the SMD time-series protocol")] = True,

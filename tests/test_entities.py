@@ -177,3 +177,25 @@ def test_the_declaration_reads_the_short_and_the_explicit_form() -> None:
     for bad in ({"features": []}, {"features": ["velocity"]}, {"features": [{"sum": "amount"}]}, {"ttl": "soon"}):
         with pytest.raises(ValueError):
             EntitySpec.from_dict({"features": ["since_last"], **bad})
+
+
+def test_idle_entities_expire_with_tombstones_and_come_back_new() -> None:
+    from stream_ae.entities.store import EntityStore
+
+    spec = EntitySpec.from_dict({"ttl": "1h", "features": [{"count": ["10m"]}, "since_last"]})
+    store = EntityStore(spec)
+    t0 = 1_790_000_000_000
+
+    def batch(keys: list[bytes], t: int, first: int) -> EntityBatch:
+        n = len(keys)
+        return EntityBatch(keys, np.full(n, t, dtype=np.int64), np.arange(first, first + n), {}, {})
+
+    store.process(0, batch([b"old", b"busy"], t0, 0))
+    _, delta = store.process(0, batch([b"busy"], t0 + 2 * 3_600_000, 2))  # two hours on: "old" is past its TTL
+    assert b"old" not in store.tables[0].index and store.take_counts().evicted == {"ttl": 1}
+    gone = delta.keys.index(b"old")
+    assert delta.pre_held[gone] and not delta.post_held[gone], "a tombstone for the changelog"
+    store.undo([delta])
+    assert b"old" in store.tables[0].index, "a rewound batch puts the expired entity back"
+    features, _ = store.process(0, batch([b"old"], t0 + 2 * 3_600_000, 3))
+    assert features[0, 1] == spec.ttl, "an entity back after its TTL is new, held or not"

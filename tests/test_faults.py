@@ -19,9 +19,10 @@ from stream_ae.audit import audit_delivery
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.local import LocalKafka
 from stream_ae.produce import send_events, send_raw
-from stream_ae.synthetic import transactions
+from stream_ae.synthetic import CardStream, transactions
 from stream_ae.worker_process import WorkerProcess, worker_env
-from tests.streaming import run, wait_for
+from tests.streaming import card_model, run, wait_for
+from tests.test_entity_state import assert_same_scores, offline_scores, worker_scores
 from tests.test_worker import malformed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -77,7 +78,8 @@ def test_broker_restart_is_survived(registry: Path, topic_name: str, tmp_path: P
     env = worker_env(bootstrap, registry, topic_name, STREAM_AE_SCORES_TOPIC=f"{topic_name}.scores")
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
-        first, _ = transactions(6_000, seed=12)
+        stream = CardStream(seed=12, anomaly_rate=0.01)  # the same cards before and after: state held across
+        first, _ = stream.next(6_000)
         run(send_events({"bootstrap_servers": bootstrap}, topic_name, first))
         assert wait_for(lambda: worker.scored() >= len(first), 60)
         broker.stop()
@@ -86,16 +88,18 @@ def test_broker_restart_is_survived(registry: Path, topic_name: str, tmp_path: P
         broker = LocalKafka(tmp_path / "kafka", die_with_parent=True)
         broker.start()  # same port and log dir
         assert wait_for(lambda: worker.metrics().get("stream_ae_kafka_up") == 1.0, timeout_s=60)
-        second, _ = transactions(6_000, seed=13, id_prefix="after")
+        second, _ = stream.next(6_000)
         run(send_events({"bootstrap_servers": bootstrap}, topic_name, second))
         lost, duplicated = _coverage(bootstrap, topic_name, len(first) + len(second))
         alive = worker.proc is not None and worker.proc.poll() is None
+        scores = worker_scores(bootstrap, topic_name, len(first) + len(second))
     finally:
         worker.stop()
         broker.stop()
     print(f"\n[fault] broker restart: {len(first) + len(second)} events, lost {lost}, duplicated {duplicated}")
     assert saw_outage, "the outage shows in stream_ae_kafka_up"
     assert alive and lost == 0
+    assert_same_scores(scores, offline_scores(card_model(1, 0.0), first + second))  # the entity state held
 
 
 def test_ten_thousand_hostile_messages(bootstrap: str, topic_name: str, registry: Path, tmp_path: Path) -> None:

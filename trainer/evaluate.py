@@ -359,7 +359,7 @@ def run_evaluation(
     IsolationForest, ECOD and PCA. ``options`` are detector hyper-parameters given to every
     variant (e.g. ``{"net_options": {"trim": 0.0}}`` for an ablation)."""
     say = console.print if console is not None else print
-    sets = ADBENCH_SETS if datasets == "all" else datasets.split(",")
+    sets = ADBENCH_SETS if datasets == "all" else [] if datasets == "none" else datasets.split(",")
     methods: dict[str, Factory] = {v: detector_factory(v, device="cpu", **(options or {})) for v in variants}
     if baselines:
         methods.update(BASELINES)
@@ -373,7 +373,7 @@ def run_evaluation(
     results = evaluate_tabular(data_dir, methods, sets, seeds, on_result=on_result)
     table = summarise(results)
     summary: dict[str, Any] = {"tabular": table, "seeds": seeds, "options": options or {}}
-    if baselines:
+    if baselines and table:
         best = {
             ds: {k: max(table["iforest"][ds][k], table["ecod"][ds][k]) for k in ("roc_auc", "pr_auc")}
             for ds in table["iforest"]

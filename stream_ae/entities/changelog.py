@@ -83,30 +83,25 @@ def decode_chunk(row: np.dtype, values: list[bytes | None]) -> tuple[NDArray[np.
     """A chunk of changelog values as records, at once; ``index[i]`` is value i's record, -1
     for a tombstone or a value of another layout."""
     dtype = record_dtype(row)
-    ok = np.fromiter((v is not None and len(v) == dtype.itemsize for v in values), bool, count=len(values))
+    if None in values:
+        lengths = np.fromiter((len(v) if v is not None else -1 for v in values), np.int64, count=len(values))
+    else:
+        lengths = np.fromiter(map(len, values), np.int64, count=len(values))  # type: ignore[arg-type]
+    ok = lengths == dtype.itemsize
     index = np.full(len(values), -1, dtype=np.int64)
     index[ok] = np.arange(int(ok.sum()))
-    good = [v for v, keep in zip(values, ok.tolist(), strict=True) if keep]
+    good = values if ok.all() else [v for v, keep in zip(values, ok.tolist(), strict=True) if keep]
     return np.frombuffer(b"".join(good), dtype=dtype), index  # type: ignore[arg-type]
 
 
 def select_rows(
-    spec: EntitySpec,
-    row: np.dtype,
-    where: dict[bytes, tuple[int, int]],
-    chunks: list[NDArray[np.void]],
-    committed: int,
+    spec: EntitySpec, row: np.dtype, keys: list[bytes], recs: NDArray[np.void], committed: int
 ) -> tuple[list[bytes], NDArray[np.void]]:
-    """Each entity's state from its latest record (``where``: key -> (chunk, index), index -1
-    for a tombstone), given the input partition's committed offset: the *after* row of a
-    committed batch, the *before* row of one that will be applied again."""
-    keys = [k for k, (_, i) in where.items() if i >= 0]
+    """Each entity's state from its latest record (``recs[i]`` for ``keys[i]``), given the
+    input partition's committed offset: the *after* row of a committed batch, the *before* row
+    of one that will be applied again."""
     if not keys:
         return [], np.zeros(0, dtype=row)
-    pos = np.asarray([where[k] for k in keys], dtype=np.int64)
-    recs = np.concatenate([chunks[c][pos[pos[:, 0] == c, 1]] for c in range(len(chunks))])
-    order = np.concatenate([np.flatnonzero(pos[:, 0] == c) for c in range(len(chunks))])
-    recs = recs[np.argsort(order, kind="stable")]
     ours = (recs["magic"] == MAGIC) & (recs["version"] == VERSION) & (recs["fingerprint"] == spec.fingerprint())
     committed_batch = recs["last_offset"] < committed
     use_post = ours & committed_batch & ((recs["flags"] & POST) > 0)
@@ -122,9 +117,8 @@ def select_rows(
 def decode_latest(
     spec: EntitySpec, row: np.dtype, latest: dict[bytes, bytes | None], committed: int
 ) -> tuple[list[bytes], NDArray[np.void]]:
-    """:func:`select_rows` over ``latest`` (key -> its latest value)."""
-    keys = list(latest)
+    """:func:`select_rows` over ``latest`` (key -> its latest value; None: a tombstone)."""
+    keys = [k for k, v in latest.items() if v is not None]
     recs, index = decode_chunk(row, [latest[k] for k in keys])
-    return select_rows(
-        spec, row, {k: (0, int(i)) for k, i in zip(keys, index.tolist(), strict=True)}, [recs], committed
-    )
+    valid = index >= 0
+    return select_rows(spec, row, [k for k, ok in zip(keys, valid.tolist(), strict=True) if ok], recs, committed)

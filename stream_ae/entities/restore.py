@@ -10,7 +10,6 @@ then picks each entity's row by the committed input offset (:mod:`stream_ae.enti
 
 from __future__ import annotations
 
-import itertools
 import operator
 import time
 from dataclasses import dataclass
@@ -50,16 +49,24 @@ async def restore_partition(
     end = (await consumer.end_offsets([tp]))[tp]
     # an explicit seek: seek_to_beginning() can lose a race with the reset that assign() starts
     consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
-    where: dict[bytes, tuple[int, int]] = {}  # key -> (chunk, index in it); index -1: a tombstone
+    latest: dict[bytes, int] = {}  # key -> the number of its latest record (in read order)
     chunks: list[NDArray[np.void]] = []
-    n = 0
+    rows_of: list[NDArray[np.int64]] = []  # per chunk: record number -> row in all decoded, -1 none
+    n = decoded = 0
     while await consumer.position(tp) < end:
         got = await consumer.getmany(tp, timeout_ms=100, max_records=chunk)
         for msgs in got.values():
             recs, index = changelog.decode_chunk(row, list(map(_VALUE, msgs)))
-            c = len(chunks)
             chunks.append(recs)
-            where.update(zip(map(_KEY, msgs), zip(itertools.repeat(c), index.tolist()), strict=True))
+            rows_of.append(np.where(index >= 0, index + decoded, -1))
+            decoded += len(recs)
+            latest.update(zip(map(_KEY, msgs), range(n, n + len(msgs)), strict=True))
             n += len(msgs)
-    keys, rows = changelog.select_rows(spec, row, where, chunks, committed)
+    if not latest:
+        return Restored([], np.zeros(0, dtype=row), n, time.perf_counter() - start)
+    number = np.fromiter(latest.values(), np.int64, count=len(latest))
+    row_index = np.concatenate(rows_of)[number]
+    live = row_index >= 0  # tombstones and other layouts leave the entity out
+    keys = [k for k, ok in zip(latest, live.tolist(), strict=True) if ok]
+    keys, rows = changelog.select_rows(spec, row, keys, np.concatenate(chunks)[row_index[live]], committed)
     return Restored(keys, rows, n, time.perf_counter() - start)

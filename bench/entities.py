@@ -1,0 +1,148 @@
+"""What entity state costs: worker throughput with the card stream's entity features against
+the same worker stateless, restore rate, changelog volume and memory per entity.
+
+    python -m bench.entities                          # its own local broker
+    python -m bench.entities --events 300000 --restore 1000000
+
+* **throughput**: a 4-partition topic is pre-filled with ``--events`` card payments keyed by
+  card, drawn from a pool of 10,000 cards, of 1,000,000 cards, and of 10,000 cards where 1 %
+  of them send half of the payments (a hot-key skew); for each, a worker whose model declares
+  the entity features (``CARD_SCHEMA``) and one whose model does not (``CARD_SCHEMA_STATELESS``)
+  drain it, all-scores topic on (``bench.throughput``'s method). Also the changelog records
+  the stateful worker wrote per input event, and the entities it held.
+* **restore**: ``--restore`` entities' changelog records are written to one partition, then
+  read back as a worker restores an assigned partition (entities/s and seconds).
+* **memory**: bytes per entity held (rows and key index), by tracemalloc, in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench.environment import bench_environment, publish_bench_model
+from bench.throughput import worker_throughput
+from stream_ae.entities import changelog
+from stream_ae.entities.restore import restore_partition
+from stream_ae.entities.step import EntityBatch
+from stream_ae.entities.store import EntityStore
+from stream_ae.kafka.admin import ensure_topics
+from stream_ae.kafka.publisher import BatchPublisher
+from stream_ae.produce import encode_events, send_raw
+from stream_ae.synthetic import CARD_ENTITY, CardStream
+
+
+def card_stream(n: int, cards: int, hot: bool) -> list[dict[str, object]]:
+    """``n`` payments within one simulated day (no card outlives the 7-day TTL: every card
+    stays held)."""
+    stream = CardStream(seed=3, cards=cards, events_per_day=n)
+    if hot:  # 1 % of the cards send half of the payments
+        p = np.full(cards, 0.5 / (cards - cards // 100))
+        p[: cards // 100] = 0.5 / (cards // 100)
+        stream.card_p = p / p.sum()
+    return stream.next(n)[0]
+
+
+async def fill(bootstrap: str, topic: str, events: list[dict[str, object]]) -> None:
+    await ensure_topics({"bootstrap_servers": bootstrap}, {topic: 4})
+    await send_raw({"bootstrap_servers": bootstrap}, topic, encode_events(events), chunk=5000)
+
+
+def throughput(bootstrap: str, stateful: Path, stateless: Path, work: Path, events: int) -> None:
+    configs = (("10k cards", 10_000, False), ("1M cards", 1_000_000, False), ("10k cards, hot keys", 10_000, True))
+    for name, cards, hot in configs:
+        topic = f"ent-{time.time_ns()}"
+        stream = card_stream(events, cards, hot)
+        asyncio.run(fill(bootstrap, topic, stream))
+        distinct = len({e["card"] for e in stream})
+        figures: dict[str, float] = {}
+        with_state = worker_throughput(bootstrap, stateful, topic, events, 2048, 50, work / "stateful.log", figures)
+        without = worker_throughput(bootstrap, stateless, topic, events, 2048, 50, work / "stateless.log")
+        print(
+            f"{name:22s} {distinct:9,d} distinct: stateful {with_state:9,.0f} ev/s | stateless {without:9,.0f} ev/s | "
+            f"ratio {with_state / without:.2f} | changelog records per event {figures['changelog'] / events:.2f} | "
+            f"entities held {figures['held']:,.0f}"
+        )
+
+
+def memory_per_entity(n: int = 200_000) -> float:
+    store = EntityStore(CARD_ENTITY)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for start in range(0, n, 4096):
+        ids = np.arange(start, min(n, start + 4096))
+        keys = [b"card-%d" % i for i in ids.tolist()]
+        countries = {"country": np.full(len(ids), 3, np.uint32)}
+        store.process(0, EntityBatch(keys, 1_790_000_000_000 + ids, ids, {}, countries))
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return used / len(store.tables[0])
+
+
+async def restore_rate(bootstrap: str, n: int) -> tuple[float, float]:
+    """Write ``n`` entities' changelog records to one partition, then restore it."""
+    topic = f"restore-{time.time_ns()}"
+    await ensure_topics({"bootstrap_servers": bootstrap}, {topic: 1}, compacted={topic})
+    store = EntityStore(CARD_ENTITY)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1_000_000)
+    await producer.start()
+    publisher = BatchPublisher(producer, 1_000_000)
+    try:
+        for start in range(0, n, 20_000):
+            ids = np.arange(start, min(n, start + 20_000))
+            keys = [b"card-%d" % i for i in ids.tolist()]
+            batch = EntityBatch(keys, 1_790_000_000_000 + ids, ids, {}, {"country": np.full(len(ids), 3, np.uint32)})
+            _, delta = store.process(0, batch)
+            k, v = changelog.encode(store.spec, store.dtype, delta)
+            await asyncio.gather(*await publisher.publish(topic, k, v, partitions=[0] * len(k)))
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(  # as the worker's restore consumer
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        isolation_level="read_committed",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        restored = await restore_partition(consumer, topic, 0, store.spec, store.dtype, committed=n)
+    finally:
+        await consumer.stop()
+    assert len(restored.keys) == n, (len(restored.keys), n)
+    return n / restored.seconds, restored.seconds
+
+
+def main_restore_only(bootstrap: str | None, n: int) -> None:
+    with bench_environment(bootstrap, "stream-ae-entities-") as env:
+        rate, seconds = asyncio.run(restore_rate(env.bootstrap, n))
+        print(f"restore: {n:,} entities in {seconds:.1f} s, {rate:,.0f} entities/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bootstrap", help="use this broker instead of starting one")
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--restore", type=int, default=1_000_000, help="entities in the restore run")
+    ap.add_argument("--restore-only", action="store_true")
+    args = ap.parse_args()
+    if args.restore_only:
+        main_restore_only(args.bootstrap, args.restore)
+        return
+    print(f"memory per entity (card features: 10-minute count, since_last, 16-slot novelty ring): "
+          f"{memory_per_entity():,.0f} bytes")  # fmt: skip
+    with bench_environment(args.bootstrap, "stream-ae-entities-") as env:
+        rate, seconds = asyncio.run(restore_rate(env.bootstrap, args.restore))
+        print(f"restore: {args.restore:,} entities in {seconds:.1f} s, {rate:,.0f} entities/s")
+        stateless = publish_bench_model(env.work / "models-stateless", stateless=True)
+        throughput(env.bootstrap, env.registry, stateless, env.work, args.events)
+
+
+if __name__ == "__main__":
+    main()
