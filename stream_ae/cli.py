@@ -16,6 +16,13 @@ models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, s
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
+def forced_on_second_signal(force: Any) -> Any:
+    """A context in which SIGINT or SIGTERM calls ``force`` (a second Ctrl-C: stop at once)."""
+    from stream_ae.runtime import on_stop_signal
+
+    return on_stop_signal(force)
+
+
 DEFAULT_KAFKA_DIR = Path(os.environ.get("STREAM_AE_KAFKA_DIR", ".stream-ae/kafka"))
 KafkaDir = Annotated[Path, typer.Option("--dir", help="broker state (config, KRaft logs, pid, log file)")]
 
@@ -25,8 +32,10 @@ def kafka_start(
     data_dir: KafkaDir = DEFAULT_KAFKA_DIR,
     port: Annotated[int, typer.Option(help="listener port (0: keep the last one or pick a free one)")] = 0,
     fresh: Annotated[bool, typer.Option(help="wipe earlier data first")] = False,
+    foreground: Annotated[bool, typer.Option(help="keep running; Ctrl-C stops the broker")] = False,
 ) -> None:
-    """Resolve the broker jars with Maven (cached), format storage and start the broker."""
+    """Resolve the broker jars with Maven (cached), format storage and start the broker (in
+    the background, or with --foreground until Ctrl-C)."""
     from stream_ae.kafka.local import KafkaLocalError, LocalKafka
 
     broker = LocalKafka(data_dir, port=port)
@@ -44,7 +53,15 @@ def kafka_start(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     console.print(f"[green]Kafka is up[/] at {broker.bootstrap_servers} (log: {broker.log_file})")
-    print(broker.bootstrap_servers)
+    print(broker.bootstrap_servers, flush=True)
+    if foreground:
+        from stream_ae.runtime import wait_for_stop_signal
+
+        wait_for_stop_signal()
+        console.print("stopping Kafka (Ctrl-C again: at once)")
+        with forced_on_second_signal(broker.kill):
+            broker.stop(timeout_s=10.0)
+        console.print("Kafka stopped")
 
 
 @kafka_app.command("stop")
@@ -81,10 +98,13 @@ def worker() -> None:
     """Run the streaming worker (configured by STREAM_AE_* variables; see README.md)."""
     import sys
 
-    from stream_ae.app import create_app
+    from stream_ae.runtime import limit_threads
     from stream_ae.settings import Settings
 
     settings = Settings()
+    limit_threads(settings.torch_threads, settings.torch_interop_threads)
+    from stream_ae.app import create_app
+
     faust_app, _ = create_app(settings)
     faust_levels = {"CRITICAL": "crit", "ERROR": "error", "WARNING": "warn", "INFO": "info", "DEBUG": "debug"}
     level = faust_levels.get(settings.log_level.upper(), "info")
@@ -268,10 +288,13 @@ def trainer(
     import asyncio
     import logging
 
+    from stream_ae.runtime import default_trainer_threads, limit_threads
     from stream_ae.settings import Settings
-    from trainer.service import TrainerService
 
     settings = Settings()
+    limit_threads(settings.trainer_threads or default_trainer_threads(), 1, settings.trainer_nice)
+    from trainer.service import TrainerService
+
     logging.basicConfig(level=settings.log_level, format="[%(asctime)s] [trainer] %(levelname)s %(message)s")
     service = TrainerService(settings)
     if once:

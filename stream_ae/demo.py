@@ -3,13 +3,18 @@
 A local Kafka broker, an initial model trained on generated traffic, the worker and the
 trainer as child processes, and a producer of card transactions with injected frauds. A live
 terminal view shows throughput, anomalies and precision/recall against the producer's
-hidden labels. Ctrl-C (or ``--duration``) stops every process it started.
+hidden labels. Ctrl-C (or ``--duration``) stops every process it started, in order, within a
+few seconds; a second Ctrl-C kills them at once. The broker, Prometheus, the worker and the
+trainer run in sessions of their own, so a terminal's Ctrl-C reaches only the demo, which stops
+them. When Debian's ``prometheus`` is installed, the demo runs it with the project's alert
+rules and shows the alerts firing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -30,7 +35,10 @@ from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.local import LocalKafka, free_port
 from stream_ae.metrics import scrape
 from stream_ae.produce import stream_forever
+from stream_ae.prometheus_local import LocalPrometheus, PrometheusError
+from stream_ae.prometheus_local import available as prometheus_available
 from stream_ae.registry import Registry
+from stream_ae.runtime import on_stop_signal
 from stream_ae.synthetic import CARD_SCHEMA, transactions
 
 
@@ -73,6 +81,7 @@ class Demo:
         self.metrics_port, self.web_port, self.trainer_port = free_port(), free_port(), free_port()
         self.children: list[subprocess.Popen[bytes]] = []
         self.tally = Tally()
+        self.prometheus: LocalPrometheus | None = None
 
     def env(self) -> dict[str, str]:
         return {
@@ -122,6 +131,18 @@ class Demo:
         self.spawn("worker", "worker")
         self.spawn("trainer", "trainer")
         say(f"[green]✓[/] worker and trainer started (logs in {self.home})")
+        if prometheus_available():
+            targets = {
+                "stream-ae-worker": [f"127.0.0.1:{self.metrics_port}"],
+                "stream-ae-trainer": [f"127.0.0.1:{self.trainer_port}"],
+            }
+            try:
+                self.prometheus = LocalPrometheus(self.home / "prometheus", targets).start()
+                say(f"[green]✓[/] Prometheus at {self.prometheus.url} with the alert rules of deploy/prometheus")
+            except PrometheusError as exc:
+                say(f"[yellow]Prometheus did not start ({exc}); the demo runs without it[/]")
+        else:
+            say("[yellow]Prometheus is not installed: no alerts in this demo (Debian: apt-get install prometheus)[/]")
 
     def view(self, elapsed: float) -> Table:
         m = _scrape(self.metrics_port)
@@ -140,6 +161,9 @@ class Demo:
         t.add_row("worker metrics", f"http://127.0.0.1:{self.metrics_port}/metrics")
         t.add_row("trainer metrics", f"http://127.0.0.1:{self.trainer_port}/metrics")
         t.add_row("health", f"http://127.0.0.1:{self.web_port}/healthz")
+        if self.prometheus is not None:
+            t.add_row("Prometheus", self.prometheus.url)
+            t.add_row("alerts firing", ", ".join(self.prometheus.firing()) or "none")
         return t
 
     async def run(self, duration: float | None) -> None:
@@ -180,24 +204,45 @@ class Demo:
                 await asyncio.wait_for(producer, 10)
 
     def teardown(self) -> None:
+        """Stop in order: the producer is done already; the worker and the trainer (SIGTERM,
+        8 s, then SIGKILL), Prometheus, then Kafka. A second Ctrl-C kills what is left at once."""
+        started = time.monotonic()
+        with on_stop_signal(self.kill_all):
+            for proc in self.children:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 8.0
+            for proc in self.children:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if self.prometheus is not None:
+                self.prometheus.stop()
+            self.broker.stop(timeout_s=5.0)
+        stopped = "producer, worker, trainer, " + ("Prometheus and " if self.prometheus else "") + "Kafka"
+        self.console.print(f"[green]✓[/] stopped the {stopped} in {time.monotonic() - started:.1f} s")
+
+    def kill_all(self) -> None:
+        """A second Ctrl-C: SIGKILL every process the demo started, now."""
         for proc in self.children:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.children:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
                 proc.kill()
-        self.broker.stop()
-        self.console.print("[green]✓[/] stopped worker, trainer and Kafka")
+        if self.prometheus is not None:
+            self.prometheus.kill()
+        self.broker.kill()
 
 
 def run_demo(home: Path, rate: float, anomaly_rate: float, duration: float | None) -> Tally:
     console = Console()
     demo = Demo(home, rate, anomaly_rate, console)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # no connection chatter in the live view
     try:
         demo.setup()
         asyncio.run(demo.run(duration))
+    except KeyboardInterrupt:  # Ctrl-C while setting up: stop what has started
+        pass
     finally:
         demo.teardown()
     precision, recall = demo.tally.precision_recall()

@@ -64,6 +64,14 @@ class WorkerMetrics:
         self.drift_psi = Gauge(
             "stream_ae_score_drift_psi", "PSI of recent scores vs the calibration distribution", registry=r
         )
+        self.false_alarm_estimate = Gauge(
+            "stream_ae_false_alarm_rate_estimate",
+            "Share of the drift window's scores above the threshold (the live flag rate: false alarms plus anomalies)",
+            registry=r,
+        )
+        self.target_false_alarm = Gauge(
+            "stream_ae_target_false_alarm_rate", "The false-alarm rate the model in use is calibrated to", registry=r
+        )
         self.lag = Gauge("stream_ae_consumer_lag", "Records behind the log end", ["topic", "partition"], registry=r)
         self.assigned = Gauge("stream_ae_assigned_partitions", "Partitions assigned to this worker", registry=r)
         self.device = Gauge("stream_ae_device_info", "Device used for scoring (value 1)", ["device"], registry=r)
@@ -93,11 +101,12 @@ class WorkerMetrics:
         self._recent: deque[np.ndarray] = deque()
         self._recent_n = 0
 
-    def set_model(self, version: str, variant: str, threshold: float, created: float) -> None:
+    def set_model(self, version: str, variant: str, threshold: float, created: float, target_rate: float) -> None:
         self.model_info.clear()
         self.model_info.labels(version=version, variant=variant).set(1)
         self.threshold.set(threshold)
         self.model_created.set(created)
+        self.target_false_alarm.set(target_rate)
 
     def observe_scores(self, scores: np.ndarray, window: int) -> np.ndarray:
         """Keep the last ``window`` scores; update quantile gauges; return the window."""

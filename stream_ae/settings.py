@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     top_k_features: int = Field(3, ge=0)
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     device: Device = "auto"
+    # the worker's torch intra-op threads (and BLAS threads): 1 leaves the other cores to its
+    # event loop, the broker and the trainer on a shared host
+    torch_threads: int = Field(1, ge=1)
+    torch_interop_threads: int = Field(1, ge=1)
 
     # model registry
     model_dir: Path = Path("models")
@@ -92,6 +96,8 @@ class Settings(BaseSettings):
     # the trainer's device: the CPU by default, leaving the GPU to the workers on a shared host
     trainer_device: Device = "cpu"
     trainer_bf16: bool = False  # bf16 autocast for the networks' layers while training (for CUDA)
+    trainer_threads: int | None = Field(None, ge=1)  # None: half the cores
+    trainer_nice: int = Field(10, ge=0, le=19)  # scheduling priority below the worker's
     trainer_metrics_port: int = 9109
     trainer_min_interval_s: float = Field(60.0, ge=0)
     drift_report_interval_s: float = Field(30.0, gt=0)

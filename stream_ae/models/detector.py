@@ -170,6 +170,7 @@ class AutoencoderDetector:
         self.train_seconds_: float = 0.0
         self.n_features_in_: int = 0
         self.best_step_: int = 0
+        self.calibration_scores_: NDArray[np.float64] | None = None
         self.knots_: FloatArray | None = None
         self._center_t: torch.Tensor | None = None
         self._scale_t: torch.Tensor | None = None
@@ -279,6 +280,7 @@ class AutoencoderDetector:
         train_parts = self._parts(xt)
         self.part_stats_ = {k: _robust_stats(v) for k, v in train_parts.items()}
         cal_scores = self.score_samples(X[cal_idx]) if n_cal >= 20 else self._combine(train_parts)
+        self.calibration_scores_ = cal_scores  # kept for recalibration at other rates (not saved)
         self.threshold = Threshold.fit(cal_scores, h.target_rate, method=h.threshold_method)  # type: ignore[arg-type]
         return self
 

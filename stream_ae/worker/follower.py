@@ -74,6 +74,7 @@ class ModelFollower:
             str(model.loaded.manifest.get("variant")),
             model.threshold,
             float(model.loaded.manifest.get("created", 0)),
+            model.loaded.detector.threshold.rate if model.loaded.detector.threshold is not None else 0.0,
         )
         log.info("scoring with model %s (threshold %.4f)", model.version, model.threshold)
 

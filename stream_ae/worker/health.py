@@ -47,13 +47,16 @@ class HealthReporter:
         self._drift_reported = 0.0
 
     def observe_scores(self, scores: np.ndarray, model: ActiveModel | None) -> None:
-        """Add a committed batch's scores to the drift window; update quantiles and PSI."""
+        """Add a committed batch's scores to the drift window; update quantiles, PSI and the
+        estimated false-alarm rate (the window's share above the threshold: without labels it
+        counts true anomalies too, a fraction of a per cent on most streams)."""
         s = self.settings
         recent = self.metrics.observe_scores(scores, s.drift_window_events)
         threshold = model.loaded.detector.threshold if model is not None else None
         if threshold is not None and len(recent) >= min(1000, s.drift_window_events):
             self.psi = population_stability_index(threshold.reference_quantiles, recent)
             self.metrics.drift_psi.set(self.psi)
+            self.metrics.false_alarm_estimate.set(float((recent > threshold.value).mean()))
 
     async def report_drift(self, producer: AIOKafkaProducer | None, model: ActiveModel | None) -> None:
         """Tell the trainer (control topic) when scores drift past the configured PSI bound,

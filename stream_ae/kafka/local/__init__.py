@@ -291,7 +291,9 @@ class LocalKafka:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
-                start_new_session=not self.die_with_parent,
+                # its own session: a terminal's Ctrl-C (SIGINT to the foreground process group)
+                # reaches whoever started it, which stops it in order, never the broker first
+                start_new_session=True,
             )
         self.pid_file.write_text(str(self._proc.pid))
         deadline = time.monotonic() + timeout_s
@@ -327,6 +329,13 @@ class LocalKafka:
                 self._proc.wait()
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL the broker at once (a forced stop; :meth:`stop` still waits for the exit)."""
+        pid = self._proc.pid if self._proc is not None else self.running_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def wipe(self) -> None:
         """Delete everything under ``data_dir`` (only while stopped)."""
