@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python -m bench.throughput --events 150000 --sweep --variants ncae,ae --java
 	$(BIN)/python -m bench.profile --events 150000 --variant ae
 	$(BIN)/python -m bench.overload
+	$(BIN)/python -m bench.sharing
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,14 +4,6 @@ Scoring and thresholding are separate steps: a :class:`Threshold` is fitted on h
 *normal* scores only (never labels), so a user can recalibrate without retraining.
 
 * ``quantile``: the empirical ``1 - rate`` quantile (needs about ``10 / rate`` scores).
-* ``robust``: a generalised Pareto tail fitted by maximum likelihood to the scores between
-  the 80th and 95th percentiles, the top 5 % counted but censored (only known to lie above),
-  shape clipped to [-0.5, 0.5], extrapolated to ``rate``. A training window
-  holds anomalies, and they sit in the top of the calibration scores: the empirical quantile
-  and ``pot`` would place the threshold among them (on ADBench ``thyroid``, with 2.5 %
-  anomalies, ``pot`` put it above every row). The top 5 % never enters this fit, so up to 5 %
-  contamination leaves the threshold where clean data would put it. For rates of 20 % and
-  more, or fewer than 200 scores, it is the empirical quantile (or ``pot`` below 10 / n).
 * ``pot``: peaks over threshold. A generalised Pareto distribution is fitted to the
   exceedances over a high empirical quantile and extrapolated to ``rate``; use it for rates
   below about 1e-3, where the held-out sample is too small for a plain quantile. When the
@@ -34,54 +26,13 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-Method = Literal["quantile", "pot", "robust", "auto"]
-ROBUST_BAND = (0.20, 0.05)  # the robust fit: exceedances over the top 20 %, the top 5 % censored
-ROBUST_MIN_SCORES = 200
-XI_RANGE = (-0.5, 0.5)  # the tail shape the robust fit may take
+Method = Literal["quantile", "pot", "auto"]
 REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 101)
 MIN_EXCEEDANCES = 10  # fewer exceedances over the tail's start than this: no Pareto fit
 
 
 def _empirical(s: NDArray[np.float64], rate: float) -> float:
     return float(np.quantile(s, 1 - rate))
-
-
-def _gpd_logsf(y: NDArray[np.float64] | float, xi: float, sigma: float) -> NDArray[np.float64]:
-    """log P(Y > y) of a generalised Pareto (shape ``xi``, scale ``sigma``); -inf past its end."""
-    z = np.asarray(y, dtype=np.float64) / sigma
-    if abs(xi) < 1e-6:
-        return -z
-    t = 1.0 + xi * z
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(t > 0, -np.log(np.maximum(t, 1e-300)) / xi, -np.inf)
-
-
-def _censored_gpd_fit(inside: NDArray[np.float64], above: int, cut: float) -> tuple[float, float]:
-    """Generalised Pareto (shape, scale) by maximum likelihood on exceedances ``inside``
-    (0 < y <= ``cut``) and ``above`` more known only to exceed ``cut``: a grid over the shape
-    (clipped to ``XI_RANGE``), golden-section search over the log scale."""
-    mean = float(inside.mean())
-
-    def loglik(xi: float, sigma: float) -> float:
-        # log f(y) = (1 + xi) log P(Y > y) - log sigma; a point past the support gives -inf
-        logpdf = (1.0 + xi) * _gpd_logsf(inside, xi, sigma) - math.log(sigma)
-        return float(logpdf.sum()) + above * float(_gpd_logsf(cut, xi, sigma))
-
-    best = (-math.inf, 0.0, mean)
-    for xi in np.linspace(XI_RANGE[0], XI_RANGE[1], 41).tolist():
-        lo, hi = math.log(mean) - 4.0, math.log(mean) + 4.0
-        g = (math.sqrt(5.0) - 1.0) / 2.0
-        for _ in range(48):  # golden section on log sigma (the profile is unimodal in practice)
-            a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-            if loglik(xi, math.exp(a)) >= loglik(xi, math.exp(b)):
-                hi = b
-            else:
-                lo = a
-        sigma = math.exp((lo + hi) / 2.0)
-        ll = loglik(xi, sigma)
-        if ll > best[0]:
-            best = (ll, xi, sigma)
-    return best[1], best[2]
 
 
 def _gpd_fit(excess: NDArray[np.float64]) -> tuple[float, float]:
@@ -128,11 +79,9 @@ class Threshold:
             raise ValueError("rate must lie in (0, 1)")
         if len(s) < 20:
             raise ValueError(f"need at least 20 finite calibration scores, got {len(s)}")
-        ref = np.quantile(s, REFERENCE_QUANTILES).tolist()
-        if method == "robust" and rate < ROBUST_BAND[0] and len(s) >= ROBUST_MIN_SCORES:
-            return cls._robust(s, rate, ref)
-        if method in ("auto", "robust"):
+        if method == "auto":
             method = "quantile" if rate * len(s) >= 10 else "pot"
+        ref = np.quantile(s, REFERENCE_QUANTILES).tolist()
         if method == "quantile":
             return cls(_empirical(s, rate), rate, method, len(s), ref)
         # peaks over threshold: exceedances over the top 5 % (or 10 % of a small sample)
@@ -152,27 +101,6 @@ class Threshold:
         if not math.isfinite(value):
             return cls(_empirical(s, rate), rate, "quantile", len(s), ref, {"pot_fallback": 1.0})
         return cls(float(value), rate, "pot", len(s), ref, {"u": u, "xi": xi, "sigma": sigma})
-
-    @classmethod
-    def _robust(cls, s: NDArray[np.float64], rate: float, ref: list[float]) -> Threshold:
-        """A generalised Pareto tail fitted by maximum likelihood to the scores between the
-        80th and 95th percentiles, the top 5 % entering only as a count (censored), and
-        extrapolated to ``rate``: where a contaminated window's anomalies sit never shapes it."""
-        top, censor = ROBUST_BAND
-        u, c = (float(q) for q in np.quantile(s, [1 - top, 1 - censor]))
-        inside = s[(s > u) & (s <= c)] - u
-        above = int((s > c).sum())
-        if len(inside) < MIN_EXCEEDANCES or float(np.ptp(inside)) <= 0.0 or c <= u:
-            return cls(_empirical(s, rate), rate, "quantile", len(s), ref, {"robust_fallback": 1.0})
-        xi, sigma = _censored_gpd_fit(inside, above, c - u)
-        zeta = (len(inside) + above) / len(s)
-        if abs(xi) < 1e-6:
-            value = u + sigma * math.log(zeta / rate)
-        else:
-            value = u + sigma / xi * ((zeta / rate) ** xi - 1.0)
-        if not math.isfinite(value):
-            return cls(_empirical(s, rate), rate, "quantile", len(s), ref, {"robust_fallback": 1.0})
-        return cls(float(value), rate, "robust", len(s), ref, {"u": u, "xi": xi, "sigma": sigma})
 
     def flag(self, scores: NDArray[Any]) -> NDArray[np.int8]:
         return (np.asarray(scores) > self.value).astype(np.int8)

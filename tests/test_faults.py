@@ -1,4 +1,6 @@
-"""Fault injection on the real broker: crashes, a broker restart, hostile input.
+"""Fault injection on the real broker: a broker restart, hostile input, overload. (Worker
+crashes, SIGKILL in both guarantees, are ``tests/test_entity_state.py``'s: they check every
+score and the entity state too.)
 
 Each test prints its loss/duplication figures (``-s`` shows them; README.md lists them).
 """
@@ -6,8 +8,6 @@ Each test prints its loss/duplication figures (``-s`` shows them; README.md list
 from __future__ import annotations
 
 import random
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -32,42 +32,6 @@ def _coverage(bootstrap: str, topic: str, expected: int) -> tuple[int, int]:
     """(lost, duplicated) input records according to the committed scores topic."""
     audit = run(audit_delivery(bootstrap, [f"{topic}.scores"], expected))
     return audit.lost, audit.duplicated
-
-
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_sigkill_mid_stream_loses_nothing(
-    bootstrap: str, topic_name: str, registry: Path, tmp_path: Path, guarantee: str
-) -> None:
-    run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 4}))
-    env = worker_env(
-        bootstrap, registry, topic_name, STREAM_AE_SCORES_TOPIC=f"{topic_name}.scores",
-        STREAM_AE_PROCESSING_GUARANTEE=guarantee, STREAM_AE_SESSION_TIMEOUT_MS="6000",
-        STREAM_AE_INSTANCE_ID="crash-test", STREAM_AE_BATCH_MAX_SIZE="500",
-    )  # fmt: skip
-    events, _ = transactions(24_000, seed=11)
-    sender = threading.Thread(
-        target=run, args=(send_events({"bootstrap_servers": bootstrap}, topic_name, events, rate=3000),)
-    )
-    sender.start()
-    rng = random.Random(7)
-    kills = 0
-    try:
-        for _ in range(3):  # kill -9 at a random point, three times
-            worker = WorkerProcess(env, tmp_path / "worker.log").start()
-            time.sleep(rng.uniform(1.0, 3.0))
-            worker.stop(signal.SIGKILL)
-            kills += 1
-        sender.join()
-        worker = WorkerProcess(env, tmp_path / "worker.log").start()
-        lost, duplicated = _coverage(bootstrap, topic_name, len(events))
-        alive = worker.proc is not None and worker.proc.poll() is None
-    finally:
-        worker.stop()
-    print(f"\n[fault] sigkill x{kills} {guarantee}: {len(events)} events, lost {lost}, duplicated {duplicated}")
-    assert alive
-    assert lost == 0
-    if guarantee == "exactly_once":
-        assert duplicated == 0
 
 
 def test_broker_restart_is_survived(registry: Path, topic_name: str, tmp_path: Path) -> None:

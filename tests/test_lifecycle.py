@@ -15,7 +15,7 @@ from stream_ae.kafka.admin import ensure_topics
 from stream_ae.produce import send_events
 from stream_ae.registry import Registry
 from stream_ae.settings import Settings
-from stream_ae.synthetic import transactions
+from stream_ae.synthetic import CardStream, transactions
 from stream_ae.worker_process import WorkerProcess, worker_env
 from tests.streaming import publish_model, run, wait_for
 from trainer.service import TrainerService
@@ -99,24 +99,27 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
         trainer_interval_s=3600,
         trainer_min_interval_s=0,
         trainer_window_events=12_000,
+        trainer_warmup_events=2_000,  # the default's share of the default window (10k of 50k)
         trainer_metrics_port=0,
         target_false_alarm_rate=0.001,
         trainer_warm_start=False,
     )
     trainer = TrainerService(settings)
     stop = asyncio.Event()
+    # normal traffic moves: every amount is e times larger than at training time
+    stream = CardStream(seed=21, amount_shift=1.0)
 
     async def scenario() -> list[dict[str, object]]:
         trainer_task = asyncio.create_task(trainer.run(stop))
         await asyncio.sleep(3)  # the startup run finds too few events and publishes nothing
-        # normal traffic moves: every amount is e times larger than at training time
-        shifted, _ = transactions(12_000, seed=21, amount_shift=1.0)
+        shifted, _ = stream.next(12_000)
         await send_events({"bootstrap_servers": bootstrap}, topic_name, shifted)
         for _ in range(120):
             if worker.health().get("model_version") not in (None, "v1"):
                 break
             await asyncio.sleep(1)
-        fresh, _ = transactions(10_000, seed=22, amount_shift=1.0, id_prefix="after")
+        stream.id_prefix = "after"  # the same cards, their clock running on
+        fresh, _ = stream.next(10_000)
         await send_events({"bootstrap_servers": bootstrap}, topic_name, fresh)
         await asyncio.sleep(1)
         stop.set()

@@ -59,6 +59,12 @@ def test_gate_keeps_a_worse_challenger_back() -> None:
     # after drift the champion floods alerts: a challenger back near target wins
     drifted = GateFigures(false_alarm_rate=0.2, recon_loss=0.5, separation_auc=0.9)
     assert compare(GateFigures(0.002, 0.1, 0.9), drifted, 0.001, 5000)[0]
+    # its detections taken out, a drifted champion looks calibrated; what it flagged of the
+    # slice as it came still tells that it cannot be trusted to hold a challenger back
+    cleaned = GateFigures(false_alarm_rate=0.001, recon_loss=0.5, separation_auc=0.95, flag_rate=0.015)
+    assert compare(GateFigures(0.001, 0.1, 0.80), cleaned, 0.001, 5000)[0]
+    steady = GateFigures(false_alarm_rate=0.001, recon_loss=0.5, separation_auc=0.95, flag_rate=0.0012)
+    assert compare(GateFigures(0.001, 0.1, 0.80), steady, 0.001, 5000)[1] == "separation"
 
 
 def test_generated_anomalies_differ_from_their_sources() -> None:

@@ -54,18 +54,23 @@ class TrainerMetrics:
 
 @dataclass
 class GateFigures:
-    """How a model does on the held-out slice of recent traffic."""
+    """How a model does on the held-out slice of recent traffic: ``false_alarm_rate`` on the
+    slice less the champion's detections, ``flag_rate`` on the slice as it came."""
 
     false_alarm_rate: float
     recon_loss: float
     separation_auc: float  # normal rows vs generated anomalies (corrupted copies)
+    flag_rate: float | None = None
 
     def as_dict(self) -> dict[str, float]:
-        return {
+        out = {
             "false_alarm_rate": self.false_alarm_rate,
             "recon_loss": self.recon_loss,
             "separation_auc": self.separation_auc,
         }
+        if self.flag_rate is not None:
+            out["flag_rate"] = self.flag_rate
+        return out
 
 
 @dataclass
@@ -148,13 +153,22 @@ def generated_anomalies(X: NDArray[np.float32], seed: int) -> NDArray[np.float32
     return out
 
 
-def gate_figures(model_detector: AutoencoderDetector, X: NDArray[np.float32], seed: int = 0) -> GateFigures:
-    """How a model does on held-out rows ``X`` (its own encoding of them)."""
+def gate_figures(
+    model_detector: AutoencoderDetector,
+    X: NDArray[np.float32],
+    seed: int = 0,
+    X_as_came: NDArray[np.float32] | None = None,
+) -> GateFigures:
+    """How a model does on held-out rows ``X`` (its own encoding of them); ``X_as_came`` is
+    the slice before the champion's detections were taken out of it."""
     scores = model_detector.score_samples(X)
     fa = float((scores > model_detector.threshold_).mean())
     recon = float(model_detector.component_scores(X)["recon"].mean())
     anomalies = model_detector.score_samples(generated_anomalies(X, seed))
-    return GateFigures(fa, recon, _auc(scores, anomalies))
+    flag = None
+    if X_as_came is not None:
+        flag = float((model_detector.score_samples(X_as_came) > model_detector.threshold_).mean())
+    return GateFigures(fa, recon, _auc(scores, anomalies), flag)
 
 
 def compare(
@@ -167,11 +181,58 @@ def compare(
     if challenger.false_alarm_rate > max(allowed, champion.false_alarm_rate if champion else 0.0):
         return False, "false_alarm_rate"
     # a champion that breaks the target on today's traffic (drift) cannot hold back a challenger
-    # that keeps it: its separation was measured against a calibration that no longer holds
-    champion_calibrated = champion is not None and champion.false_alarm_rate <= allowed
-    if champion is not None and champion_calibrated and challenger.separation_auc < champion.separation_auc - 0.02:
-        return False, "separation"
+    # that keeps it: its separation was measured against a calibration that no longer holds.
+    # Judged on the slice as it came: what it flags beyond its target may be drift, not fraud
+    if champion is not None:
+        rate = champion.flag_rate if champion.flag_rate is not None else champion.false_alarm_rate
+        if rate <= allowed and challenger.separation_auc < champion.separation_auc - 0.02:
+            return False, "separation"
     return True, "better_or_equal" if champion else "first_model"
+
+
+MAX_CONTAMINATION = 0.02
+"""Above this excess flag rate the champion is not trusted to say what is an anomaly (drift)."""
+
+
+def without_detections(
+    cal: NDArray[np.int64],
+    rows: NDArray[np.int64],
+    champ_rows: NDArray[np.int64],
+    champion: LoadedModel,
+    champ_X: NDArray[np.float32],
+    target_rate: float,
+) -> NDArray[np.int64]:
+    """The slice ``cal`` (calibration or gate holdout) less what the champion flags beyond
+    its own target.
+
+    A threshold set at rate ``r`` on traffic that holds anomalies at a rate above ``r`` lands
+    among the anomalies: the live false-alarm rate then falls far below ``r`` and recall with
+    it. A threshold set on traffic the champion has filtered lands too low: the champion's own
+    false alarms (its top ``r``) are gone, and the live rate ran at three times ``r``. So the
+    champion's flags are split: a rate ``r`` of them are its false alarms and stay; the excess,
+    its highest-scored rows, are taken for detections and left out. With no excess nothing is
+    left out, and neither is anything when the excess passes :data:`MAX_CONTAMINATION`: a
+    champion that flags that much is being drifted away from, and its opinion is not used.
+    For example a champion calibrated at 1% that flags 3% of the slice takes out its top 2%.
+    ``champ_rows`` (ascending event indices) are the rows of ``champ_X``; ``rows[cal]`` the
+    calibration slice's event indices.
+    """
+    ev = rows[cal]  # event indices of the calibration rows
+    pos = np.searchsorted(champ_rows, ev)
+    if len(champ_rows) == 0:
+        return cal
+    pos = np.minimum(pos, len(champ_rows) - 1)
+    known = champ_rows[pos] == ev
+    if not known.any():
+        return cal
+    scores = champion.detector.score_samples(champ_X[pos[known]])
+    excess = float((scores > champion.detector.threshold_).mean()) - target_rate
+    if excess <= 0 or excess > MAX_CONTAMINATION:
+        return cal
+    n_drop = round(excess * len(scores))
+    drop = np.flatnonzero(known)[np.argsort(scores)[len(scores) - n_drop :]] if n_drop else np.zeros(0, dtype=np.int64)
+    log.info("left out %d of %d rows the champion flags beyond its target", n_drop, len(cal))
+    return np.delete(cal, drop)
 
 
 class TrainerService:
@@ -239,8 +300,11 @@ class TrainerService:
 
         The whole window is replayed in order through the entity state (one encoding for the
         challenger, the champion's own for the champion), so that every row has the features
-        the worker computes; warm-up rows and, optionally, what the champion flags are then
-        left out of training, and a random fifth is held out for the gate."""
+        the worker computes. Warm-up rows are left out; of the rest a random fifth is held out
+        for the gate and another slice calibrates the threshold: ``12 / target`` rows, enough for
+        an empirical quantile, where that is at most two fifths of them, else a fifth. Those two are the traffic as
+        it came less the champion's detections (:func:`without_detections`); the training rows
+        leave out everything the champion flags (``trainer_exclude_anomalies``)."""
         s = self.settings
         if not isinstance(window, Window):
             window = Window.of(window)
@@ -263,7 +327,13 @@ class TrainerService:
         rng = np.random.default_rng(int(time.time()))
         order = rng.permutation(candidates)
         n_hold = max(200, len(order) // 5)
-        hold, train = order[:n_hold], order[n_hold:]
+        # the calibration slice holds enough rows for an empirical quantile at the target (ten
+        # or more above it): a tail fit extrapolates from the few highest scores, and anomalies
+        # the champion missed among them pulled its threshold up (the live rate fell to 0.1x)
+        # (where the window affords it without starving training; a fifth otherwise)
+        for_quantile = int(np.ceil(12 / s.target_false_alarm_rate))
+        n_cal = for_quantile if n_hold < for_quantile <= 0.4 * len(order) else n_hold
+        hold, cal, train = order[:n_hold], order[n_hold : n_hold + n_cal], order[n_hold + n_cal :]
         champ_X: NDArray[np.float32] | None = None
         champ_rows = np.zeros(0, dtype=np.int64)
         if champion is not None and champion.encoder is not None:
@@ -287,12 +357,23 @@ class TrainerService:
             self.metrics.rejections.labels(reason="degenerate_window").inc()
             log.warning("window of %d events rejected (degenerate_window): %s", len(events), exc)
             return RunResult(None, "degenerate_window", n_events=len(events))
+        # calibration and gate both see the traffic as it came, less what the champion flags
+        # beyond its own target (its detections; its false alarms stay)
+        hold_as_came = hold
+        if champion is not None and champ_X is not None:
+            cal = without_detections(cal, rows, champ_rows, champion, champ_X, s.target_false_alarm_rate)
+            hold = without_detections(hold, rows, champ_rows, champion, champ_X, s.target_false_alarm_rate)
+        detector.recalibrate(X[cal], s.target_false_alarm_rate, method=detector.hyper.threshold_method)  # type: ignore[arg-type]
         fitted = FittedModel(detector, encoder, X[train])
         chal = gate_figures(detector, X[hold])
         champ = None
         if champion is not None and champ_X is not None:
-            champ = gate_figures(champion.detector, champ_X[np.isin(champ_rows, rows[hold])])
-        ok, reason = compare(chal, champ, s.target_false_alarm_rate, n_hold)
+            champ = gate_figures(
+                champion.detector,
+                champ_X[np.isin(champ_rows, rows[hold])],
+                X_as_came=champ_X[np.isin(champ_rows, rows[hold_as_came])],
+            )
+        ok, reason = compare(chal, champ, s.target_false_alarm_rate, len(hold))
         for name, fig in (("challenger", chal), ("champion", champ)):
             if fig is not None:
                 for k, v in fig.as_dict().items():
