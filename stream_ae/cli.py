@@ -190,42 +190,143 @@ def train(
     console.print(f"threshold {fitted.detector.threshold_:.4f} at false-alarm rate {target_rate}")
 
 
+def _model_input(loaded: Any, input: Path, key_field: str | None) -> tuple[Any, Any, list[dict[str, Any]] | None]:
+    """The rows of ``input`` as ``loaded`` encodes them: (row numbers, matrix, events or None).
+    Bad input is a usage error naming the problem, never a traceback."""
+    import json
+
+    import numpy as np
+
+    from stream_ae.featurize import featurize_file
+    from trainer.train import read_events, read_matrix
+
+    if not input.is_file():
+        raise typer.BadParameter(f"{input} is not a file")
+    if input.suffix in (".jsonl", ".json"):
+        if loaded.encoder is None:
+            raise typer.BadParameter("this model was trained on a matrix; give a matrix (.npz / .csv)")
+        try:
+            events = read_events(input)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise typer.BadParameter(f"{input} is not JSON lines: {exc}") from exc
+        if not events or not all(isinstance(e, dict) for e in events):
+            raise typer.BadParameter(f"{input} holds no events (one JSON object per line)")
+        feats = featurize_file(loaded.encoder, events, key_field)
+        for i, (reason, detail) in sorted(feats.rejects.items())[:20]:
+            console.print(f"[yellow]row {i} skipped: {reason}: {detail}[/]")
+        if not len(feats.batch.ok):
+            raise typer.BadParameter(f"no event of {input} fits the model's schema (see the skipped rows above)")
+        return feats.batch.ok, feats.batch.X, events
+    try:
+        X, _ = read_matrix(input)
+    except (ValueError, IndexError, KeyError, OSError) as exc:
+        why = f"{input} is not a numeric matrix (.npz with X, or a CSV with a header): {exc}"
+        raise typer.BadParameter(why) from exc
+    want = loaded.detector.n_features_in_
+    if X.ndim != 2 or len(X) == 0:
+        raise typer.BadParameter(f"{input} holds no rows")
+    if X.shape[1] != want:
+        raise typer.BadParameter(f"{input} has {X.shape[1]} columns; the model takes {want}")
+    return np.arange(len(X)), X, None
+
+
+def _load_model(model: Path, device: str) -> Any:
+    from stream_ae.artifact_format import ArtifactError
+    from stream_ae.artifacts import load_artifact
+
+    try:
+        return load_artifact(model, device=device)
+    except (ArtifactError, OSError) as exc:
+        raise typer.BadParameter(f"{model}: not a stream-ae model: {exc}") from exc
+
+
 @app.command()
 def score(
     model: Annotated[Path, typer.Argument(help="artifact directory")],
     input: Annotated[Path, typer.Argument(help="events (.jsonl) or matrix (.npz/.csv)")],
-    out: Annotated[Path, typer.Option(help="CSV of row, score, flag")] = Path("scores.csv"),
+    out: Annotated[Path, typer.Option(help="CSV of row, score, anomaly (and expected values)")] = Path("scores.csv"),
+    device: str = "auto",
+    key_field: Annotated[
+        str | None, typer.Option(help="the field that stands for the Kafka record key (entities keyed by it)")
+    ] = None,
+    reconstruct: Annotated[
+        bool,
+        typer.Option(
+            help="also write each row's reconstruction in the input's units: for events one column per field "
+            "(expected.<field>: a number, the most likely category, true/false, or a timestamp's hour of day); "
+            "for a matrix one per column (expected.<index>)"
+        ),
+    ] = False,
+) -> None:
+    """Score a file offline with a saved model (no Kafka needed) and write OUT, a CSV with one
+    line per row: row, score, anomaly (0/1), and with --reconstruct the reconstruction. With
+    entity features the file is replayed in order from an empty state: the worker's features
+    for the same events."""
+    import csv
+
+    loaded = _load_model(model, device)
+    rows, X, events = _model_input(loaded, input, key_field)
+    scores = loaded.detector.score_samples(X)
+    flags = scores > loaded.detector.threshold_
+    header, extra = ["row", "score", "anomaly"], None
+    if reconstruct:
+        R = loaded.detector.reconstruct(X)
+        if events is not None:
+            fields = loaded.encoder.field_columns()
+            header += [f"expected.{f.spec.name}" for f in fields]
+            extra = [[_expected_cell(loaded.encoder.decode_field(f, r)) for f in fields] for r in R]
+        else:
+            header += [f"expected.{j}" for j in range(R.shape[1])]
+            extra = [[f"{v:.6g}" for v in r] for r in R.tolist()]
+    with out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for n, (r, sc, f) in enumerate(zip(rows.tolist(), scores.tolist(), flags.tolist(), strict=True)):
+            w.writerow([r, f"{sc:.6f}", int(f), *(extra[n] if extra is not None else [])])
+    console.print(f"{int(flags.sum())} of {len(X)} rows flagged; scores in {out}")
+
+
+def _expected_cell(decoded: dict[str, Any]) -> str:
+    if "hour_of_day" in decoded:
+        return f"{decoded['hour_of_day']:.2f}"
+    v = decoded.get("value")
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def embed(
+    model: Annotated[Path, typer.Argument(help="artifact directory")],
+    input: Annotated[Path, typer.Argument(help="events (.jsonl) or matrix (.npz/.csv)")],
+    out: Annotated[Path, typer.Option(help="codes.npz (arrays rows, codes) or codes.csv (row, z0, z1, ...)")] = Path(
+        "codes.npz"
+    ),
     device: str = "auto",
     key_field: Annotated[
         str | None, typer.Option(help="the field that stands for the Kafka record key (entities keyed by it)")
     ] = None,
 ) -> None:
-    """Score a file offline with a saved model (no Kafka needed). With entity features the
-    file is replayed in order from an empty state: the worker's features for the same events."""
+    """Write each row's latent code (the VAE's: its posterior mean) to OUT: an .npz with the
+    arrays ``rows`` (row numbers in the input) and ``codes`` (rows x latent size), or a CSV
+    with the columns row, z0, z1, ..."""
     import numpy as np
 
-    from stream_ae.artifacts import load_artifact
-    from stream_ae.featurize import featurize_file
-    from trainer.train import read_events, read_matrix
-
-    loaded = load_artifact(model, device=device)
-    if input.suffix in (".jsonl", ".json"):
-        if loaded.encoder is None:
-            raise typer.BadParameter("this model was trained on a matrix; give a matrix")
-        feats = featurize_file(loaded.encoder, read_events(input), key_field)
-        rows, X = feats.batch.ok, feats.batch.X
-        for i, (reason, detail) in sorted(feats.rejects.items()):
-            console.print(f"[yellow]row {i} skipped: {reason}: {detail}[/]")
+    if out.suffix not in (".npz", ".csv"):
+        raise typer.BadParameter(f"--out must end in .npz or .csv, not {out.suffix or 'nothing'}")
+    loaded = _load_model(model, device)
+    rows, X, _ = _model_input(loaded, input, key_field)
+    codes = loaded.detector.embed(X)
+    if out.suffix == ".npz":
+        np.savez(out, rows=rows, codes=codes)
     else:
-        X, _ = read_matrix(input)
-        rows = np.arange(len(X))
-    scores = loaded.detector.score_samples(X)
-    flags = scores > loaded.detector.threshold_
-    with out.open("w") as fh:
-        fh.write("row,score,anomaly\n")
-        for r, s, f in zip(rows.tolist(), scores.tolist(), flags.tolist(), strict=True):
-            fh.write(f"{r},{s:.6f},{int(f)}\n")
-    console.print(f"{int(flags.sum())} of {len(X)} rows flagged; scores in {out}")
+        with out.open("w") as fh:
+            fh.write("row," + ",".join(f"z{j}" for j in range(codes.shape[1])) + "\n")
+            for r, c in zip(rows.tolist(), codes.tolist(), strict=True):
+                fh.write(f"{r}," + ",".join(f"{v:.6g}" for v in c) + "\n")
+    console.print(f"{len(codes)} codes of size {codes.shape[1]} in {out}")
 
 
 @app.command()

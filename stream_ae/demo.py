@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from stream_ae.explain import describe
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.local import LocalKafka, free_port
 from stream_ae.metrics import scrape
@@ -82,6 +83,7 @@ class Demo:
         self.children: list[subprocess.Popen[bytes]] = []
         self.tally = Tally()
         self.prometheus: LocalPrometheus | None = None
+        self.last_anomaly = ""  # the newest anomaly record's top fields, as an analyst reads them
 
     def env(self) -> dict[str, str]:
         return {
@@ -155,6 +157,7 @@ class Demo:
         t.add_row("injected frauds", f"{self.tally.injected:,}")
         t.add_row("anomalies published", f"{len(self.tally.flagged):,}")
         t.add_row("precision / recall", f"{precision:.3f} / {recall:.3f}")
+        t.add_row("last anomaly", self.last_anomaly or "-")
         dead = sum(v for k, v in m.items() if k.startswith("stream_ae_events_dead_lettered_total"))
         t.add_row("dead-lettered", f"{int(dead):,}")
         t.add_row("model version", version)
@@ -192,7 +195,9 @@ class Demo:
                     got = await consumer.getmany(timeout_ms=500)
                     for msgs in got.values():
                         for msg in msgs:
-                            self.tally.flagged.add(str(orjson.loads(msg.value or b"{}").get("event_id")))
+                            record = orjson.loads(msg.value or b"{}")
+                            self.tally.flagged.add(str(record.get("event_id")))
+                            self.last_anomaly = describe(record.get("top_features") or [])
                     elapsed = time.monotonic() - start
                     live.update(self.view(elapsed))
                     if duration and elapsed > duration:

@@ -74,6 +74,26 @@ class FieldSpec:
 
 
 @dataclass(frozen=True)
+class FieldColumns:
+    """Where one field sits in an encoded row: its value ``columns`` (one for a numeric or a
+    boolean, the one-hot block for a categorical, four for a cyclic timestamp, none for a
+    timestamp without them) and its ``missing_column`` when the field is optional.
+    ``derived``: an entity feature (its value comes from the state, not the event)."""
+
+    spec: FieldSpec
+    columns: tuple[int, ...]
+    missing_column: int | None = None
+    derived: bool = False
+
+    @property
+    def all_columns(self) -> tuple[int, ...]:
+        return self.columns + ((self.missing_column,) if self.missing_column is not None else ())
+
+
+UNKNOWN_CATEGORY = "<unknown>"
+
+
+@dataclass(frozen=True)
 class FeatureSchema:
     """The declared fields of an event, which fields give its id and event time, and the
     entity it belongs to with its per-entity features (:mod:`stream_ae.entities.spec`)."""
@@ -362,6 +382,81 @@ class FeatureEncoder:
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    def field_columns(self) -> list[FieldColumns]:
+        """Each field's place in the encoded row, in :attr:`feature_names` order (declared
+        fields, then the entity features)."""
+        out: list[FieldColumns] = []
+        at = 0
+        for spec in self.schema.fields:
+            if spec.kind in (FieldKind.NUMERIC, FieldKind.BOOLEAN):
+                width = 1
+            elif spec.kind is FieldKind.TIMESTAMP:
+                width = 4 if spec.cyclic else 0
+            elif spec.hash_buckets:
+                width = spec.hash_buckets
+            else:
+                width = len(self.stats[spec.name]["vocab"]) + 1
+            cols = tuple(range(at, at + width))
+            at += width
+            missing = None
+            if not spec.required:
+                missing, at = at, at + 1
+            out.append(FieldColumns(spec, cols, missing))
+        for spec in self.schema.derived_fields:
+            out.append(FieldColumns(spec, (at,), None, derived=True))
+            at += 1
+        return out
+
+    def decode_field(self, field: FieldColumns, row: NDArray[Any]) -> dict[str, Any]:
+        """The inverse of the encoding for one field of one encoded row (an encoded event, or a
+        model's reconstruction of one), in the event's own units:
+
+        * numeric: ``value``, the scaling undone (and the signed ``log1p``);
+        * boolean: ``probability_true`` (the column clipped to [0, 1]) and ``value`` (≥ 0.5);
+        * categorical: ``probabilities`` over the vocabulary and ``<unknown>`` (the one-hot
+          block clipped at 0 and normalised), ``value`` the most likely and its ``probability``;
+          a hashed categorical has no inverse: ``value`` None and ``unavailable``;
+        * timestamp: ``hour_of_day`` and ``day_of_week`` (0 = Monday) from the cyclic columns;
+        * an optional field adds ``probability_missing``.
+
+        Example:
+            >>> enc = FeatureEncoder(FeatureSchema.infer([{"amount": 10.0}, {"amount": 30.0}]))
+            >>> enc = enc.fit([{"amount": 10.0}, {"amount": 30.0}])
+            >>> f = enc.field_columns()[0]
+            >>> round(enc.decode_field(f, enc.transform([{"amount": 21.0}])[0])["value"], 6)
+            21.0
+        """
+        spec, v = field.spec, np.asarray(row, dtype=np.float64)
+        out: dict[str, Any] = {}
+        if spec.kind is FieldKind.NUMERIC:
+            st = self.stats[spec.name]
+            x = float(v[field.columns[0]]) * st["iqr"] + st["median"]
+            if spec.log:
+                x = math.copysign(math.expm1(min(abs(x), 700.0)), x)
+            out["value"] = x
+        elif spec.kind is FieldKind.BOOLEAN:
+            p_true = float(np.clip(v[field.columns[0]], 0.0, 1.0))
+            out.update(value=p_true >= 0.5, probability_true=p_true)
+        elif spec.kind is FieldKind.TIMESTAMP:
+            if field.columns:
+                hs, hc, ds, dc = (float(v[c]) for c in field.columns)
+                out["hour_of_day"] = (math.atan2(hs, hc) / (2 * math.pi) * 24) % 24
+                out["day_of_week"] = round((math.atan2(ds, dc) / (2 * math.pi) * 7) % 7) % 7
+            else:
+                out.update(value=None, unavailable="timestamp_without_cyclic_features")
+        elif spec.hash_buckets:
+            out.update(value=None, unavailable="hashed_category")
+        else:
+            names = [*self.stats[spec.name]["vocab"], UNKNOWN_CATEGORY]
+            w = np.clip(v[list(field.columns)], 0.0, None)
+            total = float(w.sum())
+            p = w / total if total > 0 else np.full(len(w), 1.0 / len(w))
+            k = int(np.argmax(p))
+            out.update(value=names[k], probability=float(p[k]), probabilities=dict(zip(names, p.tolist(), strict=True)))
+        if field.missing_column is not None:
+            out["probability_missing"] = float(np.clip(v[field.missing_column], 0.0, 1.0))
+        return out
 
     def encode(self, events: Sequence[Event]) -> EncodedBatch:
         """Encode a batch; rows with bad values are reported in ``errors``, not encoded. With

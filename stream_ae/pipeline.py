@@ -20,6 +20,7 @@ import numpy as np
 from stream_ae.artifacts import LoadedModel
 from stream_ae.decode import RawRecord, decode_batch
 from stream_ae.entities.store import EntityStore
+from stream_ae.explain import FieldExplainer
 from stream_ae.features import FeatureEncoder
 from stream_ae.featurize import RecordMeta, featurize
 from stream_ae.route import Routed, Router, Topics
@@ -29,15 +30,16 @@ __all__ = ["ActiveModel", "RawRecord", "Routed", "Topics", "process_batch"]
 
 
 class ActiveModel:
-    """A loaded artifact ready for the hot path: encoder, device scorer, names, version."""
+    """A loaded artifact ready for the hot path: encoder, device scorer, the explainer of
+    flagged rows (by field, with expected values), version."""
 
     def __init__(self, loaded: LoadedModel, top_k: int) -> None:
         if loaded.encoder is None:
             raise ValueError("a streaming model needs a feature encoder in its artifact")
         self.loaded = loaded
         self.encoder: FeatureEncoder = loaded.encoder
-        self.scorer = DeviceScorer(loaded.detector, top_k)
-        self.feature_names = list(loaded.manifest.get("feature_names") or self.encoder.feature_names)
+        self.explainer = FieldExplainer(self.encoder)
+        self.scorer = DeviceScorer(loaded.detector, top_k, groups=self.explainer.groups)
         self.version = loaded.version
         self.threshold = self.scorer.threshold
         self.entity = self.encoder.schema.entity
@@ -91,14 +93,18 @@ def process_batch(
     routed.scores = result.scores
     id_field = model.encoder.schema.id_field
     anomaly_times: list[float] = []
+    explained = result.explained_rows if result.explained_rows is not None else np.zeros(0, np.int64)
     for j in np.flatnonzero(result.flagged).tolist():
         i = int(batch.ok[j])
         rec, event = kept[i], events[i]
-        top = [
-            {"feature": model.feature_names[f], "share": round(float(s), 4)}
-            for f, s in zip(result.top_index[j], result.top_share[j], strict=True)
-            if f >= 0
-        ]
+        at = int(np.searchsorted(explained, j))
+        top = []
+        if at < len(explained) and explained[at] == j and result.expected is not None:
+            top = [
+                model.explainer.entry(int(f), float(s), event, batch.X[j], result.expected[at, slot])
+                for slot, (f, s) in enumerate(zip(result.top_index[j], result.top_share[j], strict=True))
+                if f >= 0
+            ]
         event_id = event.get(id_field) if id_field else None
         published = router.anomaly(
             rec,

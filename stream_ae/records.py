@@ -1,13 +1,17 @@
 """The records stream-ae writes: anomaly records and dead-letter records (versioned JSON).
 
-Anomaly record, schema ``stream-ae.anomaly/1`` (see :data:`ANOMALY_SCHEMA`)::
+Anomaly record, schema ``stream-ae.anomaly/2`` (see :data:`ANOMALY_SCHEMA`)::
 
-    {"schema": "stream-ae.anomaly/1", "event_id": "...", "key": "...",
+    {"schema": "stream-ae.anomaly/2", "event_id": "...", "key": "...",
      "source": {"topic": "...", "partition": 0, "offset": 42},
      "event_time": 1732350000.123, "detected_at": 1732350000.456,
      "score": 7.1, "threshold": 3.2, "model_version": "20261123T120000Z",
-     "top_features": [{"feature": "amount", "share": 0.83}, ...],
+     "top_features": [{"field": "amount", "share": 0.83, "observed": 4980.0, "expected": 41.7}, ...],
      "event": {...the original event...}}
+
+``top_features`` names fields, each with its observed and expected value
+(:mod:`stream_ae.explain`). Version 1 (:data:`ANOMALY_SCHEMA_V1`, written before) named
+encoded columns: ``{"feature": "country=DE", "share": 0.45}``, and had no expected values.
 
 ``event_id`` is the event's id field when the schema names one, else ``topic:partition:offset``;
 with at-least-once delivery a consumer de-duplicates on ``source`` (or ``event_id``).
@@ -23,13 +27,14 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-ANOMALY_SCHEMA_ID = "stream-ae.anomaly/1"
+ANOMALY_SCHEMA_ID = "stream-ae.anomaly/2"
+ANOMALY_SCHEMA_V1_ID = "stream-ae.anomaly/1"
 DEAD_LETTER_SCHEMA_ID = "stream-ae.dead-letter/1"
 SCORE_SCHEMA_ID = "stream-ae.score/1"
 
-ANOMALY_SCHEMA: dict[str, Any] = {
+ANOMALY_SCHEMA_V1: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": ANOMALY_SCHEMA_ID,
+    "$id": ANOMALY_SCHEMA_V1_ID,
     "type": "object",
     "required": [
         "schema",
@@ -44,7 +49,7 @@ ANOMALY_SCHEMA: dict[str, Any] = {
         "event",
     ],
     "properties": {
-        "schema": {"const": ANOMALY_SCHEMA_ID},
+        "schema": {"const": ANOMALY_SCHEMA_V1_ID},
         "event_id": {"type": "string"},
         "key": {"type": ["string", "null"]},
         "source": {
@@ -72,6 +77,45 @@ ANOMALY_SCHEMA: dict[str, Any] = {
         "event": {"type": "object"},
     },
 }
+
+_VALUE = {"type": ["number", "string", "boolean", "null"]}
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+ANOMALY_SCHEMA: dict[str, Any] = {
+    **ANOMALY_SCHEMA_V1,
+    "$id": ANOMALY_SCHEMA_ID,
+    "properties": {
+        **ANOMALY_SCHEMA_V1["properties"],
+        "schema": {"const": ANOMALY_SCHEMA_ID},
+        "top_features": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "share", "observed", "expected"],
+                "properties": {
+                    "field": {"type": "string", "description": "a declared field or an entity feature"},
+                    "share": {"type": "number", "description": "of the squared reconstruction error"},
+                    "observed": _VALUE,
+                    "expected": {**_VALUE, "description": "the model's reconstruction, in the event's units"},
+                    "observed_probability": _PROBABILITY,
+                    "expected_probability": _PROBABILITY,
+                    "probability_true": _PROBABILITY,
+                    "probability_missing": _PROBABILITY,
+                    "observed_hour": {"type": "number"},
+                    "expected_hour": {"type": "number"},
+                    "observed_day_of_week": {"type": "integer"},
+                    "expected_day_of_week": {"type": "integer"},
+                    "entity_feature": {"type": "boolean"},
+                    "no_expected": {"type": "string", "description": "why there is no expected value"},
+                },
+            },
+        },
+    },
+}
+
+
+def anomaly_schema(record: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema a stored anomaly record follows, by its ``schema`` field (1 or 2)."""
+    return ANOMALY_SCHEMA_V1 if record.get("schema") == ANOMALY_SCHEMA_V1_ID else ANOMALY_SCHEMA
 
 
 @dataclass(frozen=True)

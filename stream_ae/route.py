@@ -3,7 +3,7 @@
 Routing rules:
 
 * every scored event: a ``stream-ae.score/1`` record on the all-scores topic, when one is set;
-* every event above the threshold: a ``stream-ae.anomaly/1`` record on the output topic,
+* every event above the threshold: a ``stream-ae.anomaly/2`` record on the output topic,
   keyed by the input record's key (or its coordinates);
 * every record that could not be scored: a ``stream-ae.dead-letter/1`` record with the reason.
 

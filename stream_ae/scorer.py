@@ -2,7 +2,9 @@
 
 The model stays on its device; on CUDA the host side of the copy is a pinned buffer reused
 across batches (grown when a larger batch arrives). Explanations (top features by share of
-squared reconstruction error) are computed only for rows above the threshold.
+squared reconstruction error) are computed only for rows above the threshold; given the
+column-to-field ``groups``, they name fields and come with the reconstruction of those rows
+(the model's expected values, in the encoded units: :mod:`stream_ae.explain` reads them).
 
 Example:
     >>> import numpy as np
@@ -28,19 +30,27 @@ from stream_ae.models import AutoencoderDetector
 class ScoreResult:
     scores: NDArray[np.float64]
     flagged: NDArray[np.bool_]
-    top_index: NDArray[np.int64]  # [n, k]; rows not flagged hold -1
+    top_index: NDArray[np.int64]  # [n, k] columns, or fields with ``groups``; rows not flagged hold -1
     top_share: NDArray[np.float32]
+    # with ``groups``: the explained rows (ascending) and, for each of their top fields, the
+    # row the model expected ([rows, k, d], encoded units)
+    explained_rows: NDArray[np.int64] | None = None
+    expected: NDArray[np.float32] | None = None
 
 
 class DeviceScorer:
     """Scores float32 matrices with a fitted detector on the detector's device."""
 
-    def __init__(self, detector: AutoencoderDetector, top_k: int = 3) -> None:
+    def __init__(
+        self, detector: AutoencoderDetector, top_k: int = 3, groups: NDArray[np.int64] | None = None
+    ) -> None:
         if detector.center_ is None or detector.scale_ is None or detector.net_ is None:
             raise ValueError("the detector is not fitted")
         self.detector = detector
         self.device = detector.device
-        self.top_k = min(top_k, detector.n_features_in_)
+        self.n_groups = int(groups.max()) + 1 if groups is not None and len(groups) else 0
+        self.top_k = min(top_k, self.n_groups if groups is not None else detector.n_features_in_)
+        self._groups = torch.from_numpy(groups).to(self.device) if groups is not None else None
         self.threshold = detector.threshold_
         self._pinned: torch.Tensor | None = None
 
@@ -69,13 +79,22 @@ class DeviceScorer:
         top_index = np.full((n, self.top_k), -1, dtype=np.int64)
         top_share = np.zeros((n, self.top_k), dtype=np.float32)
         rows = torch.nonzero(flagged_t).squeeze(1)
+        explained, expected = None, None
         if self.top_k and rows.numel():
-            index, share = self.detector.explain_tensor(z[rows], self.top_k)
+            if self._groups is not None:
+                index, share, recon = self.detector.explain_fields_tensor(
+                    z[rows], self._groups, self.n_groups, self.top_k
+                )
+                flat = recon.reshape(-1, recon.shape[-1]).cpu().numpy()
+                expected = self.detector.unscale(flat).astype(np.float32).reshape(recon.shape)
+            else:
+                index, share = self.detector.explain_tensor(z[rows], self.top_k)
             r = rows.cpu().numpy()
             top_index[r, : index.shape[1]] = index.cpu().numpy()
             top_share[r, : share.shape[1]] = share.cpu().numpy()
+            explained = r.astype(np.int64) if expected is not None else None
         scores = scores_t.double().cpu().numpy()
-        return ScoreResult(scores, scores > self.threshold, top_index, top_share)
+        return ScoreResult(scores, scores > self.threshold, top_index, top_share, explained, expected)
 
     def probe(self, n: int = 256, seed: int = 0) -> bool:
         """Finite scores on a synthetic batch around the training centre (hot-swap check)."""

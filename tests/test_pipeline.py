@@ -57,7 +57,7 @@ def test_routes_good_events_and_dead_letters_bad_ones(model: ActiveModel) -> Non
     anomalies = read(routed, "out")
     assert any(a["event_id"] == attack[0]["id"] for a in anomalies)
     top = next(a for a in anomalies if a["event_id"] == attack[0]["id"])["top_features"]
-    assert len(top) == 3 and all(f["feature"] in model.feature_names for f in top)
+    assert len(top) == 3 and all(f["field"] in model.explainer.names for f in top)
 
 
 hostile = st.one_of(
