@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python -m bench.profile --events 150000 --variant ae
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.sharing
+	$(BIN)/python -m bench.synthesis
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -330,6 +330,50 @@ def embed(
 
 
 @app.command()
+def synthesize(
+    model: Annotated[Path, typer.Argument(help="a VAE artifact directory (stream-ae train --variant vae)")],
+    count: Annotated[int, typer.Option(help="events (or rows) to generate")] = 1000,
+    out: Annotated[
+        Path, typer.Option(help="events.jsonl for a model trained on events; .npz or .csv for a matrix model")
+    ] = Path("events.jsonl"),
+    seed: int = 0,
+    device: str = "auto",
+    noise: Annotated[
+        bool, typer.Option(help="add the decoder's noise (its residual spread per feature); --no-noise: its mean")
+    ] = True,
+) -> None:
+    """Sample COUNT new normal-looking events from a VAE's generator and write them to OUT: one
+    JSON event per line for a model trained on events (numerics in their units and inside the
+    training range, categories drawn from the decoded probabilities, booleans, timestamps;
+    replay them with `stream-ae produce --from OUT`), or a matrix (.npz with X, or a CSV) for
+    a model trained on one. A model that is not a VAE is refused."""
+    import numpy as np
+    import orjson
+
+    from stream_ae.models import NotGenerativeError
+
+    if count < 1:
+        raise typer.BadParameter("--count must be at least 1")
+    loaded = _load_model(model, device)
+    matrix = loaded.encoder is None
+    if matrix != (out.suffix in (".npz", ".csv")) or out.suffix not in (".npz", ".csv", ".jsonl", ".json"):
+        want = ".npz or .csv (a matrix model)" if matrix else ".jsonl (a model trained on events)"
+        raise typer.BadParameter(f"--out must end in {want}")
+    try:
+        rows = loaded.detector.sample(count, seed=seed, noise=noise)
+    except NotGenerativeError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if matrix and out.suffix == ".npz":
+        np.savez(out, X=rows.astype(np.float32))
+    elif matrix:
+        np.savetxt(out, rows, delimiter=",", header=",".join(f"x{j}" for j in range(rows.shape[1])), comments="")
+    else:
+        events = loaded.encoder.events_from_rows(rows, seed=seed)
+        out.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    console.print(f"{count} generated {'rows' if matrix else 'events'} in {out}")
+
+
+@app.command()
 def evaluate(
     data_dir: Annotated[Path, typer.Option(help="the shared data folder")] = Path("../shared/data"),
     out: Annotated[Path, typer.Option(help="report folder (JSON, Markdown, PNG)")] = Path("reports/eval"),
@@ -412,15 +456,35 @@ def produce(
     rate: Annotated[float, typer.Option(help="events per second (0: as fast as possible)")] = 1000.0,
     anomaly_rate: Annotated[float, typer.Option(help="share of injected frauds")] = 0.005,
     seed: int = 0,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="replay this JSON-lines file instead (each line sent unchanged; --count 0: all of it, "
+            "else its first COUNT lines)",
+        ),
+    ] = None,
+    key_field: Annotated[str | None, typer.Option(help="with --from: the field that keys each record")] = "card",
 ) -> None:
-    """Send synthetic card transactions with injected frauds (STREAM_AE_BOOTSTRAP_SERVERS)."""
+    """Send synthetic card transactions with injected frauds, or replay an event file (a demo, a
+    load test: `stream-ae synthesize` writes one), to TOPIC on STREAM_AE_BOOTSTRAP_SERVERS."""
     import asyncio
 
-    from stream_ae.produce import send_events, stream_forever
+    from stream_ae.produce import file_payloads, send_events, send_raw, stream_forever
     from stream_ae.settings import Settings
     from stream_ae.synthetic import transactions
 
     kw = Settings().kafka_client_kwargs()
+    if from_file is not None:
+        if not from_file.is_file():
+            raise typer.BadParameter(f"{from_file} is not a file")
+        payloads = file_payloads(from_file, key_field)
+        if not payloads:
+            raise typer.BadParameter(f"{from_file} holds no lines to send")
+        payloads = payloads[:count] if count else payloads
+        sent = asyncio.run(send_raw(kw, topic, payloads, rate=rate or None))
+        console.print(f"sent {sent} records from {from_file} to {topic}")
+        return
     if count:
         events, labels = transactions(count, seed=seed, anomaly_rate=anomaly_rate)
         asyncio.run(send_events(kw, topic, events, rate=rate or None))

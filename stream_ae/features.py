@@ -317,6 +317,11 @@ class FeatureEncoder:
                 if iqr <= 1e-12:
                     iqr = float(v.std()) if len(v) else 1.0
                 self.stats[spec.name] = {"median": med, "iqr": iqr if iqr > 1e-12 else 1.0}
+                if len(v):  # the training range (after the log when there is one): generated values stay in it
+                    self.stats[spec.name].update(min=float(v.min()), max=float(v.max()))
+            elif spec.kind is FieldKind.TIMESTAMP and np.any(rows):
+                t = np.asarray(raw)[rows]
+                self.stats[spec.name] = {"min": float(np.nanmin(t)), "max": float(np.nanmax(t))}
             elif spec.kind is FieldKind.CATEGORICAL and not spec.hash_buckets:
                 counts = Counter(str(raw[i]) for i in np.flatnonzero(rows))
                 vocab = [v for v, _ in counts.most_common(spec.max_categories)]
@@ -406,6 +411,64 @@ class FeatureEncoder:
         for spec in self.schema.derived_fields:
             out.append(FieldColumns(spec, (at,), None, derived=True))
             at += 1
+        return out
+
+    def events_from_rows(self, rows: NDArray[Any], seed: int = 0, id_prefix: str = "synthetic") -> list[dict[str, Any]]:
+        """Events from encoded rows (a generator's output): the inverse of :meth:`encode`.
+
+        Numerics come back in their units, clipped to the training range; a categorical is
+        drawn from the row's probabilities over the vocabulary (never ``<unknown>`` when the
+        vocabulary has a value), a boolean from its probability of true; a timestamp gets the
+        row's hour and day of week on a day of the training period. A hashed categorical has
+        no inverse and is left out, as are the entity features (the state computes those from
+        the stream). The id field, when the schema names one, is ``<id_prefix>-<n>``; the
+        entity's key field, when it is not a declared field, ``<id_prefix>-entity-<k>`` for
+        one of ``len(rows) // 5 + 1`` entities."""
+        rng = np.random.default_rng(seed)
+        fields = [f for f in self.field_columns() if not f.derived]
+        n = len(rows)
+        out: list[dict[str, Any]] = [{} for _ in range(n)]
+        for f in fields:
+            spec, st = f.spec, self.stats.get(f.spec.name, {})
+            if spec.kind is FieldKind.NUMERIC:
+                x = np.asarray(rows[:, f.columns[0]], dtype=np.float64) * st["iqr"] + st["median"]
+                if "min" in st:
+                    x = np.clip(x, st["min"], st["max"])
+                if spec.log:
+                    x = np.sign(x) * np.expm1(np.minimum(np.abs(x), 700.0))
+                for e, v in zip(out, x.tolist(), strict=True):
+                    e[spec.name] = round(v, 6)
+            elif spec.kind is FieldKind.BOOLEAN:
+                p = np.clip(np.asarray(rows[:, f.columns[0]], dtype=np.float64), 0.0, 1.0)
+                for e, v in zip(out, (rng.random(n) < p).tolist(), strict=True):
+                    e[spec.name] = v
+            elif spec.kind is FieldKind.TIMESTAMP:
+                if not f.columns or "min" not in st:
+                    continue
+                hs, hc, ds, dc = (np.asarray(rows[:, c], dtype=np.float64) for c in f.columns)
+                hour = (np.arctan2(hs, hc) / (2 * math.pi) * 24) % 24
+                dow = np.round((np.arctan2(ds, dc) / (2 * math.pi) * 7) % 7).astype(np.int64) % 7
+                day = np.floor(rng.uniform(st["min"], st["max"] + 1, n) / 86400)
+                day += (dow - (day + 3) % 7 + 7) % 7  # move to the row's day of week (day 0 was a Thursday)
+                day -= 7 * (day * 86400 > st["max"])  # a week back where that left the training period
+                for e, v in zip(out, (day * 86400 + hour * 3600).tolist(), strict=True):
+                    e[spec.name] = round(v, 3)
+            elif not spec.hash_buckets:
+                vocab = self.stats[spec.name]["vocab"]
+                if not vocab:
+                    continue
+                w = np.clip(np.asarray(rows[:, list(f.columns[: len(vocab)])], dtype=np.float64), 0.0, None) + 1e-9
+                cum = np.cumsum(w / w.sum(1, keepdims=True), axis=1)
+                pick = (cum < rng.random((n, 1))).sum(1).clip(0, len(vocab) - 1)
+                for e, k in zip(out, pick.tolist(), strict=True):
+                    e[spec.name] = vocab[k]
+        entity = self.schema.entity
+        declared = {s.name for s in self.schema.fields}
+        for i, e in enumerate(out):
+            if self.schema.id_field and self.schema.id_field not in declared:
+                e[self.schema.id_field] = f"{id_prefix}-{i}"
+            if entity is not None and entity.field and entity.field not in declared:
+                e[entity.field] = f"{id_prefix}-entity-{rng.integers(n // 5 + 1)}"
         return out
 
     def decode_field(self, field: FieldColumns, row: NDArray[Any]) -> dict[str, Any]:

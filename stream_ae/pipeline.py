@@ -33,13 +33,13 @@ class ActiveModel:
     """A loaded artifact ready for the hot path: encoder, device scorer, the explainer of
     flagged rows (by field, with expected values), version."""
 
-    def __init__(self, loaded: LoadedModel, top_k: int) -> None:
+    def __init__(self, loaded: LoadedModel, top_k: int, with_codes: bool = False) -> None:
         if loaded.encoder is None:
             raise ValueError("a streaming model needs a feature encoder in its artifact")
         self.loaded = loaded
         self.encoder: FeatureEncoder = loaded.encoder
         self.explainer = FieldExplainer(self.encoder)
-        self.scorer = DeviceScorer(loaded.detector, top_k, groups=self.explainer.groups)
+        self.scorer = DeviceScorer(loaded.detector, top_k, groups=self.explainer.groups, with_codes=with_codes)
         self.version = loaded.version
         self.threshold = self.scorer.threshold
         self.entity = self.encoder.schema.entity
@@ -121,5 +121,5 @@ def process_batch(
     routed.n_anomalies = len(anomaly_times)
     routed.event_times = np.asarray(anomaly_times)
     scored = kept if len(batch.ok) == len(kept) else [kept[i] for i in batch.ok.tolist()]
-    router.scores(scored, result.scores, model.version)
+    router.scores(scored, result.scores, model.version, result.codes)
     return routed

@@ -9,8 +9,10 @@ Example (a real broker needed):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 
 from stream_ae.synthetic import CardStream, transactions
 
-__all__ = ["send_events", "send_raw", "transactions"]
+__all__ = ["file_payloads", "send_events", "send_raw", "transactions"]
 
 
 async def send_raw(
@@ -70,6 +72,34 @@ def encode_events(events: Sequence[dict[str, Any]], key_field: str | None = "car
     """``(key, value)`` pairs: the JSON event, keyed by its ``key_field`` (by default the card:
     the card stream's entity, so that a card's payments share a partition)."""
     return [(str(e[key_field]).encode() if key_field and key_field in e else None, orjson.dumps(e)) for e in events]
+
+
+def file_payloads(path: Path, key_field: str | None = "card") -> list[tuple[bytes | None, bytes]]:
+    """``(key, value)`` pairs replaying a JSON-lines file: every non-blank line is sent as it is
+    (bytes unchanged, bad lines too: a replay of what a topic held), keyed by its
+    ``key_field`` when the line is an object that has it.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "e.jsonl"
+        >>> _ = p.write_text('{"card": "c1", "amount": 3}\\n\\nnot json\\n')
+        >>> file_payloads(p)
+        [(b'c1', b'{"card": "c1", "amount": 3}'), (None, b'not json')]
+    """
+    out: list[tuple[bytes | None, bytes]] = []
+    with path.open("rb") as fh:
+        for line in fh:
+            value = line.rstrip(b"\r\n")
+            if not value.strip():
+                continue
+            key = None
+            if key_field:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    event = orjson.loads(value)
+                    if isinstance(event, dict) and event.get(key_field) is not None:
+                        key = str(event[key_field]).encode()
+            out.append((key, value))
+    return out
 
 
 async def send_events(

@@ -145,8 +145,15 @@ class Router:
             out.values += values
             out.partitions += [delta.partition] * len(keys)
 
-    def scores(self, records: list[RawRecord], scores: NDArray[np.float64], version: str) -> None:
-        """All-scores records for ``records`` (in order), when an all-scores topic is set."""
+    def scores(
+        self,
+        records: list[RawRecord],
+        scores: NDArray[np.float64],
+        version: str,
+        codes: NDArray[np.float32] | None = None,
+    ) -> None:
+        """All-scores records for ``records`` (in order), when an all-scores topic is set; with
+        ``codes`` (one row per record) each carries its latent code."""
         if not self.topics.scores or not records:
             return
         n = len(records)
@@ -159,12 +166,14 @@ class Router:
         if max(map(len, filter(None, keys)), default=0) > MAX_KEY_BYTES:  # a hostile key: not repeated
             keys = [k if k is None or len(k) <= MAX_KEY_BYTES else None for k in keys]
         if same_topic:
-            out.values.extend(score_records(topic, partitions, offsets, scores, version))
+            out.values.extend(score_records(topic, partitions, offsets, scores, version, codes))
         else:  # several input topics: one serialisation per topic, order kept
             values: list[bytes] = [b""] * n
             for t in dict.fromkeys(r.topic for r in records):
                 idx = np.flatnonzero(np.fromiter((r.topic == t for r in records), dtype=bool, count=n))
-                part = score_records(t, partitions[idx], offsets[idx], scores[idx], version)
+                part = score_records(
+                    t, partitions[idx], offsets[idx], scores[idx], version, codes[idx] if codes is not None else None
+                )
                 for i, v in zip(idx.tolist(), part, strict=True):
                     values[i] = v
             out.values.extend(values)

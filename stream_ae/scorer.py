@@ -36,13 +36,18 @@ class ScoreResult:
     # row the model expected ([rows, k, d], encoded units)
     explained_rows: NDArray[np.int64] | None = None
     expected: NDArray[np.float32] | None = None
+    codes: NDArray[np.float32] | None = None  # [n, latent] with ``with_codes``
 
 
 class DeviceScorer:
     """Scores float32 matrices with a fitted detector on the detector's device."""
 
     def __init__(
-        self, detector: AutoencoderDetector, top_k: int = 3, groups: NDArray[np.int64] | None = None
+        self,
+        detector: AutoencoderDetector,
+        top_k: int = 3,
+        groups: NDArray[np.int64] | None = None,
+        with_codes: bool = False,
     ) -> None:
         if detector.center_ is None or detector.scale_ is None or detector.net_ is None:
             raise ValueError("the detector is not fitted")
@@ -51,6 +56,7 @@ class DeviceScorer:
         self.n_groups = int(groups.max()) + 1 if groups is not None and len(groups) else 0
         self.top_k = min(top_k, self.n_groups if groups is not None else detector.n_features_in_)
         self._groups = torch.from_numpy(groups).to(self.device) if groups is not None else None
+        self.with_codes = with_codes
         self.threshold = detector.threshold_
         self._pinned: torch.Tensor | None = None
 
@@ -93,8 +99,13 @@ class DeviceScorer:
             top_index[r, : index.shape[1]] = index.cpu().numpy()
             top_share[r, : share.shape[1]] = share.cpu().numpy()
             explained = r.astype(np.int64) if expected is not None else None
+        codes = None
+        if self.with_codes:
+            assert self.detector.net_ is not None
+            with self.detector.autocast(z.device):
+                codes = self.detector.net_.encode(z).float().cpu().numpy()
         scores = scores_t.double().cpu().numpy()
-        return ScoreResult(scores, scores > self.threshold, top_index, top_share, explained, expected)
+        return ScoreResult(scores, scores > self.threshold, top_index, top_share, explained, expected, codes)
 
     def probe(self, n: int = 256, seed: int = 0) -> bool:
         """Finite scores on a synthetic batch around the training centre (hot-swap check)."""

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(50, ge=0)
     max_message_bytes: int = Field(1_048_576, ge=64)
     top_k_features: int = Field(3, ge=0)
+    scores_include_code: bool = False  # each all-scores record carries the event's latent code
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     device: Device = "auto"
     # the worker's torch intra-op threads (and BLAS threads): 1 leaves the other cores to its

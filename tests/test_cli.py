@@ -65,6 +65,7 @@ def test_evaluate_applies_options_and_writes_a_report(tmp_path: Path) -> None:
     assert report["tabular"]["ncae"]["toy"]["roc_auc"] > 0.95, "shifted rows are found"
     assert set(report["tabular"]) == {"ncae", "iforest", "ecod", "pca"} and "bar_best_of_iforest_ecod" in report
     assert (tmp_path / "r" / "report.md").exists() and (tmp_path / "r" / "toy.png").exists()
+    assert (tmp_path / "r" / "toy-codes.png").exists(), "the test codes' projection, coloured by label"
     bad = runner.invoke(app, [*args[:-1], "{not json"])
     assert bad.exit_code != 0 and "not JSON" in bad.output
     refused = runner.invoke(app, [*args[:-1], '{"net_options": {"bridges": 0}}'])
@@ -168,3 +169,40 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
         text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())  # rich boxes the error
         assert message in text, (message, result.output)
         assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_synthesize_writes_events_that_score_like_real_ones(tmp_path: Path) -> None:
+    """A VAE's generated events carry every declared field in its units (numerics inside the
+    training range, categories of the vocabulary), and the model's own encoder reads them all;
+    any other variant is refused with a message."""
+    from stream_ae.synthetic import CARD_SCHEMA_STATELESS
+
+    events, _ = transactions(3000, seed=4)
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(CARD_SCHEMA_STATELESS.to_dict()))
+    for variant in ("vae", "ae"):
+        result = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / variant), "--variant", variant,
+                                     "--schema", str(schema), "--max-steps", "600", "--device", "cpu"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "gen.jsonl"
+    result = runner.invoke(app, ["synthesize", str(tmp_path / "vae"), "--count", "300", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    generated = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(generated) == 300
+    for f in CARD_SCHEMA_STATELESS.fields:
+        values = [e[f.name] for e in generated]
+        real = [e[f.name] for e in events]
+        if f.kind.value == "categorical":
+            assert set(values) <= set(real), f.name
+        elif f.kind.value == "boolean":
+            assert all(isinstance(v, bool) for v in values)
+        elif f.kind.value == "numeric":
+            assert min(real) - 1e-6 <= min(values) and max(values) <= max(real) + 1e-6, f.name
+    result = runner.invoke(app, ["score", str(tmp_path / "vae"), str(out), "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 0 and "skipped" not in result.output, result.output
+    refused = runner.invoke(app, ["synthesize", str(tmp_path / "ae"), "--out", str(tmp_path / "x.jsonl")])
+    assert refused.exit_code == 2 and "only a VAE has a generator" in " ".join(
+        re.sub(r"[│╭╮╰╯─]", " ", refused.output).split()
+    )

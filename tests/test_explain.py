@@ -165,3 +165,28 @@ def test_version_1_records_stay_readable() -> None:
     jsonschema.validate(v1, anomaly_schema(v1))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**v1, "schema": "stream-ae.anomaly/2"}, anomaly_schema({"schema": "stream-ae.anomaly/2"}))
+
+
+def test_all_scores_records_carry_the_latent_code_when_asked(tmp_path: Path) -> None:
+    """``STREAM_AE_SCORES_INCLUDE_CODE``: each all-scores record holds its event's code, the
+    same as ``stream-ae embed`` gives for it; without the setting the records stay lean."""
+    from stream_ae.featurize import featurize_file
+
+    path = card_model(1, 0.0).save(tmp_path / "m", version="t1")
+    events, _ = transactions(300, seed=8)
+    records = [Rec("in", 0, i, e["card"].encode(), orjson.dumps(e)) for i, e in enumerate(events)]
+    topics = Topics("out", "dlq", "scores")
+    for with_codes in (True, False):
+        model = ActiveModel(load_artifact(Path(path), device="cpu"), top_k=3, with_codes=with_codes)
+        assert model.entity is not None
+        routed = process_batch(records, model, topics, 100_000, entities=EntityStore(model.entity))
+        scores = [orjson.loads(v) for v in routed.outputs["scores"].values]
+        assert len(scores) == 300
+        if not with_codes:
+            assert all("code" not in s for s in scores)
+            continue
+        X = featurize_file(model.encoder, events, "card").batch.X
+        want = model.loaded.detector.embed(X)
+        got = np.array([s["code"] for s in scores])
+        assert got.shape == (300, model.loaded.detector.hyper.latent_dim)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

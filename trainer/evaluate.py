@@ -166,8 +166,11 @@ def evaluate_tabular(
     datasets: Iterable[str] = ADBENCH_SETS,
     seeds: Iterable[int] = (0, 1, 2),
     on_result: Callable[[TabularResult, NDArray[Any], NDArray[Any]], None] | None = None,
+    on_codes: Callable[[TabularResult, NDArray[Any], NDArray[Any]], None] | None = None,
 ) -> list[TabularResult]:
-    """The ADBench protocol of ``../shared/README.md`` for each method, dataset and seed."""
+    """The ADBench protocol of ``../shared/README.md`` for each method, dataset and seed.
+    ``on_result(result, y_test, scores)`` after each; ``on_codes(result, y_test, codes)`` with
+    the test rows' latent codes, for a model that has them (ours)."""
     results: list[TabularResult] = []
     for name in datasets:
         X, y = load_adbench(data_dir, name)
@@ -188,6 +191,8 @@ def evaluate_tabular(
                 results.append(res)
                 if on_result is not None:
                     on_result(res, y[te], s)
+                if on_codes is not None and hasattr(model, "embed"):
+                    on_codes(res, y[te], model.embed(X[te]))
     return results
 
 
@@ -308,8 +313,10 @@ def write_report(
     out_dir: Path,
     summary: dict[str, Any],
     curves: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]] | None = None,
+    codes: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]] | None = None,
 ) -> None:
-    """``report.json``, ``report.md`` and, given curves, ROC/PR and histogram PNGs."""
+    """``report.json``, ``report.md`` and, given curves, ROC/PR and histogram PNGs; given the
+    test rows' latent codes, ``<set>-codes.png``: their 2-D PCA projection coloured by label."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
     lines = ["# stream-ae offline evaluation", ""]
@@ -354,6 +361,36 @@ def write_report(
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     if curves:
         _plot_curves(out_dir, curves)
+    if codes:
+        _plot_codes(out_dir, codes)
+
+
+def pca_2d(codes: NDArray[Any]) -> NDArray[np.float64]:
+    """The first two principal components of ``codes`` (rows x latent size)."""
+    c = np.asarray(codes, dtype=np.float64)
+    c = c - c.mean(0)
+    _, _, vt = np.linalg.svd(c, full_matrices=False)
+    return np.asarray(c @ vt[:2].T, dtype=np.float64)
+
+
+def _plot_codes(out_dir: Path, codes: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for ds in dict.fromkeys(d for d, _ in codes):
+        mine = [(m, yc) for (d, m), yc in codes.items() if d == ds]
+        fig, axes = plt.subplots(1, len(mine), figsize=(5 * len(mine), 4.2), squeeze=False)
+        for ax, (method, (y, c)) in zip(axes[0], mine, strict=True):
+            p = pca_2d(c)
+            ax.scatter(p[y == 0, 0], p[y == 0, 1], s=3, alpha=0.4, label="normal")
+            ax.scatter(p[y == 1, 0], p[y == 1, 1], s=5, alpha=0.7, label="anomaly")
+            ax.set(title=f"{ds}: {method} latent codes (PCA)", xlabel="PC 1", ylabel="PC 2")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{ds}-codes.png", dpi=90)
+        plt.close(fig)
 
 
 def _plot_curves(out_dir: Path, curves: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]]) -> None:
@@ -411,7 +448,13 @@ def run_evaluation(
         if r.seed == seeds[0]:
             curves[(r.dataset, r.method)] = (y, s)
 
-    results = evaluate_tabular(data_dir, methods, sets, seeds, on_result=on_result)
+    codes: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]] = {}
+
+    def on_codes(r: TabularResult, y: NDArray[Any], c: NDArray[Any]) -> None:
+        if r.seed == seeds[0]:
+            codes[(r.dataset, r.method)] = (y, c)
+
+    results = evaluate_tabular(data_dir, methods, sets, seeds, on_result=on_result, on_codes=on_codes)
     table = summarise(results)
     summary: dict[str, Any] = {"tabular": table, "seeds": seeds, "options": options or {}}
     if baselines and table:
@@ -433,7 +476,7 @@ def run_evaluation(
             }
             for m in methods
         }
-    write_report(out_dir, summary, curves)
+    write_report(out_dir, summary, curves, codes)
     for m, per in table.items():
         say(f"MEAN {m:8s} ROC {per['mean']['roc_auc']:.3f} PR {per['mean']['pr_auc']:.3f}")
     if "bar_best_of_iforest_ecod" in summary:

@@ -4,8 +4,16 @@ from stream_ae.models.detector import (
     AutoencoderDetector,
     DegenerateDataError,
     NotFittedError,
+    NotGenerativeError,
     resolve_device,
     variants,
 )
 
-__all__ = ["AutoencoderDetector", "DegenerateDataError", "NotFittedError", "resolve_device", "variants"]
+__all__ = [
+    "AutoencoderDetector",
+    "DegenerateDataError",
+    "NotFittedError",
+    "NotGenerativeError",
+    "resolve_device",
+    "variants",
+]

@@ -125,6 +125,11 @@ MIN_ROWS = 20
 MIN_DISTINCT_ROWS = 10
 
 
+class NotGenerativeError(ValueError):
+    """:meth:`AutoencoderDetector.sample` on a model without a generator (any variant but the
+    VAE: their codes have no prior to draw from)."""
+
+
 class DegenerateDataError(ValueError):
     """The training data cannot make a detector: too few rows, or too few distinct rows (a
     stuck sensor, one replayed event). The message names the reason and the minimum.
@@ -172,6 +177,7 @@ class AutoencoderDetector:
         self.best_step_: int = 0
         self.calibration_scores_: NDArray[np.float64] | None = None
         self.knots_: FloatArray | None = None
+        self.residual_scale_: FloatArray | None = None  # the VAE decoder's noise, network space
         self._center_t: torch.Tensor | None = None
         self._scale_t: torch.Tensor | None = None
         self._knots_t: torch.Tensor | None = None
@@ -281,6 +287,11 @@ class AutoencoderDetector:
         self.part_stats_ = {k: _robust_stats(v) for k, v in train_parts.items()}
         cal_scores = self.score_samples(X[cal_idx]) if n_cal >= 20 else self._combine(train_parts)
         self.calibration_scores_ = cal_scores  # kept for recalibration at other rates (not saved)
+        if h.variant == "vae":  # the Gaussian decoder's spread: the held-out rows' residual RMS per feature
+            held = self._to_tensor(X[cal_idx]) if n_cal >= 20 else xt
+            with torch.inference_mode():
+                res = held - net.reconstruct(held).float()
+            self.residual_scale_ = res.pow(2).mean(0).sqrt().cpu().numpy().astype(np.float32)
         self.threshold = Threshold.fit(cal_scores, h.target_rate, method=h.threshold_method)  # type: ignore[arg-type]
         return self
 
@@ -478,6 +489,34 @@ class AutoencoderDetector:
         return out
 
     @torch.inference_mode()
+    def sample(self, n: int, seed: int = 0, noise: bool = True) -> NDArray[np.float64]:
+        """``n`` new rows from the VAE's generator, in the training data's units: codes drawn
+        from the standard normal prior, decoded, plus the Gaussian decoder's noise (each
+        feature's residual spread on the held-out training rows, its maximum-likelihood
+        estimate; ``noise=False``, or a model saved before it was kept: the decoder's mean
+        alone), unscaled.
+        Other variants raise :class:`NotGenerativeError`.
+
+        Example:
+            >>> X = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+            >>> det = AutoencoderDetector(variant="vae", max_steps=200, min_steps=200, seed=0).fit(X)
+            >>> det.sample(5, seed=1).shape
+            (5, 4)
+        """
+        if self.hyper.variant != "vae":
+            raise NotGenerativeError(f"only a VAE has a generator; this model is {self.hyper.variant!r}")
+        if self.net_ is None:
+            raise NotFittedError("fit or load the detector first")
+        gen = torch.Generator().manual_seed(seed)
+        codes = torch.randn((n, self.hyper.latent_dim), generator=gen).to(self.device)
+        with self.autocast(self.device):
+            rows = self.net_.decoder(codes).float()
+        if noise and self.residual_scale_ is not None:
+            draw = torch.randn(rows.shape, generator=gen).to(self.device)
+            rows = rows + draw * torch.from_numpy(self.residual_scale_).to(self.device)
+        return self.unscale(rows.cpu().numpy())
+
+    @torch.inference_mode()
     def embed(self, X: NDArray[Any]) -> NDArray[np.float32]:
         """Each row's latent code: the encoder's output (the VAE's posterior mean), for plots,
         clustering and dimensionality reduction.
@@ -529,6 +568,7 @@ class AutoencoderDetector:
             "threshold": self.threshold.to_dict(),
             "train_seconds": self.train_seconds_,
             "history": self.history_[-5:],
+            **({"residual_scale": self.residual_scale_.tolist()} if self.residual_scale_ is not None else {}),
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -554,6 +594,8 @@ class AutoencoderDetector:
         det.part_stats_ = {k: (float(v[0]), float(v[1])) for k, v in config["part_stats"].items()}
         det.threshold = Threshold.from_dict(config["threshold"])
         det.train_seconds_ = float(config.get("train_seconds", 0.0))
+        if config.get("residual_scale") is not None:
+            det.residual_scale_ = np.asarray(config["residual_scale"], dtype=np.float32)
         net = det._build_net(det.n_features_in_)
         net.load_state_dict(state, strict=True)
         net.eval()

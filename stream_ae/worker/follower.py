@@ -64,7 +64,7 @@ class ModelFollower:
                 log.warning("no usable model yet (%s); retrying in %.0f s", exc, retry_s)
                 await asyncio.sleep(retry_s)
                 continue
-            self._activate(ActiveModel(loaded, self.settings.top_k_features))
+            self._activate(ActiveModel(loaded, self.settings.top_k_features, self.settings.scores_include_code))
             return
 
     def _activate(self, model: ActiveModel) -> None:
@@ -81,7 +81,7 @@ class ModelFollower:
     def _prepare(self, version: str, expected_sha: str | None) -> ActiveModel:
         """Load, verify and warm a candidate (runs on the loader thread)."""
         loaded = self.registry.load(version, self.settings.device, expected_sha256=expected_sha)
-        candidate = ActiveModel(loaded, self.settings.top_k_features)
+        candidate = ActiveModel(loaded, self.settings.top_k_features, self.settings.scores_include_code)
         assert self.model is not None
         reason = compatible(self.model, loaded)
         if reason:
