@@ -38,7 +38,7 @@ from stream_ae.models import AutoencoderDetector, variants
 from stream_ae.pipeline import ActiveModel, process_batch
 from stream_ae.route import Topics
 from stream_ae.scorer import DeviceScorer
-from stream_ae.synthetic import transactions
+from stream_ae.synthetic import CARD_SCHEMA_STATELESS, transactions
 from trainer.train import fit_events
 
 COUNTRIES = ["US", "DE", "FR", "GB", "NL", "ES", "IT", "PL", "SE", "JP"]
@@ -121,7 +121,11 @@ class _Record:
 
 
 def bench_pipeline(device: str, batch: int = 4096, repeats: int = 10) -> None:
-    fitted = fit_events(transactions(20_000, seed=1)[0], max_steps=300, min_steps=300, device=device)
+    # the card stream's declared fields (its schema without the entity features): an inferred schema
+    # would take the card id for a field and hash it into 64 columns
+    fitted = fit_events(
+        transactions(20_000, seed=1)[0], schema=CARD_SCHEMA_STATELESS, max_steps=300, min_steps=300, device=device
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model = ActiveModel(load_artifact(fitted.save(Path(tmp) / "m", version="bench"), device=device), top_k=3)
     events, _ = transactions(batch, seed=3, anomaly_rate=0.005)
