@@ -23,7 +23,13 @@ import torch
 from numpy.typing import NDArray
 
 from stream_ae.artifact_format import ArtifactError, read_artifact, write_artifact
-from stream_ae.models.networks import NETWORKS, AutoencoderNet, NoiseContrastiveNet, network_defaults
+from stream_ae.models.networks import (
+    NETWORKS,
+    AutoencoderNet,
+    NoiseContrastiveNet,
+    VariationalNet,
+    network_defaults,
+)
 from stream_ae.threshold import Method, Threshold
 
 FloatArray = NDArray[np.float32]
@@ -503,17 +509,13 @@ class AutoencoderDetector:
             >>> det.sample(5, seed=1).shape
             (5, 4)
         """
-        if self.hyper.variant != "vae":
-            raise NotGenerativeError(f"only a VAE has a generator; this model is {self.hyper.variant!r}")
         if self.net_ is None:
             raise NotFittedError("fit or load the detector first")
-        gen = torch.Generator().manual_seed(seed)
-        codes = torch.randn((n, self.hyper.latent_dim), generator=gen).to(self.device)
+        if not isinstance(self.net_, VariationalNet):
+            raise NotGenerativeError(f"only a VAE has a generator; this model is {self.hyper.variant!r}")
+        scale = torch.from_numpy(self.residual_scale_) if noise and self.residual_scale_ is not None else None
         with self.autocast(self.device):
-            rows = self.net_.decoder(codes).float()
-        if noise and self.residual_scale_ is not None:
-            draw = torch.randn(rows.shape, generator=gen).to(self.device)
-            rows = rows + draw * torch.from_numpy(self.residual_scale_).to(self.device)
+            rows = self.net_.generate(n, torch.Generator().manual_seed(seed), scale)
         return self.unscale(rows.cpu().numpy())
 
     @torch.inference_mode()

@@ -47,6 +47,7 @@ class AutoencoderNet(nn.Module):
         self.n_features = n_features
         self.encoder = mlp([n_features, *hidden, self.code_width(latent_dim)])
         self.decoder = mlp([latent_dim, *reversed(hidden), n_features])
+        self.latent_dim = latent_dim
 
     def code_width(self, latent_dim: int) -> int:
         return latent_dim
@@ -146,6 +147,16 @@ class VariationalNet(AutoencoderNet):
     def score_parts(self, x: torch.Tensor, need: Collection[str] | None = None) -> Parts:
         mu, logvar = self._posterior(x)
         return {"recon": (x - self.decoder(mu)).pow(2).mean(1), "kl": self._kl(mu, logvar)}
+
+    def generate(self, n: int, gen: torch.Generator, noise_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` rows in the network's input space: codes from the standard normal prior,
+        decoded; with ``noise_scale`` (per feature) the Gaussian decoder's noise added."""
+        device = next(self.parameters()).device
+        codes = torch.randn((n, self.latent_dim), generator=gen).to(device)
+        rows: torch.Tensor = self.decoder(codes).float()
+        if noise_scale is not None:
+            rows = rows + torch.randn(rows.shape, generator=gen).to(device) * noise_scale.to(device)
+        return rows
 
 
 class NoiseContrastiveNet(AutoencoderNet):
