@@ -99,20 +99,23 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
         trainer_interval_s=3600,
         trainer_min_interval_s=0,
         trainer_window_events=12_000,
-        trainer_warmup_events=2_000,  # the default's share of the default window (10k of 50k)
+        trainer_warmup_events=8_000,  # the 2,000 cards seen about four times each before training rows
         trainer_metrics_port=0,
         target_false_alarm_rate=0.001,
         trainer_warm_start=False,
     )
     trainer = TrainerService(settings)
     stop = asyncio.Event()
-    # normal traffic moves: every amount is e times larger than at training time
-    stream = CardStream(seed=21, amount_shift=1.0)
+    # normal traffic moves: every amount is e times larger than at training time. 1,000 payments
+    # a day, so that the trainer's 12,000-event window spans every weekday: at the stream's
+    # default 2,500 a day it spanned five days, and the new model flagged 0.7-0.9 % of the new
+    # normal, the payments on the weekdays it never saw (the cyclic day-of-week features)
+    stream = CardStream(seed=21, amount_shift=1.0, events_per_day=1_000)
 
     async def scenario() -> list[dict[str, object]]:
         trainer_task = asyncio.create_task(trainer.run(stop))
         await asyncio.sleep(3)  # the startup run finds too few events and publishes nothing
-        shifted, _ = stream.next(12_000)
+        shifted, _ = stream.next(20_000)
         await send_events({"bootstrap_servers": bootstrap}, topic_name, shifted)
         for _ in range(120):
             if worker.health().get("model_version") not in (None, "v1"):
@@ -133,11 +136,12 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
         assert new_version not in (None, "v1"), "drift led to a retrain and a swap"
         assert trainer.metrics.runs.labels(trigger="drift", result="published")._value.get() >= 1
         assert m["stream_ae_score_drift_psi"] >= 0.0
-        assert wait_for(lambda: worker.scored() >= 22_000, timeout_s=60)
+        assert wait_for(lambda: worker.scored() >= 30_000, timeout_s=60)
     finally:
         worker.stop()
     out = [orjson.loads(r.value) for r in run(read_all(bootstrap, [f"{topic_name}.anomalies"], until=1))]
     fresh_ids = {e["id"] for e in fresh}
     after = [a for a in out if a["event_id"] in fresh_ids and a["model_version"] == new_version]
     rate = len(after) / len(fresh)
+    print(f"\n[drift] {new_version}: false-alarm rate on the new normal {rate:.4f} (target 0.001)")
     assert rate <= 0.001 * 5 + 0.002, f"false-alarm rate on the new normal {rate:.4f}"
