@@ -272,7 +272,7 @@ class FeatureEncoder:
                 if int(i) not in bad:
                     bad[int(i)] = EncodeError(name, "non_finite", f"value {col[i]!r} is not finite")
             if spec.log:
-                col = np.sign(col) * np.log1p(np.abs(col))
+                col = signed_log1p(col)
             return col, missing
         if spec.kind is FieldKind.BOOLEAN:
             if types <= {bool}:
@@ -311,12 +311,7 @@ class FeatureEncoder:
             rows = keep & ~missing
             if spec.kind is FieldKind.NUMERIC:
                 v = np.asarray(raw)[rows]
-                med = float(np.median(v)) if len(v) else 0.0
-                q75, q25 = np.percentile(v, [75, 25]) if len(v) else (1.0, 0.0)
-                iqr = float(q75 - q25)
-                if iqr <= 1e-12:
-                    iqr = float(v.std()) if len(v) else 1.0
-                self.stats[spec.name] = {"median": med, "iqr": iqr if iqr > 1e-12 else 1.0}
+                self.stats[spec.name] = dict(robust_scaling(v))
                 if len(v):  # the training range (after the log when there is one): generated values stay in it
                     self.stats[spec.name].update(min=float(v.min()), max=float(v.max()))
             elif spec.kind is FieldKind.TIMESTAMP and np.any(rows):
@@ -340,14 +335,8 @@ class FeatureEncoder:
         for j, spec in enumerate(self.schema.derived_fields):
             col = np.asarray(derived[:, j], dtype=np.float64)
             if spec.log:
-                col = np.sign(col) * np.log1p(np.abs(col))
-            col = col[np.isfinite(col)]
-            med = float(np.median(col)) if len(col) else 0.0
-            q75, q25 = np.percentile(col, [75, 25]) if len(col) else (1.0, 0.0)
-            iqr = float(q75 - q25)
-            if iqr <= 1e-12:
-                iqr = float(col.std()) if len(col) else 1.0
-            self.stats[spec.name] = {"median": med, "iqr": iqr if iqr > 1e-12 else 1.0}
+                col = signed_log1p(col)
+            self.stats[spec.name] = dict(robust_scaling(col[np.isfinite(col)]))
         self.fitted = True
         return self
 
@@ -358,7 +347,7 @@ class FeatureEncoder:
         for j, spec in enumerate(self.schema.derived_fields):
             col = np.asarray(derived[:, j], dtype=np.float64)
             if spec.log:
-                col = np.sign(col) * np.log1p(np.abs(col))
+                col = signed_log1p(col)
             st = self.stats[spec.name]
             cols.append(np.nan_to_num((col - st["median"]) / st["iqr"], nan=0.0, posinf=0.0, neginf=0.0))
         extra = np.stack(cols, axis=1) if cols else np.zeros((len(keep), 0))
@@ -435,7 +424,7 @@ class FeatureEncoder:
                 if "min" in st:
                     x = np.clip(x, st["min"], st["max"])
                 if spec.log:
-                    x = np.sign(x) * np.expm1(np.minimum(np.abs(x), 700.0))
+                    x = signed_expm1(x)
                 for e, v in zip(out, x.tolist(), strict=True):
                     e[spec.name] = round(v, 6)
             elif spec.kind is FieldKind.BOOLEAN:
@@ -494,10 +483,8 @@ class FeatureEncoder:
         out: dict[str, Any] = {}
         if spec.kind is FieldKind.NUMERIC:
             st = self.stats[spec.name]
-            x = float(v[field.columns[0]]) * st["iqr"] + st["median"]
-            if spec.log:
-                x = math.copysign(math.expm1(min(abs(x), 700.0)), x)
-            out["value"] = x
+            x = v[[field.columns[0]]] * st["iqr"] + st["median"]
+            out["value"] = float((signed_expm1(x) if spec.log else x)[0])
         elif spec.kind is FieldKind.BOOLEAN:
             p_true = float(np.clip(v[field.columns[0]], 0.0, 1.0))
             out.update(value=p_true >= 0.5, probability_true=p_true)
@@ -599,6 +586,28 @@ class FeatureEncoder:
             s.name: {v: i for i, v in enumerate(enc.stats[s.name].get("vocab", []))} for s in enc.schema.fields
         }
         return enc
+
+
+def signed_log1p(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The transform of a heavy-tailed numeric field (``FieldSpec.log``)."""
+    return np.asarray(np.sign(x) * np.log1p(np.abs(x)), dtype=np.float64)
+
+
+def signed_expm1(y: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The inverse of :func:`signed_log1p` (magnitudes capped where float64 overflows)."""
+    return np.asarray(np.sign(y) * np.expm1(np.minimum(np.abs(y), 700.0)), dtype=np.float64)
+
+
+def robust_scaling(values: NDArray[np.float64]) -> dict[str, float]:
+    """``median`` and ``iqr`` of a numeric column (the standard deviation where the IQR is
+    zero, 1 where both are): what :meth:`FeatureEncoder.encode` scales it by."""
+    if not len(values):
+        return {"median": 0.0, "iqr": 1.0}
+    q75, q25 = np.percentile(values, [75, 25])
+    iqr = float(q75 - q25)
+    if iqr <= 1e-12:
+        iqr = float(values.std())
+    return {"median": float(np.median(values)), "iqr": iqr if iqr > 1e-12 else 1.0}
 
 
 def _safe_float(v: Any) -> float:

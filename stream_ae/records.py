@@ -20,6 +20,8 @@ with at-least-once delivery a consumer de-duplicates on ``source`` (or ``event_i
 from __future__ import annotations
 
 import base64
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,14 +234,10 @@ def score_records(
     head = b'{"source":{"topic":' + orjson.dumps(topic) + b',"partition":'
     tail = b',"model_version":' + orjson.dumps(version) + b"}"
     join = b"".join
-    if codes is not None:  # the code's numbers: float32 to 6 significant digits is what they hold
-        code = [b',"code":' + orjson.dumps(row) for row in np.round(codes.astype(np.float64), 6).tolist()]
-        tails = [c + tail for c in code]
-        return [
-            join((head, p, b',"offset":', o, b'},"score":', sc, t))
-            for p, o, sc, t in zip(column(partitions), column(offsets), column(scores), tails, strict=True)
-        ]
+    tails: Iterable[bytes] = itertools.repeat(tail, len(scores))
+    if codes is not None:  # the code's numbers, rounded to what float32 holds
+        tails = [b',"code":' + orjson.dumps(row) + tail for row in np.round(codes.astype(np.float64), 6).tolist()]
     return [
-        join((head, p, b',"offset":', o, b'},"score":', sc, tail))
-        for p, o, sc in zip(column(partitions), column(offsets), column(scores), strict=True)
+        join((head, p, b',"offset":', o, b'},"score":', sc, t))
+        for p, o, sc, t in zip(column(partitions), column(offsets), column(scores), tails, strict=True)
     ]

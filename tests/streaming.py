@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_ae.registry import Registry
+from stream_ae.settings import Settings
 from stream_ae.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, transactions
 from trainer.train import FittedModel, fit_events
 
@@ -42,3 +43,11 @@ def wait_for(predicate: Any, timeout_s: float = 60.0, every_s: float = 0.5) -> b
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def trainer_settings(bootstrap: str, registry: Path, topic: str, **kw: Any) -> Settings:
+    """Settings for a trainer reading ``topic`` on the test's broker, publishing into
+    ``registry`` and announcing on ``<topic>.control``."""
+    return Settings(
+        bootstrap_servers=bootstrap, model_dir=registry, input_topics=[topic], control_topic=f"{topic}.control", **kw
+    )

@@ -14,23 +14,12 @@ from stream_ae.audit import read_all
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.produce import send_events
 from stream_ae.registry import Registry
-from stream_ae.settings import Settings
 from stream_ae.synthetic import CardStream, transactions
 from stream_ae.worker_process import WorkerProcess, worker_env
-from tests.streaming import publish_model, run, wait_for
+from tests.streaming import publish_model, run, trainer_settings, wait_for
 from trainer.service import TrainerService
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-def _settings(bootstrap: str, registry: Path, topic: str, **kw: object) -> Settings:
-    return Settings(
-        bootstrap_servers=bootstrap,
-        model_dir=registry,
-        input_topics=[topic],
-        control_topic=f"{topic}.control",
-        **kw,
-    )  # type: ignore[arg-type]
 
 
 def test_hot_swap_drops_nothing_and_refuses_a_tampered_model(bootstrap: str, topic_name: str, tmp_path: Path) -> None:
@@ -39,7 +28,7 @@ def test_hot_swap_drops_nothing_and_refuses_a_tampered_model(bootstrap: str, top
     run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 4}))
     env = worker_env(bootstrap, registry, topic_name, STREAM_AE_SCORES_TOPIC=f"{topic_name}.scores")
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
-    trainer = TrainerService(_settings(bootstrap, registry, topic_name))
+    trainer = TrainerService(trainer_settings(bootstrap, registry, topic_name))
     events, _ = transactions(24_000, seed=3)
     try:
         sender = threading.Thread(
@@ -92,7 +81,7 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
         STREAM_AE_DRIFT_REPORT_INTERVAL_S="5",
     )
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
-    settings = _settings(
+    settings = trainer_settings(
         bootstrap,
         registry,
         topic_name,

@@ -12,10 +12,9 @@ import pytest
 from stream_ae.audit import read_all
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.produce import send_events
-from stream_ae.settings import Settings
 from stream_ae.synthetic import CardStream
 from stream_ae.worker_process import WorkerProcess, worker_env
-from tests.streaming import publish_model, run, wait_for
+from tests.streaming import publish_model, run, trainer_settings, wait_for
 from trainer.service import TrainerService
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -30,14 +29,7 @@ def test_the_live_false_alarm_rate_stays_in_band_over_two_refreshes(
     run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 4}))
     env = worker_env(bootstrap, registry, topic_name, STREAM_AE_SCORES_TOPIC=f"{topic_name}.scores")
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
-    settings = Settings(
-        bootstrap_servers=bootstrap,
-        model_dir=registry,
-        input_topics=[topic_name],
-        control_topic=f"{topic_name}.control",
-        target_false_alarm_rate=TARGET,
-        trainer_metrics_port=0,
-    )
+    settings = trainer_settings(bootstrap, registry, topic_name, target_false_alarm_rate=TARGET, trainer_metrics_port=0)
     assert settings.trainer_window_events == 50_000, "the window at its default size"
     trainer = TrainerService(settings)
     stream = CardStream(seed=50, anomaly_rate=0.005)  # the demo's share of frauds

@@ -10,7 +10,7 @@ import pytest
 from stream_ae.artifacts import ArtifactError
 from stream_ae.models import AutoencoderDetector
 from stream_ae.registry import Registry
-from trainer.service import GateFigures, compare, generated_anomalies
+from trainer.service import GateFigures, compare, generated_anomalies, without_detections
 
 FAST = {"min_steps": 50, "max_steps": 50, "hidden": (16,), "latent_dim": 2, "device": "cpu"}
 
@@ -71,3 +71,25 @@ def test_generated_anomalies_differ_from_their_sources() -> None:
     X = np.random.default_rng(1).normal(size=(400, 6)).astype(np.float32)
     A = generated_anomalies(X, seed=0)
     assert A.shape == X.shape and (np.abs(A - X).sum(1) > 0).mean() > 0.9
+
+
+def test_calibration_leaves_out_only_the_champions_flags_beyond_its_target() -> None:
+    """A champion calibrated at 1 % that flags 3 % of a slice: its top 2 % are taken for
+    detections and left out, its own 1 % of false alarms stay; with no excess, or an excess
+    past 2 % (drift: the champion is not trusted), nothing is left out."""
+    rng = np.random.default_rng(0)
+    champ_rows = np.arange(0, 20_000, 2)  # the events the champion could encode (every other one)
+    scores = rng.permutation(np.arange(len(champ_rows)) / len(champ_rows))  # exact shares above any cut
+    rows = np.arange(0, 20_000, 2)  # the challenger's rows: the same events here
+    cal = np.arange(len(rows))
+
+    def kept(flag_share: float) -> np.ndarray:
+        return without_detections(cal, rows, champ_rows, scores, 1 - flag_share - 1e-9, 0.01)
+
+    left = kept(0.03)
+    assert len(cal) - len(left) == 200, "2 % of 10,000 rows"
+    assert scores[left].max() < np.sort(scores)[-200], "the champion's highest scores went"
+    assert (scores[left] > 0.97 - 1e-9).sum() == 100, "its 1 % of false alarms stay"
+    assert len(kept(0.008)) == len(cal) and len(kept(0.05)) == len(cal)
+    unknown = without_detections(cal, rows + 1, champ_rows, scores, 0.97 - 1e-9, 0.01)
+    assert len(unknown) == len(cal), "rows the champion could not encode are never judged by it"

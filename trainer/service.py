@@ -198,8 +198,8 @@ def without_detections(
     cal: NDArray[np.int64],
     rows: NDArray[np.int64],
     champ_rows: NDArray[np.int64],
-    champion: LoadedModel,
-    champ_X: NDArray[np.float32],
+    champ_scores: NDArray[np.float64],
+    champ_threshold: float,
     target_rate: float,
 ) -> NDArray[np.int64]:
     """The slice ``cal`` (calibration or gate holdout) less what the champion flags beyond
@@ -214,19 +214,19 @@ def without_detections(
     left out, and neither is anything when the excess passes :data:`MAX_CONTAMINATION`: a
     champion that flags that much is being drifted away from, and its opinion is not used.
     For example a champion calibrated at 1% that flags 3% of the slice takes out its top 2%.
-    ``champ_rows`` (ascending event indices) are the rows of ``champ_X``; ``rows[cal]`` the
-    calibration slice's event indices.
+    ``champ_scores`` are the champion's scores of the events ``champ_rows`` (ascending event
+    indices: the window in its encoding, scored once per run); ``rows[cal]`` the slice's event
+    indices.
     """
-    ev = rows[cal]  # event indices of the calibration rows
-    pos = np.searchsorted(champ_rows, ev)
     if len(champ_rows) == 0:
         return cal
-    pos = np.minimum(pos, len(champ_rows) - 1)
+    ev = rows[cal]  # event indices of the slice's rows
+    pos = np.minimum(np.searchsorted(champ_rows, ev), len(champ_rows) - 1)
     known = champ_rows[pos] == ev
     if not known.any():
         return cal
-    scores = champion.detector.score_samples(champ_X[pos[known]])
-    excess = float((scores > champion.detector.threshold_).mean()) - target_rate
+    scores = champ_scores[pos[known]]
+    excess = float((scores > champ_threshold).mean()) - target_rate
     if excess <= 0 or excess > MAX_CONTAMINATION:
         return cal
     n_drop = round(excess * len(scores))
@@ -336,11 +336,13 @@ class TrainerService:
         hold, cal, train = order[:n_hold], order[n_hold : n_hold + n_cal], order[n_hold + n_cal :]
         champ_X: NDArray[np.float32] | None = None
         champ_rows = np.zeros(0, dtype=np.int64)
+        champ_scores = np.zeros(0, dtype=np.float64)
         if champion is not None and champion.encoder is not None:
             cb = featurize(champion.encoder, events, meta, store_for(champion.encoder)).batch
             champ_X, champ_rows = cb.X, cb.ok
+            champ_scores = champion.detector.score_samples(champ_X)
             if s.trainer_exclude_anomalies:  # only the training part leaves out what the champion flags
-                flagged = champ_rows[champion.detector.score_samples(champ_X) > champion.detector.threshold_]
+                flagged = champ_rows[champ_scores > champion.detector.threshold_]
                 before = len(train)
                 train = train[~np.isin(rows[train], flagged)]
                 log.info("left out %d training events the champion flags", before - len(train))
@@ -361,8 +363,9 @@ class TrainerService:
         # beyond its own target (its detections; its false alarms stay)
         hold_as_came = hold
         if champion is not None and champ_X is not None:
-            cal = without_detections(cal, rows, champ_rows, champion, champ_X, s.target_false_alarm_rate)
-            hold = without_detections(hold, rows, champ_rows, champion, champ_X, s.target_false_alarm_rate)
+            cut = (champ_rows, champ_scores, champion.detector.threshold_, s.target_false_alarm_rate)
+            cal = without_detections(cal, rows, *cut)
+            hold = without_detections(hold, rows, *cut)
         detector.recalibrate(X[cal], s.target_false_alarm_rate, method=detector.hyper.threshold_method)  # type: ignore[arg-type]
         fitted = FittedModel(detector, encoder, X[train])
         chal = gate_figures(detector, X[hold])
