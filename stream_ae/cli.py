@@ -16,6 +16,7 @@ models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, s
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
+
 def forced_on_second_signal(force: Any) -> Any:
     """A context in which SIGINT or SIGTERM calls ``force`` (a second Ctrl-C: stop at once)."""
     from stream_ae.runtime import on_stop_signal
@@ -385,11 +386,18 @@ def evaluate(
         str, typer.Option(help='detector hyper-parameters as JSON, e.g. \'{"net_options": {"trim": 0}}\'')
     ] = "{}",
     baselines: Annotated[bool, typer.Option(help="also run IsolationForest, ECOD and PCA")] = True,
+    labelled_anomalies: Annotated[
+        str,
+        typer.Option(
+            help="weakly supervised protocol: comma-separated fractions of the training anomalies labelled "
+            "(e.g. 0.01,0.05,0.1); compares the first variant with labels, without, and a boosted-trees baseline"
+        ),
+    ] = "",
 ) -> None:
     """Run the shared protocols against IsolationForest, ECOD and PCA; write a report."""
     import json
 
-    from trainer.evaluate import run_evaluation
+    from trainer.evaluate import run_evaluation, run_weak_evaluation
 
     try:
         hyper = json.loads(options)
@@ -397,6 +405,16 @@ def evaluate(
         raise typer.BadParameter(f"--options is not JSON: {exc}") from exc
     if not isinstance(hyper, dict):
         raise typer.BadParameter("--options must be a JSON object")
+    if labelled_anomalies:
+        try:
+            fractions = [float(f) for f in labelled_anomalies.split(",")]
+        except ValueError as exc:
+            raise typer.BadParameter(f"--labelled-anomalies takes fractions: {exc}") from exc
+        if not all(0 < f <= 1 for f in fractions):
+            raise typer.BadParameter("--labelled-anomalies fractions lie in (0, 1]")
+        seed_list = [int(s) for s in seeds.split(",")]
+        run_weak_evaluation(data_dir, out, datasets, variants.split(",")[0], seed_list, fractions, console, hyper)
+        return
     run_evaluation(
         data_dir,
         out,
@@ -493,6 +511,62 @@ def produce(
     _run_until_signal(
         lambda stop: stream_forever(kw, topic, rate=rate, anomaly_rate=anomaly_rate, seed=seed, stop=stop)
     )
+
+
+@app.command()
+def feedback(
+    event_id: Annotated[str, typer.Argument(help="the event's id, as its anomaly record's event_id gives it")],
+    label: Annotated[str, typer.Option(help="anomaly (a confirmed fraud) or normal (a false alarm)")],
+    source: Annotated[
+        str | None, typer.Option(help="where the event lies, topic:partition:offset (an anomaly record's source)")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="who decided (default: the user running this)")] = None,
+    note: Annotated[str | None, typer.Option(help="free text kept with the verdict")] = None,
+) -> None:
+    """Send a verdict on one event to STREAM_AE_FEEDBACK_TOPIC; the trainer learns from it."""
+    import asyncio
+    import getpass
+    import time
+
+    from stream_ae.records import Source
+    from stream_ae.settings import Settings
+    from stream_ae.verdicts import VerdictError, verdict_record
+
+    settings = Settings()
+    if not settings.feedback_topic:
+        raise typer.BadParameter("STREAM_AE_FEEDBACK_TOPIC is unset: feedback is off")
+    coords = None
+    if source is not None:
+        topic, _, rest = source.rpartition(":")
+        topic, _, part = topic.rpartition(":")
+        try:
+            coords = Source(topic, int(part), int(rest))
+        except ValueError as exc:
+            raise typer.BadParameter(f"--source is topic:partition:offset, got {source!r}") from exc
+        if not topic:
+            raise typer.BadParameter(f"--source is topic:partition:offset, got {source!r}")
+    try:
+        record = verdict_record(event_id, label, by=by or getpass.getuser(), at=time.time(), source=coords, note=note)
+    except VerdictError as exc:
+        raise typer.BadParameter(exc.detail) from exc
+    asyncio.run(_send_verdict(settings, record))
+    console.print(f"verdict '{label}' on {event_id} sent to {settings.feedback_topic}")
+
+
+async def _send_verdict(settings: Any, record: dict[str, Any]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from stream_ae.kafka.admin import ensure_topics
+    from stream_ae.verdicts import verdict_bytes
+
+    kw = settings.kafka_client_kwargs()
+    await ensure_topics(kw, {settings.feedback_topic: 1}, compacted={settings.feedback_topic})
+    producer = AIOKafkaProducer(**kw, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.feedback_topic, verdict_bytes(record), key=record["event_id"].encode())
+    finally:
+        await producer.stop()
 
 
 RegistryDir = Annotated[Path | None, typer.Option("--dir", help="registry root (default: STREAM_AE_MODEL_DIR)")]

@@ -3,11 +3,13 @@
 A local Kafka broker, an initial model trained on generated traffic, the worker and the
 trainer as child processes, and a producer of card transactions with injected frauds. A live
 terminal view shows throughput, anomalies and precision/recall against the producer's
-hidden labels. Ctrl-C (or ``--duration``) stops every process it started, in order, within a
-few seconds; a second Ctrl-C kills them at once. The broker, Prometheus, the worker and the
-trainer run in sessions of their own, so a terminal's Ctrl-C reaches only the demo, which stops
-them. When Debian's ``prometheus`` is installed, the demo runs it with the project's alert
-rules and shows the alerts firing.
+hidden labels. A share of the published anomalies gets a verdict on the feedback topic from
+those labels, delayed as chargebacks would be (:class:`Chargebacks`), and the trainer learns
+from them: the view shows the labelled precision it measures. Ctrl-C (or ``--duration``)
+stops every process it started, in order, within a few seconds; a second Ctrl-C kills them at
+once. The broker, Prometheus, the worker and the trainer run in sessions of their own, so a
+terminal's Ctrl-C reaches only the demo, which stops them. When Debian's ``prometheus`` is
+installed, the demo runs it with the project's alert rules and shows the alerts firing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -38,9 +40,13 @@ from stream_ae.metrics import scrape
 from stream_ae.produce import stream_forever
 from stream_ae.prometheus_local import LocalPrometheus, PrometheusError
 from stream_ae.prometheus_local import available as prometheus_available
+from stream_ae.records import Source
 from stream_ae.registry import Registry
 from stream_ae.runtime import on_stop_signal
 from stream_ae.synthetic import CARD_SCHEMA, transactions
+from stream_ae.verdicts import VerdictError, verdict_bytes, verdict_record
+
+FEEDBACK_TOPIC = "stream-ae.feedback"
 
 
 @dataclass
@@ -65,6 +71,40 @@ class Tally:
         return precision, recall
 
 
+@dataclass
+class Chargebacks:
+    """The demo's analysts: a share of the published anomalies gets a verdict from the
+    producer's hidden label (a fraud confirmed, or a false alarm), ``delay_s`` later, as
+    chargebacks and case reviews arrive after the fact."""
+
+    share: float = 0.2
+    delay_s: float = 20.0
+    seed: int = 0
+    pending: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    sent: dict[str, int] = field(default_factory=lambda: {"anomaly": 0, "normal": 0})
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+
+    def consider(self, record: dict[str, Any], label: int | None, now: float) -> None:
+        if label is None or self._rng.random() >= self.share:
+            return
+        src = record.get("source") or {}
+        with contextlib.suppress(KeyError, TypeError, ValueError, VerdictError):
+            verdict = verdict_record(
+                str(record["event_id"]), "anomaly" if label else "normal", by="demo-chargebacks", at=now + self.delay_s,
+                source=Source(str(src["topic"]), int(src["partition"]), int(src["offset"])),
+            )  # fmt: skip
+            self.pending.append((now + self.delay_s, verdict))
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        ready = [v for t, v in self.pending if t <= now]
+        self.pending = [(t, v) for t, v in self.pending if t > now]
+        for v in ready:
+            self.sent[v["label"]] += 1
+        return ready
+
+
 def _scrape(port: int) -> dict[str, float]:
     try:
         return scrape(f"http://127.0.0.1:{port}/metrics", timeout_s=1.0)
@@ -82,6 +122,7 @@ class Demo:
         self.metrics_port, self.web_port, self.trainer_port = free_port(), free_port(), free_port()
         self.children: list[subprocess.Popen[bytes]] = []
         self.tally = Tally()
+        self.chargebacks = Chargebacks()
         self.prometheus: LocalPrometheus | None = None
         self.last_anomaly = ""  # the newest anomaly record's top fields, as an analyst reads them
 
@@ -96,6 +137,7 @@ class Demo:
             "STREAM_AE_TRAINER_METRICS_PORT": str(self.trainer_port),
             "STREAM_AE_TRAINER_INTERVAL_S": os.environ.get("STREAM_AE_TRAINER_INTERVAL_S", "300"),
             "STREAM_AE_TARGET_FALSE_ALARM_RATE": "0.001",
+            "STREAM_AE_FEEDBACK_TOPIC": FEEDBACK_TOPIC,
         }
 
     def spawn(self, name: str, *args: str) -> None:
@@ -119,7 +161,9 @@ class Demo:
         say(f"[green]✓[/] Kafka at {self.broker.bootstrap_servers}")
         asyncio.run(
             ensure_topics(
-                {"bootstrap_servers": self.broker.bootstrap_servers}, {"events": 4, "anomalies": 1, "events.dlq": 1}
+                {"bootstrap_servers": self.broker.bootstrap_servers},
+                {"events": 4, "anomalies": 1, "events.dlq": 1, FEEDBACK_TOPIC: 1},
+                compacted={FEEDBACK_TOPIC},
             )
         )
         if self.registry.latest() is None:
@@ -157,6 +201,11 @@ class Demo:
         t.add_row("injected frauds", f"{self.tally.injected:,}")
         t.add_row("anomalies published", f"{len(self.tally.flagged):,}")
         t.add_row("precision / recall", f"{precision:.3f} / {recall:.3f}")
+        sent = self.chargebacks.sent
+        t.add_row("verdicts sent (fraud / false alarm)", f"{sent['anomaly']:,} / {sent['normal']:,}")
+        tm = _scrape(self.trainer_port)
+        labelled = tm.get('stream_ae_trainer_labelled_precision{model="challenger"}', float("nan"))
+        t.add_row("labelled precision (trainer)", "-" if labelled != labelled else f"{labelled:.3f}")
         t.add_row("last anomaly", self.last_anomaly or "-")
         dead = sum(v for k, v in m.items() if k.startswith("stream_ae_events_dead_lettered_total"))
         t.add_row("dead-lettered", f"{int(dead):,}")
@@ -188,6 +237,8 @@ class Demo:
         )
         consumer = AIOKafkaConsumer("anomalies", **kw, group_id=None, auto_offset_reset="latest")
         await consumer.start()
+        verdicts = AIOKafkaProducer(**kw, acks="all")
+        await verdicts.start()
         start = time.monotonic()
         try:
             with Live(self.view(0.0), console=self.console, refresh_per_second=2) as live:
@@ -198,6 +249,10 @@ class Demo:
                             record = orjson.loads(msg.value or b"{}")
                             self.tally.flagged.add(str(record.get("event_id")))
                             self.last_anomaly = describe(record.get("top_features") or [])
+                            label = self.tally.labels.get(str(record.get("event_id")))
+                            self.chargebacks.consider(record, label, time.time())
+                    for v in self.chargebacks.due(time.time()):
+                        await verdicts.send(FEEDBACK_TOPIC, verdict_bytes(v), key=v["event_id"].encode())
                     elapsed = time.monotonic() - start
                     live.update(self.view(elapsed))
                     if duration and elapsed > duration:
@@ -205,6 +260,8 @@ class Demo:
         finally:
             stop.set()
             await consumer.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(verdicts.stop(), 5)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer, 10)
 

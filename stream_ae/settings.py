@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "events.dlq"
     scores_topic: str | None = None
     control_topic: str = "stream-ae.models"
+    # analysts' verdicts (compacted, keyed by event id; stream-ae.verdict/1); the trainer learns
+    # from them. None: no feedback
+    feedback_topic: str | None = "stream-ae.feedback"
     group_id: str = "stream-ae-worker"
     session_timeout_ms: int = Field(10_000, ge=6_000)  # how fast a dead worker's partitions move
     app_id: str = "stream-ae"
@@ -94,6 +97,10 @@ class Settings(BaseSettings):
     trainer_warmup_events: int = Field(10_000, ge=0)
     trainer_exclude_anomalies: bool = True
     trainer_warm_start: bool = True
+    trainer_max_steps: int = Field(1500, ge=10)  # optimiser steps per refresh (the training budget)
+    # the share of labelled events held back from training for the gate's labelled precision
+    # and recall (none with fewer than five labels)
+    trainer_feedback_holdout: float = Field(0.3, ge=0.0, lt=1.0)
     # the trainer's device: the CPU by default, leaving the GPU to the workers on a shared host
     trainer_device: Device = "cpu"
     trainer_bf16: bool = False  # bf16 autocast for the networks' layers while training (for CUDA)

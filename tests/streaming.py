@@ -47,7 +47,9 @@ def run(coro: Any) -> Any:
 
 def trainer_settings(bootstrap: str, registry: Path, topic: str, **kw: Any) -> Settings:
     """Settings for a trainer reading ``topic`` on the test's broker, publishing into
-    ``registry`` and announcing on ``<topic>.control``."""
+    ``registry``, announcing on ``<topic>.control`` and reading verdicts on ``<topic>.feedback``."""
+    kw.setdefault("feedback_topic", f"{topic}.feedback")
+    kw.setdefault("dead_letter_topic", f"{topic}.dlq")
     return Settings(
         bootstrap_servers=bootstrap, model_dir=registry, input_topics=[topic], control_topic=f"{topic}.control", **kw
     )

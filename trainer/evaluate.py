@@ -95,6 +95,56 @@ class PCAScorer:
 BASELINES: dict[str, Factory] = {"iforest": IForestScorer, "ecod": ECODScorer, "pca": PCAScorer}
 
 
+class BoostedIForestScorer:
+    """The weakly supervised baseline: scikit-learn's gradient-boosted trees
+    (``HistGradientBoostingClassifier``) trained on the labelled anomalies against every other
+    training row (unlabelled rows taken as normal), plus IsolationForest on all rows for the
+    anomalies no label resembles; the two are joined by the mean of their ranks. PyOD has no
+    DevNet or other weakly supervised detector to stand in (its XGBOD needs every row labelled)."""
+
+    uses_labels = True
+
+    def __init__(self, seed: int) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+
+        self.boost = HistGradientBoostingClassifier(random_state=seed)
+        self.forest = IsolationForest(n_estimators=100, random_state=seed, n_jobs=-1)
+        self.boosted = False
+
+    def fit(self, X: NDArray[Any], y: NDArray[Any] | None = None) -> BoostedIForestScorer:
+        """Without a labelled anomaly there is nothing to boost on: IsolationForest alone."""
+        known = np.zeros(len(X), dtype=np.int64) if y is None else (np.asarray(y) == 1).astype(np.int64)
+        self.boosted = bool(known.any())
+        if self.boosted:
+            self.boost.fit(X, known)
+        self.forest.fit(X)
+        return self
+
+    def score_samples(self, X: NDArray[Any]) -> NDArray[Any]:
+        """Mean rank of the two scores among the rows scored together (transductive: the
+        rows compete with each other, which suits the baseline, whose boosted probabilities
+        of unseen rows sit far from those of the training rows they were fitted on)."""
+        from scipy.stats import rankdata
+
+        forest = rankdata(-self.forest.score_samples(X))
+        if not self.boosted:
+            return forest / len(X)  # type: ignore[no-any-return]
+        boost = rankdata(self.boost.predict_proba(X)[:, 1])
+        return (boost + forest) / (2.0 * len(X))  # type: ignore[no-any-return]
+
+
+def labelled_subset(y_train: NDArray[Any], fraction: float, seed: int) -> NDArray[np.int64]:
+    """ADBench's weakly supervised protocol: ``y`` for the training rows with a random
+    ``fraction`` of the anomalies (at least one) labelled 1 and every other row -1."""
+    out = np.full(len(y_train), -1, dtype=np.int64)
+    if fraction <= 0:
+        return out
+    anomalies = np.flatnonzero(y_train == 1)
+    k = max(1, round(fraction * len(anomalies)))
+    out[np.random.default_rng(seed + 7).choice(anomalies, k, replace=False)] = 1
+    return out
+
+
 def detector_factory(variant: str, **hyper: Any) -> Factory:
     def make(seed: int) -> Scorer:
         return AutoencoderDetector(variant=variant, seed=seed, **hyper)
@@ -167,10 +217,14 @@ def evaluate_tabular(
     seeds: Iterable[int] = (0, 1, 2),
     on_result: Callable[[TabularResult, NDArray[Any], NDArray[Any]], None] | None = None,
     on_codes: Callable[[TabularResult, NDArray[Any], NDArray[Any]], None] | None = None,
+    labelled: float = 0.0,
 ) -> list[TabularResult]:
     """The ADBench protocol of ``../shared/README.md`` for each method, dataset and seed.
     ``on_result(result, y_test, scores)`` after each; ``on_codes(result, y_test, codes)`` with
-    the test rows' latent codes, for a model that has them (ours)."""
+    the test rows' latent codes, for a model that has them (ours). With ``labelled`` > 0 the
+    weakly supervised protocol: that fraction of the training anomalies is labelled
+    (:func:`labelled_subset`) and every method that takes labels (``fit(X, y)``: ours, with
+    ``labelled`` in its name, and :class:`BoostedIForestScorer`) gets them."""
     results: list[TabularResult] = []
     for name in datasets:
         X, y = load_adbench(data_dir, name)
@@ -178,10 +232,14 @@ def evaluate_tabular(
             tr, te = _stratified_split(y, seed)
             if name == "http" and len(tr) > HTTP_TRAIN_CAP:
                 tr = np.random.default_rng(seed).choice(tr, HTTP_TRAIN_CAP, replace=False)
+            y_known = labelled_subset(y[tr], labelled, seed)
             for method, make in methods.items():
                 t0 = time.perf_counter()
                 model = make(seed)
-                model.fit(X[tr])
+                if labelled > 0 and (getattr(model, "uses_labels", False) or isinstance(model, AutoencoderDetector)):
+                    model.fit(X[tr], y_known)  # type: ignore[call-arg]
+                else:
+                    model.fit(X[tr])
                 t1 = time.perf_counter()
                 s = np.asarray(model.score_samples(X[te]), dtype=np.float64)
                 t2 = time.perf_counter()
@@ -358,6 +416,20 @@ def write_report(
             f"- SMD {row['machine']} {row['method']}: PR-AUC {row['pr_auc']:.3f}, "
             f"F1@train-p99 {row['f1_p99']:.3f}, oracle best-F1 {row['oracle_best_f1']:.3f}"
         )
+    weak = summary.get("weakly_supervised", {})
+    if weak:
+        lines += [
+            "Weakly supervised (a fraction of the training anomalies labelled), mean over sets:",
+            "",
+            "| labelled | ours ROC / PR | baseline ROC / PR | unsupervised ROC / PR |",
+            "|---|---|---|---|",
+        ]
+        for frac, row in weak.items():
+            lines.append(
+                f"| {frac} | {row['roc_auc']:.3f} / {row['pr_auc']:.3f} | {row['baseline_roc_auc']:.3f} / "
+                f"{row['baseline_pr_auc']:.3f} | {row['unsupervised_roc_auc']:.3f} / {row['unsupervised_pr_auc']:.3f} |"
+            )
+        lines.append("")
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     if curves:
         _plot_curves(out_dir, curves)
@@ -482,4 +554,61 @@ def run_evaluation(
     if "bar_best_of_iforest_ecod" in summary:
         bar = summary["bar_best_of_iforest_ecod"]
         say(f"bar (per-set best of IForest/ECOD): ROC {bar['roc_auc']:.3f} PR {bar['pr_auc']:.3f}")
+    return summary
+
+
+def run_weak_evaluation(
+    data_dir: Path,
+    out_dir: Path,
+    datasets: str,
+    variant: str,
+    seeds: list[int],
+    fractions: list[float],
+    console: Any = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """ADBench's weakly supervised protocol (``stream-ae evaluate --labelled-anomalies``): for
+    each fraction, our ``variant`` fitted with that fraction of the training anomalies labelled
+    against :class:`BoostedIForestScorer` given the same labels, and against our variant
+    unsupervised (the same splits and seeds). The summary's ``weakly_supervised`` holds, per
+    fraction, the mean ROC-AUC and PR-AUC of the three and the two targets' margins."""
+    say = console.print if console is not None else print
+    sets = ADBENCH_SETS if datasets == "all" else datasets.split(",")
+    make = detector_factory(variant, device="cpu", **(options or {}))
+
+    def on_result(r: TabularResult, y: NDArray[Any], s: NDArray[Any]) -> None:
+        say(
+            f"{r.dataset:12s} seed {r.seed} {r.method:22s} ROC {r.roc_auc:.3f} PR {r.pr_auc:.3f} ({r.fit_seconds:.1f}s)"
+        )
+
+    results = evaluate_tabular(data_dir, {variant: make}, sets, seeds, on_result=on_result)
+    for frac in fractions:
+        methods: dict[str, Factory] = {f"{variant}@{frac:g}": make, f"gbdt+iforest@{frac:g}": BoostedIForestScorer}
+        results += evaluate_tabular(data_dir, methods, sets, seeds, on_result=on_result, labelled=frac)
+    table = summarise(results)
+    weak: dict[str, dict[str, float]] = {}
+    for frac in fractions:
+        ours, base, unsup = (
+            table[f"{variant}@{frac:g}"]["mean"],
+            table[f"gbdt+iforest@{frac:g}"]["mean"],
+            table[variant]["mean"],
+        )
+        weak[f"{frac:g}"] = {
+            "roc_auc": ours["roc_auc"],
+            "pr_auc": ours["pr_auc"],
+            "baseline_roc_auc": base["roc_auc"],
+            "baseline_pr_auc": base["pr_auc"],
+            "unsupervised_roc_auc": unsup["roc_auc"],
+            "unsupervised_pr_auc": unsup["pr_auc"],
+            "pr_gain_over_unsupervised": ours["pr_auc"] - unsup["pr_auc"],
+            "pr_margin_over_baseline": ours["pr_auc"] - base["pr_auc"],
+        }
+        row = weak[f"{frac:g}"]
+        say(
+            f"{frac:g} labelled: {variant} ROC {row['roc_auc']:.3f} PR {row['pr_auc']:.3f} | baseline ROC "
+            f"{row['baseline_roc_auc']:.3f} PR {row['baseline_pr_auc']:.3f} | "
+            f"unsupervised PR {row['unsupervised_pr_auc']:.3f}"
+        )
+    summary = {"tabular": table, "seeds": seeds, "options": options or {}, "weakly_supervised": weak}
+    write_report(out_dir, summary)
     return summary

@@ -1,9 +1,11 @@
 """``stream-ae trainer``: refresh the model from live traffic, gate it, publish, announce.
 
 One run: read the last ``trainer_window_events`` events of the input topics straight from
-Kafka (no consumer group: it never disturbs the workers' offsets), drop the ones the champion
-flags (optional), train a challenger (optionally warm-started from the champion), compare
-both on a held-out slice, and publish the challenger only when it is not worse. Runs happen
+Kafka (no consumer group: it never disturbs the workers' offsets), read the analysts' verdicts
+from the feedback topic (:mod:`trainer.feedback`), drop the events the champion flags
+(optional; confirmed false alarms stay), train a challenger with the verdicts as labels
+(optionally warm-started from the champion), compare both on a held-out slice, and publish
+the challenger only when it is not worse. Runs happen
 every ``trainer_interval_s`` and when a worker reports score drift on the control topic.
 """
 
@@ -29,9 +31,17 @@ from stream_ae.kafka.admin import ensure_topics
 from stream_ae.models import AutoencoderDetector, DegenerateDataError
 from stream_ae.registry import Registry, announcement_bytes
 from stream_ae.settings import Settings
+from trainer.feedback import FeedbackMetrics, FeedbackReader, Labels
 from trainer.train import FittedModel, infer_schema
 
 log = logging.getLogger("stream_ae.trainer")
+
+
+class _Unset:
+    """The champion was not passed: load it."""
+
+
+UNSET = _Unset()
 
 
 class TrainerMetrics:
@@ -50,6 +60,7 @@ class TrainerMetrics:
             "stream_ae_trainer_model_figure", "Gate figures of the last run", ["model", "figure"], registry=r
         )
         self.window = Gauge("stream_ae_trainer_window_events", "Events used by the last run", registry=r)
+        self.feedback = FeedbackMetrics(r)
 
 
 @dataclass
@@ -61,6 +72,9 @@ class GateFigures:
     recon_loss: float
     separation_auc: float  # normal rows vs generated anomalies (corrupted copies)
     flag_rate: float | None = None
+    # on the held-back labelled events (None: none held back, or nothing flagged for precision)
+    labelled_precision: float | None = None
+    labelled_recall: float | None = None
 
     def as_dict(self) -> dict[str, float]:
         out = {
@@ -68,8 +82,9 @@ class GateFigures:
             "recon_loss": self.recon_loss,
             "separation_auc": self.separation_auc,
         }
-        if self.flag_rate is not None:
-            out["flag_rate"] = self.flag_rate
+        for name in ("flag_rate", "labelled_precision", "labelled_recall"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
 
@@ -80,6 +95,7 @@ class Window:
     warm the state (never trained on)."""
 
     events: list[Event] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)
@@ -88,6 +104,7 @@ class Window:
 
     def add(self, event: Event, record: ConsumerRecord[bytes, bytes], warmup: bool = False) -> None:
         self.events.append(event)
+        self.topics.append(record.topic)
         self.partitions.append(record.partition)
         self.offsets.append(record.offset)
         self.keys.append(record.key)
@@ -99,7 +116,8 @@ class Window:
         """Events without Kafka coordinates (tests, files): one partition, in order."""
         meta = RecordMeta.for_file(events, key_field)
         n = len(events)
-        return cls(list(events), [0] * n, list(range(n)), list(meta.keys or [None] * n), [0] * n, [False] * n)
+        keys = list(meta.keys or [None] * n)
+        return cls(list(events), ["file"] * n, [0] * n, list(range(n)), keys, [0] * n, [False] * n)
 
     @property
     def warmup(self) -> NDArray[np.bool_]:
@@ -169,6 +187,22 @@ def gate_figures(
     if X_as_came is not None:
         flag = float((model_detector.score_samples(X_as_came) > model_detector.threshold_).mean())
     return GateFigures(fa, recon, _auc(scores, anomalies), flag)
+
+
+def labelled_figures(
+    scores: NDArray[np.float64], threshold: float, y: NDArray[np.int64]
+) -> tuple[float | None, float | None]:
+    """Precision (of the flagged labelled events, the share that are confirmed anomalies) and
+    recall (of the confirmed anomalies, the share flagged); None where undefined.
+
+    Example:
+        >>> labelled_figures(np.array([5.0, 1.0, 6.0, 9.0]), 4.0, np.array([1, 1, 0, 1]))
+        (0.6666666666666666, 0.6666666666666666)
+    """
+    flagged = scores > threshold
+    precision = float((y[flagged] == 1).mean()) if flagged.any() else None
+    recall = float(flagged[y == 1].mean()) if (y == 1).any() else None
+    return precision, recall
 
 
 def compare(
@@ -242,6 +276,7 @@ class TrainerService:
         self.settings = settings
         self.metrics = metrics or TrainerMetrics()
         self.registry = Registry(settings.model_dir)
+        self.feedback = FeedbackReader(settings, self.metrics.feedback) if settings.feedback_topic else None
         self._trigger = asyncio.Event()
         self._last_run = 0.0
 
@@ -295,7 +330,13 @@ class TrainerService:
             log.info("no champion (%s)", exc)
             return None
 
-    def train_and_gate(self, window: Window | list[Event], trigger: str = "manual") -> RunResult:
+    def train_and_gate(
+        self,
+        window: Window | list[Event],
+        trigger: str = "manual",
+        labels: Labels | None = None,
+        champion: LoadedModel | _Unset | None = UNSET,
+    ) -> RunResult:
         """Blocking part of a run (executor): featurize, filter, fit, gate, publish.
 
         The whole window is replayed in order through the entity state (one encoding for the
@@ -304,12 +345,20 @@ class TrainerService:
         for the gate and another slice calibrates the threshold: ``12 / target`` rows, enough for
         an empirical quantile, where that is at most two fifths of them, else a fifth. Those two are the traffic as
         it came less the champion's detections (:func:`without_detections`); the training rows
-        leave out everything the champion flags (``trainer_exclude_anomalies``)."""
+        leave out everything the champion flags (``trainer_exclude_anomalies``).
+
+        ``labels`` (analysts' verdicts, :mod:`trainer.feedback`) never enter the calibration
+        slice or the holdout, which stay unlabelled traffic. A share of them
+        (``trainer_feedback_holdout``) is held back for the gate's labelled precision and recall;
+        the rest train the challenger (``fit(X, y)``): confirmed anomalies as labelled anomalies,
+        confirmed false alarms as labelled normals, kept even where the champion flags them."""
         s = self.settings
         if not isinstance(window, Window):
             window = Window.of(window)
         events, meta = window.events, window.meta()
-        champion = self._champion()
+        labels = labels if labels is not None else Labels()
+        if isinstance(champion, _Unset):
+            champion = self._champion()
         schema = champion.encoder.schema if champion is not None and champion.encoder is not None else None
         encoder = FeatureEncoder(schema or infer_schema(events))
         try:
@@ -319,6 +368,8 @@ class TrainerService:
             return RunResult(None, "too_few_events", n_events=len(events))
         X, rows = fitted_rows.X, fitted_rows.ok  # rows: event indices
         usable = ~window.warmup[rows] if encoder.schema.entity is not None else np.ones(len(rows), dtype=bool)
+        X, lab_pos, lab_y = self._with_labels(encoder, X, rows, labels)
+        usable[lab_pos[lab_pos < len(usable)]] = False  # labelled rows are never unlabelled traffic
         candidates = np.flatnonzero(usable)
         if len(candidates) < 500:
             return RunResult(None, "too_few_events", n_events=len(candidates))
@@ -348,13 +399,24 @@ class TrainerService:
                 log.info("left out %d training events the champion flags", before - len(train))
         if len(train) < 400:
             return RunResult(None, "too_few_events", n_events=len(train))
+        # the labelled events: a share held back for the gate, the rest trained on
+        lab_order = rng.permutation(len(lab_pos))
+        n_back = round(s.trainer_feedback_holdout * len(lab_pos)) if len(lab_pos) >= 5 else 0
+        back, lab_train = lab_order[:n_back], lab_order[n_back:]
+        if len(lab_pos):
+            log.info(
+                "%d labelled events (%d confirmed anomalies): %d trained on, %d held back for the gate",
+                len(lab_pos), int((lab_y == 1).sum()), len(lab_train), n_back,
+            )  # fmt: skip
+        fit_rows = np.concatenate([train, lab_pos[lab_train]])
+        y_fit = np.concatenate([np.full(len(train), -1), lab_y[lab_train]]) if len(lab_train) else None
         warm = champion.detector if (champion is not None and s.trainer_warm_start) else None
         detector = AutoencoderDetector(
             variant=s.variant, device=s.trainer_device, bf16=s.trainer_bf16, target_rate=s.target_false_alarm_rate,
-            max_steps=1500,
+            max_steps=s.trainer_max_steps,
         )  # fmt: skip
         try:
-            detector.fit(X[train], init_from=warm)
+            detector.fit(X[fit_rows], y_fit, init_from=warm)
         except DegenerateDataError as exc:  # one replayed event, a stuck producer: keep the champion
             self.metrics.rejections.labels(reason="degenerate_window").inc()
             log.warning("window of %d events rejected (degenerate_window): %s", len(events), exc)
@@ -367,8 +429,13 @@ class TrainerService:
             cal = without_detections(cal, rows, *cut)
             hold = without_detections(hold, rows, *cut)
         detector.recalibrate(X[cal], s.target_false_alarm_rate, method=detector.hyper.threshold_method)  # type: ignore[arg-type]
-        fitted = FittedModel(detector, encoder, X[train])
+        fitted = FittedModel(detector, encoder, X[fit_rows])
         chal = gate_figures(detector, X[hold])
+        y_back = lab_y[back]
+        if n_back:
+            chal.labelled_precision, chal.labelled_recall = labelled_figures(
+                detector.score_samples(X[lab_pos[back]]), detector.threshold_, y_back
+            )
         champ = None
         if champion is not None and champ_X is not None:
             champ = gate_figures(
@@ -376,6 +443,15 @@ class TrainerService:
                 champ_X[np.isin(champ_rows, rows[hold])],
                 X_as_came=champ_X[np.isin(champ_rows, rows[hold_as_came])],
             )
+            in_window = lab_pos[back] < len(rows)  # the champion's encoding has the window's events only
+            ev_back = rows[lab_pos[back][in_window]]
+            seen = np.isin(ev_back, champ_rows)
+            if seen.any():
+                champ_back = np.searchsorted(champ_rows, ev_back[seen])
+                champ.labelled_precision, champ.labelled_recall = labelled_figures(
+                    champ_scores[champ_back], champion.detector.threshold_, y_back[in_window][seen]
+                )
+        self._report_labels(labels, chal, champ)
         ok, reason = compare(chal, champ, s.target_false_alarm_rate, len(hold))
         for name, fig in (("challenger", chal), ("champion", champ)):
             if fig is not None:
@@ -392,6 +468,12 @@ class TrainerService:
             "window_events": len(train) + n_hold,
             "challenger": chal.as_dict(),
             "champion": champ.as_dict() if champ else None,
+            "feedback": {
+                **labels.counts(),
+                "trained_on": len(lab_train),
+                "held_back": int(n_back),
+                "fingerprint": labels.fingerprint(),
+            },
         }
         self.registry.publish(
             lambda tmp: fitted.save(tmp, version=version, metrics=metrics), version, keep=s.registry_keep
@@ -399,6 +481,46 @@ class TrainerService:
         self.metrics.publishes.inc()
         log.info("published %s (%s)", version, reason)
         return RunResult(version, reason, chal, champ, len(events))
+
+    @staticmethod
+    def _id_field(champion: LoadedModel | None, window: Window) -> str | None:
+        """The events' id field: the champion's schema's, else the one the window suggests."""
+        if champion is not None and champion.encoder is not None:
+            return champion.encoder.schema.id_field
+        try:
+            return infer_schema(window.events).id_field if window.events else None
+        except ValueError:
+            return None
+
+    def _with_labels(
+        self, encoder: FeatureEncoder, X: NDArray[np.float32], rows: NDArray[np.int64], labels: Labels
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.int64]]:
+        """``X`` with the labelled events found outside the window appended (replayed on their
+        own: their entity features start from an empty state), the labelled rows' positions in
+        it and their labels (1 anomaly, 0 normal)."""
+        where = {int(ev): j for j, ev in enumerate(rows.tolist())}
+        pos = [where[i] for i in labels.rows if i in where]
+        ys = [labels.rows[i] for i in labels.rows if i in where]
+        if labels.extra_events:
+            entity = encoder.schema.entity
+            key_field = entity.field if entity is not None else None
+            extra = featurize(
+                encoder, labels.extra_events, Window.of(labels.extra_events, key_field).meta(), store_for(encoder)
+            ).batch
+            pos += [len(X) + j for j in range(len(extra.ok))]
+            ys += [labels.extra_y[int(i)] for i in extra.ok]
+            X = np.concatenate([X, extra.X]) if len(extra.ok) else X
+        return X, np.asarray(pos, dtype=np.int64), np.asarray(ys, dtype=np.int64)
+
+    def _report_labels(self, labels: Labels, chal: GateFigures, champ: GateFigures | None) -> None:
+        for label, n in labels.counts().items():
+            self.metrics.feedback.labels.labels(label=label).set(n)
+        for name, fig in (("challenger", chal), ("champion", champ)):
+            if fig is not None:
+                nan = float("nan")
+                precision, recall = fig.labelled_precision, fig.labelled_recall
+                self.metrics.feedback.precision.labels(model=name).set(nan if precision is None else precision)
+                self.metrics.feedback.recall.labels(model=name).set(nan if recall is None else recall)
 
     async def announce(self, version: str) -> None:
         info = next(v for v in self.registry.versions() if v.version == version)
@@ -414,8 +536,17 @@ class TrainerService:
     async def run_once(self, trigger: str = "manual") -> RunResult:
         started = time.monotonic()
         try:
-            events = await self.read_window()
-            result = await asyncio.get_running_loop().run_in_executor(None, self.train_and_gate, events, trigger)
+            window = await self.read_window()
+            champion = self._champion()
+            labels, feedback = None, None
+            if self.feedback is not None:
+                feedback = await self.feedback.read()
+                labels = await self.feedback.resolve(feedback, window, self._id_field(champion, window))
+                await self.feedback.dead_letter(feedback)
+                await self.feedback.commit(feedback)  # what was read is counted and dead-lettered once
+            result = await asyncio.get_running_loop().run_in_executor(
+                None, self.train_and_gate, window, trigger, labels, champion
+            )
             if result.published:
                 await self.announce(result.published)
             self.metrics.runs.labels(trigger=trigger, result="published" if result.published else "kept").inc()
@@ -451,6 +582,8 @@ class TrainerService:
         s = self.settings
         stop = stop or asyncio.Event()
         await ensure_topics(s.kafka_client_kwargs(), {s.control_topic: 1}, compacted={s.control_topic})
+        if self.feedback is not None:
+            await self.feedback.ensure_topic()
         start_http_server(s.trainer_metrics_port, addr=s.metrics_host, registry=self.metrics.registry)
         watcher = asyncio.create_task(self._watch_drift())
         try:

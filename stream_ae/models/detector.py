@@ -23,6 +23,7 @@ import torch
 from numpy.typing import NDArray
 
 from stream_ae.artifact_format import ArtifactError, read_artifact, write_artifact
+from stream_ae.models.feedback import DeviationHead, FeedbackFit, label_fingerprint, label_masks, train_head
 from stream_ae.models.networks import (
     NETWORKS,
     AutoencoderNet,
@@ -184,6 +185,8 @@ class AutoencoderDetector:
         self.calibration_scores_: NDArray[np.float64] | None = None
         self.knots_: FloatArray | None = None
         self.residual_scale_: FloatArray | None = None  # the VAE decoder's noise, network space
+        self.feedback_: DeviationHead | None = None  # trained from labels (fit's y)
+        self.labels_: dict[str, Any] | None = None  # what the labels were: counts and fingerprint
         self._center_t: torch.Tensor | None = None
         self._scale_t: torch.Tensor | None = None
         self._knots_t: torch.Tensor | None = None
@@ -257,25 +260,47 @@ class AutoencoderDetector:
     def fit(
         self,
         X: NDArray[Any],
-        y: object = None,
+        y: Any = None,
         progress: ProgressFn | None = None,
         init_from: AutoencoderDetector | None = None,
     ) -> AutoencoderDetector:
-        """Fit on rows of (mostly) normal traffic; labels are never used.
+        """Fit on rows of (mostly) normal traffic, with optional labels ``y``.
+
+        ``y`` follows PyOD and scikit-learn: 1 a known anomaly, 0 a known normal, -1 or NaN
+        unlabelled; without it (or with no row labelled) fitting is unsupervised. Known
+        anomalies are kept out of the autoencoder's training rows; known normals stay in
+        them. Both then train a deviation head that lifts rows like the anomalies and lowers
+        rows like the normals (:mod:`stream_ae.models.feedback`). The calibration slice is
+        drawn from the unlabelled rows only: the threshold stays a false-alarm-rate quantile
+        of unlabelled traffic.
 
         ``init_from`` warm-starts from another fitted detector (the trainer's champion) when
         it has the same network (:meth:`same_network`), else training starts from scratch; the
         buffers (reference noises, tail table, neighbour samples) are always refitted, not copied.
+
+        Example:
+            >>> rng = np.random.default_rng(0)
+            >>> X = rng.normal(size=(3000, 4)).astype("float32")
+            >>> X[:40, :2] += (2.5, -2.5)  # a fraud pattern; ten of its rows confirmed
+            >>> y = np.full(3000, -1); y[:10] = 1
+            >>> det = AutoencoderDetector("ae", max_steps=300, seed=0).fit(X, y)
+            >>> det.labels_["anomalies"], bool(np.median(det.score_samples(X[10:40])) > det.threshold_)
+            (10, True)
         """
         h = self.hyper
         X = self._check_x(X)
         check_not_degenerate(X)
         self.n_features_in_ = X.shape[1]
+        is_anomaly, is_normal = label_masks(y, len(X)) if y is not None else (np.zeros(len(X), bool),) * 2
         rng = np.random.default_rng(h.seed)
         torch.manual_seed(h.seed)
-        order = rng.permutation(len(X))
+        unlabelled = np.flatnonzero(~(is_anomaly | is_normal))
+        order = rng.permutation(unlabelled)
         n_cal = round(len(X) * h.calibration_fraction) if len(X) >= 100 else 0
-        cal_idx, train_idx = order[:n_cal], order[n_cal:]
+        n_cal = min(n_cal, len(order) // 2)
+        # known anomalies never train the autoencoder; known normals always do
+        cal_idx = order[:n_cal]
+        train_idx = np.concatenate([order[n_cal:], np.flatnonzero(is_normal)])
         X_train = X[train_idx]
         self._fit_scaler(X_train)
         xt = self._to_tensor(X_train)
@@ -289,9 +314,12 @@ class AutoencoderDetector:
             warm = {k: v for k, v in init_from.state_dict().items() if k in learned}
             net.load_state_dict(warm, strict=False)
         self._train(net, xt, progress, self._to_tensor(X[cal_idx]) if n_cal >= 20 else None)
+        self.feedback_, self.labels_ = None, None
         train_parts = self._parts(xt)
         self.part_stats_ = {k: _robust_stats(v) for k, v in train_parts.items()}
-        cal_scores = self.score_samples(X[cal_idx]) if n_cal >= 20 else self._combine(train_parts)
+        if is_anomaly.any() or is_normal.any():
+            self._fit_feedback(X, is_anomaly, is_normal)
+        cal_scores = self.score_samples(X[cal_idx]) if n_cal >= 20 else self._combine(self._parts(xt))
         self.calibration_scores_ = cal_scores  # kept for recalibration at other rates (not saved)
         if h.variant == "vae":  # the Gaussian decoder's spread: the held-out rows' residual RMS per feature
             held = self._to_tensor(X[cal_idx]) if n_cal >= 20 else xt
@@ -300,6 +328,30 @@ class AutoencoderDetector:
             self.residual_scale_ = res.pow(2).mean(0).sqrt().cpu().numpy().astype(np.float32)
         self.threshold = Threshold.fit(cal_scores, h.target_rate, method=h.threshold_method)  # type: ignore[arg-type]
         return self
+
+    def _fit_feedback(
+        self,
+        X: FloatArray,
+        is_anomaly: NDArray[np.bool_],
+        is_normal: NDArray[np.bool_],
+    ) -> None:
+        """Train the deviation head on the unsupervised score (frozen) of every row."""
+        h = self.hyper
+        unlabelled = ~(is_anomaly | is_normal)
+        scores = self._combine(self._parts(self._to_tensor(X)))
+        head, margin, median = train_head(
+            self._to_tensor(X[unlabelled]),
+            torch.from_numpy(np.ascontiguousarray(scores[unlabelled])).to(self.device),
+            self._to_tensor(X[is_anomaly]),
+            self._to_tensor(X[is_normal]),
+            torch.from_numpy(np.ascontiguousarray(scores[is_normal])).to(self.device),
+            seed=h.seed,
+        )
+        self.feedback_ = head
+        fit = FeedbackFit(
+            int(is_anomaly.sum()), int(is_normal.sum()), label_fingerprint(X, is_anomaly, is_normal), margin, median
+        )
+        self.labels_ = fit.as_dict()
 
     def same_network(self, other: AutoencoderDetector) -> bool:
         """True when ``other`` has this detector's network: variant, sizes and options."""
@@ -379,6 +431,8 @@ class AutoencoderDetector:
         for i in range(0, len(xt), chunk):
             with self.autocast(xt.device):
                 parts = self.net_.score_parts(xt[i : i + chunk])
+            if self.feedback_ is not None:
+                parts["feedback"] = self.feedback_(xt[i : i + chunk])
             for k, v in parts.items():
                 out.setdefault(k, []).append(v.double().cpu().numpy())
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
@@ -390,6 +444,8 @@ class AutoencoderDetector:
             term = weight * (parts[name] - med) / scale
             score = term if score is None else score + term
         assert score is not None
+        if "feedback" in parts:  # already in the score's units
+            score = score + parts["feedback"]
         return score
 
     def score_tensor(self, xt_scaled: torch.Tensor) -> torch.Tensor:
@@ -402,6 +458,8 @@ class AutoencoderDetector:
         for name, weight in self.hyper.score_weights.items():
             med, scale = self.part_stats_[name]
             score = score + weight * (parts[name].float() - med) / scale
+        if self.feedback_ is not None:
+            score = score + self.feedback_(xt_scaled)
         return score
 
     def score_samples(self, X: NDArray[Any]) -> NDArray[np.float64]:
@@ -571,12 +629,19 @@ class AutoencoderDetector:
             "train_seconds": self.train_seconds_,
             "history": self.history_[-5:],
             **({"residual_scale": self.residual_scale_.tolist()} if self.residual_scale_ is not None else {}),
+            **({"labels": self.labels_} if self.labels_ is not None else {}),
+            **({"feedback_head": list(self.feedback_.hidden)} if self.feedback_ is not None else {}),
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.net_ is None:
             raise NotFittedError("fit the detector before saving it")
-        return {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+        if self.feedback_ is not None:
+            state.update(
+                {f"{FEEDBACK_PREFIX}{k}": v.detach().cpu().contiguous() for k, v in self.feedback_.state_dict().items()}
+            )
+        return state
 
     @classmethod
     def from_config(
@@ -598,6 +663,13 @@ class AutoencoderDetector:
         det.train_seconds_ = float(config.get("train_seconds", 0.0))
         if config.get("residual_scale") is not None:
             det.residual_scale_ = np.asarray(config["residual_scale"], dtype=np.float32)
+        head_state = {k[len(FEEDBACK_PREFIX) :]: v for k, v in state.items() if k.startswith(FEEDBACK_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith(FEEDBACK_PREFIX)}
+        if config.get("feedback_head") is not None:
+            head = DeviationHead(det.n_features_in_, tuple(config["feedback_head"]))
+            head.load_state_dict(head_state, strict=True)
+            det.feedback_ = head.to(det.device).eval()
+            det.labels_ = dict(config.get("labels") or {})
         net = det._build_net(det.n_features_in_)
         net.load_state_dict(state, strict=True)
         net.eval()
@@ -633,6 +705,7 @@ class AutoencoderDetector:
         return cls.from_artifact(manifest, state, device=device)
 
 
+FEEDBACK_PREFIX = "feedback_head."  # the deviation head's tensors in the artifact's weights
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 65)
 _NORMAL_LEVELS = torch.special.ndtri(torch.from_numpy(np.clip(QUANTILE_LEVELS, 0.005, 0.995)).float())
 
