@@ -13,7 +13,8 @@
 * **pipeline**: the worker's whole in-process hot path, ``pipeline.process_batch`` (decode,
   validate, encode, score, build anomaly and all-scores records) on batches of 4,096 synthetic
   card transactions, with the time of its encode and score steps beside it, and of each
-  score part the model uses, computed alone, and of the flagged rows' expected values
+  score part the model uses, computed alone (and of the deviation head a model fitted with
+  analysts' labels adds), and of the flagged rows' expected values
   (``stream-ae.anomaly/2``). No Kafka: what is
   left of the end-to-end budget goes to the client.
 """
@@ -35,6 +36,7 @@ import torch
 from stream_ae.artifacts import load_artifact
 from stream_ae.features import FeatureEncoder, FeatureSchema
 from stream_ae.models import AutoencoderDetector, variants
+from stream_ae.models.feedback import DeviationHead
 from stream_ae.pipeline import ActiveModel, process_batch
 from stream_ae.route import Topics
 from stream_ae.scorer import DeviceScorer
@@ -157,6 +159,12 @@ def bench_pipeline(device: str, batch: int = 4096, repeats: int = 10) -> None:
             if det.device.type == "cuda":
                 torch.cuda.synchronize()
             took.append(f"{part} {(time.perf_counter() - t0) / repeats * 1000:.1f} ms")
+        head = DeviationHead(z.shape[1]).to(z.device).eval()  # what a model fitted with labels adds
+        head(z)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            head(z)
+        took.append(f"feedback head (a model fitted with labels) {(time.perf_counter() - t0) / repeats * 1000:.1f} ms")
     print(f"  score parts alone: {', '.join(took)}")
     # what the anomaly records' expected values cost: the worker's scorer (flagged rows explained
     # by field, each top field masked and reconstructed) against one that names encoded columns

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from stream_ae.featurize import featurize_file
 from stream_ae.models import AutoencoderDetector
 from stream_ae.produce import send_events, send_raw
+from stream_ae.records import Source
 from stream_ae.registry import Registry
 from stream_ae.synthetic import CARD_SCHEMA_STATELESS, CardStream
 from stream_ae.verdicts import Verdict, VerdictError, parse_verdict, verdict_bytes, verdict_record
@@ -138,11 +139,11 @@ def test_trainer_learns_from_verdicts(bootstrap: str, topic_name: str, tmp_path:
     registry = tmp_path / "registry"
     first = fit_events(stream.next(8000)[0], schema=CARD_SCHEMA_STATELESS, target_rate=TARGET, **SMALL)
     Registry(registry).publish(lambda tmp: first.save(tmp, version="v-first"), "v-first")
-    normal = stream.next(9000)[0]
-    alarms, frauds = renewals(stream.next(60)[0]), night_fuel(stream.next(40)[0])
-    window = normal[:3000] + alarms[:30] + normal[3000:6000] + frauds + alarms[30:] + normal[6000:]
+    normal = stream.next(20_000)[0]  # calibration slice: 4,000 rows, 40 above a 1 % threshold
+    alarms, frauds = renewals(stream.next(100)[0]), night_fuel(stream.next(60)[0])
+    window = normal[:7000] + alarms[:50] + normal[7000:14000] + frauds + alarms[50:] + normal[14000:]
     run(send_events({"bootstrap_servers": bootstrap}, topic_name, window))
-    fresh_normal = stream.next(6000)[0]
+    fresh_normal = stream.next(10_000)[0]
     fresh_alarms, fresh_frauds = renewals(stream.next(300)[0]), night_fuel(stream.next(300)[0])
     before_alarms = flag_rate(registry, fresh_alarms)
     assert before_alarms > 0.5  # the first model fires on the pattern
@@ -153,11 +154,14 @@ def test_trainer_learns_from_verdicts(bootstrap: str, topic_name: str, tmp_path:
     )
     feedback_topic = settings.feedback_topic
     assert feedback_topic is not None
-    verdicts = [verdict_record(e["id"], "normal", by="analyst") for e in alarms[:25]]
-    verdicts += [verdict_record(e["id"], "anomaly", by="chargebacks") for e in frauds[:12]]
-    # one found by its body alone, one by coordinates alone (the window's first record)
-    extra = renewals(stream.next(1)[0])[0]
+    verdicts = [verdict_record(e["id"], "normal", by="analyst") for e in alarms[::2]]
+    verdicts += [verdict_record(e["id"], "anomaly", by="chargebacks") for e in frauds[::3]]
+    # one found by its body alone, one by coordinates alone (the window's first record), one read
+    # back from the input at its coordinates (an older topic: outside the window)
+    extra, older = renewals(stream.next(2)[0])
+    run(send_events({"bootstrap_servers": bootstrap}, f"{topic_name}.older", [older]))
     verdicts += [verdict_record(extra["id"], "normal", event=extra), verdict_record(f"{topic_name}:0:0", "normal")]
+    verdicts.append(verdict_record(older["id"], "normal", source=Source(f"{topic_name}.older", 0, 0)))
     past_the_end = {"partition": 0, "offset": 10**9}
     bad: list[tuple[bytes | None, bytes | None]] = [
         (b"x1", b'{"event_id": "x1", "label": "fraud"}'),
@@ -173,7 +177,7 @@ def test_trainer_learns_from_verdicts(bootstrap: str, topic_name: str, tmp_path:
     assert result.published, result.reason
     manifest = Registry(registry).load(device="cpu").manifest
     fb, seen = manifest["metrics"]["feedback"], manifest["detector"]["labels"]
-    assert (fb["anomaly"], fb["normal"], fb["trained_on"] + fb["held_back"]) == (12, 27, 39)
+    assert (fb["anomaly"], fb["normal"], fb["trained_on"] + fb["held_back"]) == (20, 53, 73)
     assert seen["anomalies"] + seen["normals"] == fb["trained_on"] and len(fb["fingerprint"]) == 64
 
     after_alarms, after_frauds = flag_rate(registry, fresh_alarms), flag_rate(registry, fresh_frauds)
@@ -193,8 +197,8 @@ def test_trainer_learns_from_verdicts(bootstrap: str, topic_name: str, tmp_path:
     )
     reg = trainer.metrics.registry
     # received: every record that parses as a verdict (the two whose event is not found too)
-    assert reg.get_sample_value("stream_ae_feedback_verdicts_total", {"label": "anomaly"}) == 13
-    assert reg.get_sample_value("stream_ae_feedback_verdicts_total", {"label": "normal"}) == 28
+    assert reg.get_sample_value("stream_ae_feedback_verdicts_total", {"label": "anomaly"}) == 21
+    assert reg.get_sample_value("stream_ae_feedback_verdicts_total", {"label": "normal"}) == 54
     assert reg.get_sample_value("stream_ae_feedback_rejected_total", {"reason": "verdict_unknown_event"}) == 1
     precision = reg.get_sample_value("stream_ae_trainer_labelled_precision", {"model": "challenger"})
     assert precision is not None and precision > 0.8
