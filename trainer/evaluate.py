@@ -107,7 +107,7 @@ class BoostedIForestScorer:
     def __init__(self, seed: int) -> None:
         from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 
-        self.boost = HistGradientBoostingClassifier(random_state=seed)
+        self.boost = HistGradientBoostingClassifier(random_state=seed, early_stopping=False)
         self.forest = IsolationForest(n_estimators=100, random_state=seed, n_jobs=-1)
         self.boosted = False
 

@@ -103,6 +103,9 @@ class Hyper:
     seed: int = 0
     early_stopping: bool = True  # keep the weights with the best objective on the calibration slice
     bf16: bool = False  # bf16 autocast for the networks' layers (meant for CUDA); exact densities stay float32
+    # the weight of a known anomaly's lift against the pull of unlabelled rows (fit with labels):
+    # 1 is DevNet's balance; lower keeps a lone verdict in dense traffic from lifting its region
+    feedback_lift_weight: float = 1.0
     score_weights: dict[str, float] = field(default_factory=dict)
     net_options: dict[str, Any] = field(default_factory=dict)  # variant-specific knobs
 
@@ -346,6 +349,7 @@ class AutoencoderDetector:
             self._to_tensor(X[is_normal]),
             torch.from_numpy(np.ascontiguousarray(scores[is_normal])).to(self.device),
             seed=h.seed,
+            lift_weight=h.feedback_lift_weight,
         )
         self.feedback_ = head
         fit = FeedbackFit(

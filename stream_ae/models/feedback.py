@@ -120,6 +120,7 @@ def train_head(
     x_normal: torch.Tensor,
     s_normal: torch.Tensor,
     seed: int = 0,
+    lift_weight: float = 1.0,
     steps: int = 800,
     batch: int = 256,
     jitter: float = 0.05,
@@ -145,7 +146,9 @@ def train_head(
         pick = torch.randint(len(x_lab), (batch,), generator=gen, device=device)
         lab = x_lab[pick] + jitter * torch.randn((batch, x_lab.shape[1]), generator=gen, device=device)
         f_u, f_l = head(u), head(lab)
-        hinge = torch.where(is_anomaly[pick], (margin - f_l).clamp_min(0), (f_l - ceiling[pick]).clamp_min(0))
+        hinge = torch.where(
+            is_anomaly[pick], lift_weight * (margin - f_l).clamp_min(0), (f_l - ceiling[pick]).clamp_min(0)
+        )
         loss = f_u.abs().mean() + hinge.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
