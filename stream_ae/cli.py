@@ -535,16 +535,9 @@ def feedback(
     settings = Settings()
     if not settings.feedback_topic:
         raise typer.BadParameter("STREAM_AE_FEEDBACK_TOPIC is unset: feedback is off")
-    coords = None
-    if source is not None:
-        topic, _, rest = source.rpartition(":")
-        topic, _, part = topic.rpartition(":")
-        try:
-            coords = Source(topic, int(part), int(rest))
-        except ValueError as exc:
-            raise typer.BadParameter(f"--source is topic:partition:offset, got {source!r}") from exc
-        if not topic:
-            raise typer.BadParameter(f"--source is topic:partition:offset, got {source!r}")
+    coords = Source.parse(source) if source is not None else None
+    if source is not None and coords is None:
+        raise typer.BadParameter(f"--source is topic:partition:offset, got {source!r}")
     try:
         record = verdict_record(event_id, label, by=by or getpass.getuser(), at=time.time(), source=coords, note=note)
     except VerdictError as exc:

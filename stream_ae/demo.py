@@ -44,7 +44,7 @@ from stream_ae.records import Source
 from stream_ae.registry import Registry
 from stream_ae.runtime import on_stop_signal
 from stream_ae.synthetic import CARD_SCHEMA, transactions
-from stream_ae.verdicts import VerdictError, verdict_bytes, verdict_record
+from stream_ae.verdicts import verdict_bytes, verdict_record
 
 FEEDBACK_TOPIC = "stream-ae.feedback"
 
@@ -89,11 +89,10 @@ class Chargebacks:
     def consider(self, record: dict[str, Any], label: int | None, now: float) -> None:
         if label is None or self._rng.random() >= self.share:
             return
-        src = record.get("source") or {}
-        with contextlib.suppress(KeyError, TypeError, ValueError, VerdictError):
+        with contextlib.suppress(KeyError, ValueError):  # VerdictError is a ValueError
             verdict = verdict_record(
                 str(record["event_id"]), "anomaly" if label else "normal", by="demo-chargebacks", at=now + self.delay_s,
-                source=Source(str(src["topic"]), int(src["partition"]), int(src["offset"])),
+                source=Source.from_dict(record.get("source")),
             )  # fmt: skip
             self.pending.append((now + self.delay_s, verdict))
 

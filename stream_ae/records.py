@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,17 @@ ANOMALY_SCHEMA_ID = "stream-ae.anomaly/2"
 ANOMALY_SCHEMA_V1_ID = "stream-ae.anomaly/1"
 DEAD_LETTER_SCHEMA_ID = "stream-ae.dead-letter/1"
 SCORE_SCHEMA_ID = "stream-ae.score/1"
+
+# where a record lies in Kafka: every record about an input record carries it
+SOURCE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["topic", "partition", "offset"],
+    "properties": {
+        "topic": {"type": "string"},
+        "partition": {"type": "integer"},
+        "offset": {"type": "integer"},
+    },
+}
 
 ANOMALY_SCHEMA_V1: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -54,15 +66,7 @@ ANOMALY_SCHEMA_V1: dict[str, Any] = {
         "schema": {"const": ANOMALY_SCHEMA_V1_ID},
         "event_id": {"type": "string"},
         "key": {"type": ["string", "null"]},
-        "source": {
-            "type": "object",
-            "required": ["topic", "partition", "offset"],
-            "properties": {
-                "topic": {"type": "string"},
-                "partition": {"type": "integer"},
-                "offset": {"type": "integer"},
-            },
-        },
+        "source": SOURCE_SCHEMA,
         "event_time": {"type": "number", "description": "Kafka record timestamp, epoch seconds"},
         "detected_at": {"type": "number", "description": "epoch seconds"},
         "score": {"type": "number"},
@@ -131,6 +135,28 @@ class Source:
 
     def ident(self) -> str:
         return f"{self.topic}:{self.partition}:{self.offset}"
+
+    @classmethod
+    def from_dict(cls, value: Any) -> Source:
+        """A record's ``source`` object back; ``ValueError`` when it is not one."""
+        try:
+            return cls(str(value["topic"]), int(value["partition"]), int(value["offset"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"source needs topic, partition and offset: {exc!r}") from exc
+
+    @classmethod
+    def parse(cls, text: str) -> Source | None:
+        """``topic:partition:offset`` (what :meth:`ident` writes), else None.
+
+        Example:
+            >>> Source.parse("events:2:41"), Source.parse("tx-7")
+            (Source(topic='events', partition=2, offset=41), None)
+        """
+        m = _COORDINATES.match(text)
+        return cls(m["topic"], int(m["partition"]), int(m["offset"])) if m else None
+
+
+_COORDINATES = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+):(?P<partition>\d+):(?P<offset>\d+)$")
 
 
 MAX_KEY_BYTES = 4096  # a longer input key is shown cut to its first 256 bytes (and never reused as a key)

@@ -28,20 +28,18 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from stream_ae.records import Source
+from stream_ae.records import SOURCE_SCHEMA, Source
 
 VERDICT_SCHEMA_ID = "stream-ae.verdict/1"
 LABELS = ("anomaly", "normal")
 LABEL_VALUE = {"anomaly": 1, "normal": 0}  # the estimator's ``y``
 MAX_ID_CHARS = 512
-_COORDINATES = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+):(?P<partition>\d+):(?P<offset>\d+)$")
 
 VERDICT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -52,15 +50,7 @@ VERDICT_SCHEMA: dict[str, Any] = {
         "schema": {"const": VERDICT_SCHEMA_ID},
         "event_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
         "label": {"enum": list(LABELS)},
-        "source": {
-            "type": "object",
-            "required": ["topic", "partition", "offset"],
-            "properties": {
-                "topic": {"type": "string"},
-                "partition": {"type": "integer"},
-                "offset": {"type": "integer"},
-            },
-        },
+        "source": SOURCE_SCHEMA,
         "by": {"type": ["string", "null"]},
         "at": {"type": "number", "description": "epoch seconds of the verdict"},
         "note": {"type": ["string", "null"]},
@@ -97,10 +87,7 @@ class Verdict:
     def coordinates(self) -> Source | None:
         """Where the event lies in the input topic: ``source``, else the coordinates an id of
         the form ``topic:partition:offset`` spells."""
-        if self.source is not None:
-            return self.source
-        m = _COORDINATES.match(self.event_id)
-        return Source(m["topic"], int(m["partition"]), int(m["offset"])) if m else None
+        return self.source if self.source is not None else Source.parse(self.event_id)
 
 
 def verdict_record(
@@ -142,11 +129,10 @@ def _check(value: Any) -> Verdict:
         raise VerdictError("verdict_unknown_label", f"label {label!r} is not one of {', '.join(LABELS)}")
     source = None
     if value.get("source") is not None:
-        src = value["source"]
         try:
-            source = Source(str(src["topic"]), int(src["partition"]), int(src["offset"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise VerdictError("verdict_bad_source", f"source needs topic, partition and offset: {exc}") from exc
+            source = Source.from_dict(value["source"])
+        except ValueError as exc:
+            raise VerdictError("verdict_bad_source", str(exc)) from exc
     event = value.get("event")
     at = value.get("at")
     return Verdict(
