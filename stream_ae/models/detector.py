@@ -320,9 +320,13 @@ class AutoencoderDetector:
         self.feedback_, self.labels_ = None, None
         train_parts = self._parts(xt)
         self.part_stats_ = {k: _robust_stats(v) for k, v in train_parts.items()}
+        train_scores = self._combine(train_parts)
         if is_anomaly.any() or is_normal.any():
-            self._fit_feedback(X, is_anomaly, is_normal)
-        cal_scores = self.score_samples(X[cal_idx]) if n_cal >= 20 else self._combine(self._parts(xt))
+            self._fit_feedback(X, is_anomaly, is_normal, train_idx, train_scores)
+        if n_cal >= 20:
+            cal_scores = self.score_samples(X[cal_idx])
+        else:  # the training rows, with the head's part when there is one
+            cal_scores = train_scores if self.feedback_ is None else self.score_samples(X[train_idx])
         self.calibration_scores_ = cal_scores  # kept for recalibration at other rates (not saved)
         if h.variant == "vae":  # the Gaussian decoder's spread: the held-out rows' residual RMS per feature
             held = self._to_tensor(X[cal_idx]) if n_cal >= 20 else xt
@@ -337,11 +341,19 @@ class AutoencoderDetector:
         X: FloatArray,
         is_anomaly: NDArray[np.bool_],
         is_normal: NDArray[np.bool_],
+        train_idx: NDArray[np.int64],
+        train_scores: NDArray[np.float64],
     ) -> None:
-        """Train the deviation head on the unsupervised score (frozen) of every row."""
+        """Train the deviation head on the unsupervised score (frozen) of every row: the
+        training rows' scores ``train_scores`` as computed for the part statistics, the
+        others' (calibration slice, known anomalies) computed here."""
         h = self.hyper
         unlabelled = ~(is_anomaly | is_normal)
-        scores = self._combine(self._parts(self._to_tensor(X)))
+        scores = np.empty(len(X), dtype=np.float64)
+        scores[train_idx] = train_scores
+        rest = np.setdiff1d(np.arange(len(X)), train_idx)
+        if len(rest):
+            scores[rest] = self._combine(self._parts(self._to_tensor(X[rest])))
         head, margin, median = train_head(
             self._to_tensor(X[unlabelled]),
             torch.from_numpy(np.ascontiguousarray(scores[unlabelled])).to(self.device),
