@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 
 lint: install
 	$(BIN)/ruff check stream_ae trainer tests bench
-	$(BIN)/mypy stream_ae
+	$(BIN)/mypy stream_ae trainer
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite's code.
 test: lint

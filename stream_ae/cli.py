@@ -128,9 +128,19 @@ def train(
     key_field: Annotated[
         str | None, typer.Option(help="the field that stands for the Kafka record key (entities keyed by it)")
     ] = None,
+    label_column: Annotated[
+        str | None,
+        typer.Option(
+            help="a column (CSV), array (.npz) or field (JSON lines) of known labels, not a feature: "
+            "1/true/anomaly, 0/false/normal, blank for unknown. Known anomalies neither train nor set the threshold"
+        ),
+    ] = None,
 ) -> None:
     """Train a model from a file and write it as a checksummed artifact. With entity
-    features in the schema the file is replayed in order through the entity state first."""
+    features in the schema the file is replayed in order through the entity state first.
+    Training data that holds anomalies carries the threshold above them (no rule on the scores
+    alone can tell them from a heavy normal tail); label the ones you know with
+    ``--label-column``."""
     import secrets
     import time
 
@@ -139,7 +149,7 @@ def train(
     from stream_ae.features import FeatureSchema
     from stream_ae.models import DegenerateDataError
     from stream_ae.registry import Registry
-    from trainer.train import fit_events, fit_matrix, read_events, read_matrix
+    from trainer.train import fit_events, fit_matrix, read_events, read_matrix, split_label_field
 
     if (out is None) == (registry is None):
         raise typer.BadParameter("give exactly one of --out and --registry")
@@ -166,20 +176,27 @@ def train(
         try:
             if input.suffix in (".jsonl", ".json"):
                 events = read_events(input)
+                labels = split_label_field(events, label_column) if label_column else None
                 fitted = fit_events(
                     events,
                     schema=FeatureSchema.load(schema) if schema else None,
                     key_field=key_field,
                     progress=progress,
+                    labels=labels,
                     **hyper,
                 )
             else:
-                X, _ = read_matrix(input)
-                fitted = fit_matrix(X, progress=progress, **hyper)
+                X, labels = read_matrix(input, label_column)
+                fitted = fit_matrix(X, progress=progress, labels=labels, **hyper)
         except DegenerateDataError as exc:
             bar.stop()
             console.print(f"[red]cannot train on {input}: {exc}[/]")
             raise typer.Exit(2) from exc
+        except (KeyError, ValueError) as exc:
+            if label_column is None:
+                raise
+            bar.stop()
+            raise typer.BadParameter(f"--label-column {label_column}: {exc}") from exc
     version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{secrets.token_hex(2)}"
     if registry is not None:
         info = Registry(registry).publish(lambda tmp: fitted.save(tmp, version=version), version)
@@ -189,17 +206,25 @@ def train(
         fitted.save(out, version=version)
         console.print(f"[green]saved[/] {out}")
     console.print(f"threshold {fitted.detector.threshold_:.4f} at false-alarm rate {target_rate}")
+    known = fitted.detector.labels_
+    if known is not None:
+        console.print(
+            f"labels: {known['anomalies']} known anomalies (kept out of training and calibration), "
+            f"{known['normals']} known normals"
+        )
 
 
-def _model_input(loaded: Any, input: Path, key_field: str | None) -> tuple[Any, Any, list[dict[str, Any]] | None]:
-    """The rows of ``input`` as ``loaded`` encodes them: (row numbers, matrix, events or None).
-    Bad input is a usage error naming the problem, never a traceback."""
+def _model_input(
+    loaded: Any, input: Path, key_field: str | None, label_column: str | None = None
+) -> tuple[Any, Any, list[dict[str, Any]] | None, Any]:
+    """The rows of ``input`` as ``loaded`` encodes them: (row numbers, matrix, events or None,
+    the rows' labels or None). Bad input is a usage error naming the problem, never a traceback."""
     import json
 
     import numpy as np
 
     from stream_ae.featurize import featurize_file
-    from trainer.train import read_events, read_matrix
+    from trainer.train import read_events, read_matrix, split_label_field
 
     if not input.is_file():
         raise typer.BadParameter(f"{input} is not a file")
@@ -212,23 +237,30 @@ def _model_input(loaded: Any, input: Path, key_field: str | None) -> tuple[Any, 
             raise typer.BadParameter(f"{input} is not JSON lines: {exc}") from exc
         if not events or not all(isinstance(e, dict) for e in events):
             raise typer.BadParameter(f"{input} holds no events (one JSON object per line)")
+        try:
+            labels = split_label_field(events, label_column) if label_column else None
+        except ValueError as exc:
+            raise typer.BadParameter(f"--label-column {label_column}: {exc}") from exc
         feats = featurize_file(loaded.encoder, events, key_field)
         for i, (reason, detail) in sorted(feats.rejects.items())[:20]:
             console.print(f"[yellow]row {i} skipped: {reason}: {detail}[/]")
         if not len(feats.batch.ok):
             raise typer.BadParameter(f"no event of {input} fits the model's schema (see the skipped rows above)")
-        return feats.batch.ok, feats.batch.X, events
+        ok = feats.batch.ok
+        return ok, feats.batch.X, events, (None if labels is None else labels[ok])
     try:
-        X, _ = read_matrix(input)
+        X, labels = read_matrix(input, label_column)
     except (ValueError, IndexError, KeyError, OSError) as exc:
         why = f"{input} is not a numeric matrix (.npz with X, or a CSV with a header): {exc}"
+        if label_column is not None:
+            why += f" (with the labels in {label_column!r})"
         raise typer.BadParameter(why) from exc
     want = loaded.detector.n_features_in_
     if X.ndim != 2 or len(X) == 0:
         raise typer.BadParameter(f"{input} holds no rows")
     if X.shape[1] != want:
         raise typer.BadParameter(f"{input} has {X.shape[1]} columns; the model takes {want}")
-    return np.arange(len(X)), X, None
+    return np.arange(len(X)), X, None, labels
 
 
 def _load_model(model: Path, device: str) -> Any:
@@ -258,6 +290,13 @@ def score(
             "for a matrix one per column (expected.<index>)"
         ),
     ] = False,
+    label_column: Annotated[
+        str | None,
+        typer.Option(
+            help="a column (CSV), array (.npz) or field (JSON lines) of known labels, not a feature (as for "
+            "train): also prints the false-alarm rate on the known normals and the recall of the known anomalies"
+        ),
+    ] = None,
 ) -> None:
     """Score a file offline with a saved model (no Kafka needed) and write OUT, a CSV with one
     line per row: row, score, anomaly (0/1), and with --reconstruct the reconstruction. With
@@ -265,8 +304,10 @@ def score(
     for the same events."""
     import csv
 
+    import numpy as np
+
     loaded = _load_model(model, device)
-    rows, X, events = _model_input(loaded, input, key_field)
+    rows, X, events, labels = _model_input(loaded, input, key_field, label_column)
     scores = loaded.detector.score_samples(X)
     flags = scores > loaded.detector.threshold_
     header, extra = ["row", "score", "anomaly"], None
@@ -285,6 +326,16 @@ def score(
         for n, (r, sc, f) in enumerate(zip(rows.tolist(), scores.tolist(), flags.tolist(), strict=True)):
             w.writerow([r, f"{sc:.6f}", int(f), *(extra[n] if extra is not None else [])])
     console.print(f"{int(flags.sum())} of {len(X)} rows flagged; scores in {out}")
+    if labels is not None:
+        groups = {"known normals": labels == 0, "unlabelled rows": np.isnan(labels), "known anomalies": labels == 1}
+        console.print(
+            "; ".join(
+                f"{name}: {int(flags[rows_in].sum())} of {int(rows_in.sum())} flagged ({flags[rows_in].mean():.4f})"
+                for name, rows_in in groups.items()
+                if rows_in.any()
+            )
+            + f"; target false-alarm rate {loaded.detector.threshold.rate:g}"
+        )
 
 
 def _expected_cell(decoded: dict[str, Any]) -> str:
@@ -318,7 +369,7 @@ def embed(
     if out.suffix not in (".npz", ".csv"):
         raise typer.BadParameter(f"--out must end in .npz or .csv, not {out.suffix or 'nothing'}")
     loaded = _load_model(model, device)
-    rows, X, _ = _model_input(loaded, input, key_field)
+    rows, X, _, _ = _model_input(loaded, input, key_field)
     codes = loaded.detector.embed(X)
     if out.suffix == ".npz":
         np.savez(out, rows=rows, codes=codes)

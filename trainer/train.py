@@ -56,17 +56,20 @@ def fit_events(
     device: str = "auto",
     progress: ProgressFn | None = None,
     init_from: AutoencoderDetector | None = None,
+    labels: NDArray[Any] | None = None,
     **hyper: Any,
 ) -> FittedModel:
     """Infer (or take) a schema, fit the encoder (replaying the events through the entity
     state when the schema declares entity features), encode, fit the detector. ``meta`` gives
     the events' Kafka coordinates, keys and timestamps (the trainer's window); a file's rows
-    are one partition in file order, keyed by ``key_field``."""
+    are one partition in file order, keyed by ``key_field``. ``labels``, one per event
+    (:func:`parse_labels`), go to :meth:`AutoencoderDetector.fit` for the rows that encode."""
     encoder = FeatureEncoder(schema or infer_schema(events, id_field, time_field))
-    X = fit_encoder(encoder, events, meta or RecordMeta.for_file(events, key_field)).X
+    batch = fit_encoder(encoder, events, meta or RecordMeta.for_file(events, key_field))
     detector = AutoencoderDetector(variant=variant, device=device, **hyper)
-    detector.fit(X, progress=progress, init_from=init_from)
-    return FittedModel(detector, encoder, X)
+    y = None if labels is None else np.asarray(labels)[batch.ok]
+    detector.fit(batch.X, y, progress=progress, init_from=init_from)
+    return FittedModel(detector, encoder, batch.X)
 
 
 def infer_schema(events: Sequence[Event], id_field: str | None = "id", time_field: str | None = "ts") -> FeatureSchema:
@@ -80,10 +83,49 @@ def infer_schema(events: Sequence[Event], id_field: str | None = "id", time_fiel
 
 
 def fit_matrix(
-    X: NDArray[Any], *, variant: str = "ncae", device: str = "auto", progress: ProgressFn | None = None, **hyper: Any
+    X: NDArray[Any],
+    *,
+    variant: str = "ncae",
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    labels: NDArray[Any] | None = None,
+    **hyper: Any,
 ) -> FittedModel:
-    detector = AutoencoderDetector(variant=variant, device=device, **hyper).fit(X, progress=progress)
+    detector = AutoencoderDetector(variant=variant, device=device, **hyper).fit(X, labels, progress=progress)
     return FittedModel(detector, None, np.asarray(X, dtype=np.float32))
+
+
+LABEL_WORDS = {"1": 1.0, "true": 1.0, "anomaly": 1.0, "0": 0.0, "false": 0.0, "normal": 0.0}
+
+
+def parse_labels(values: Sequence[Any]) -> NDArray[np.float64]:
+    """A file's label column as :meth:`AutoencoderDetector.fit` takes it: 1 a known anomaly,
+    0 a known normal, NaN unlabelled. A known anomaly is 1, ``true`` or ``anomaly``; a known
+    normal 0, ``false`` or ``normal``; a blank, ``null``, NaN or -1 is no label. Anything else
+    is a :class:`ValueError` naming the first such row.
+
+    Example:
+        >>> parse_labels(["1", "", "normal", None, -1, True]).tolist()
+        [1.0, nan, 0.0, nan, nan, 1.0]
+    """
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        word = str(v).strip().lower()
+        if word.endswith(".0"):
+            word = word[:-2]
+        if word in ("", "-1", "nan", "null", "none"):
+            continue
+        if word not in LABEL_WORDS:
+            raise ValueError(f"row {i}: label {v!r} is not 1/0, true/false, anomaly/normal or blank")
+        out[i] = LABEL_WORDS[word]
+    return out
+
+
+def split_label_field(events: list[dict[str, Any]], field: str) -> NDArray[np.float64]:
+    """Take the label field out of each event (it must not become a feature); its values parsed."""
+    return parse_labels([e.pop(field, None) for e in events])
 
 
 def read_events(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -99,13 +141,17 @@ def read_events(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def read_matrix(path: Path, label_column: str | None = None) -> tuple[NDArray[np.float32], NDArray[Any] | None]:
-    """A numeric matrix from ``.npz`` (``X`` and optional ``y``) or a CSV with a header."""
+    """A numeric matrix from ``.npz`` (array ``X``) or a CSV with a header, and with
+    ``label_column`` its labels (:func:`parse_labels`): the ``.npz`` array or the CSV column of
+    that name, which is then not a feature. A missing label column is a :class:`KeyError`."""
     if path.suffix == ".npz":
-        data = np.load(path, allow_pickle=False)
-        return data["X"].astype(np.float32), (data["y"] if "y" in data.files else None)
+        with np.load(path, allow_pickle=False) as data:
+            X = data["X"].astype(np.float32)
+            return X, (None if label_column is None else parse_labels(data[label_column].tolist()))
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
+    if label_column is not None and rows and label_column not in rows[0]:
+        raise KeyError(f"no column {label_column!r}")
     cols = [c for c in rows[0] if c != label_column]
     X = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float32)
-    y = np.array([int(float(r[label_column])) for r in rows]) if label_column else None
-    return X, y
+    return X, (None if label_column is None else parse_labels([r[label_column] for r in rows]))

@@ -275,7 +275,10 @@ class AutoencoderDetector:
         them. Both then train a deviation head that lifts rows like the anomalies and lowers
         rows like the normals (:mod:`stream_ae.models.feedback`). The calibration slice is
         drawn from the unlabelled rows only: the threshold stays a false-alarm-rate quantile
-        of unlabelled traffic.
+        of unlabelled traffic. When fewer than twice a slice's rows are unlabelled (a file
+        labelled throughout), it is drawn from every row not known to be an anomaly: known
+        anomalies never set the threshold, which is how labels make the calibration hold on
+        contaminated training data.
 
         ``init_from`` warm-starts from another fitted detector (the trainer's champion) when
         it has the same network (:meth:`same_network`), else training starts from scratch; the
@@ -298,12 +301,19 @@ class AutoencoderDetector:
         rng = np.random.default_rng(h.seed)
         torch.manual_seed(h.seed)
         unlabelled = np.flatnonzero(~(is_anomaly | is_normal))
-        order = rng.permutation(unlabelled)
         n_cal = round(len(X) * h.calibration_fraction) if len(X) >= 100 else 0
-        n_cal = min(n_cal, len(order) // 2)
-        # known anomalies never train the autoencoder; known normals always do
-        cal_idx = order[:n_cal]
-        train_idx = np.concatenate([order[n_cal:], np.flatnonzero(is_normal)])
+        if len(unlabelled) >= 2 * n_cal:  # the slice is unlabelled traffic; known normals always train
+            order = rng.permutation(unlabelled)
+            n_cal = min(n_cal, len(order) // 2)
+            cal_idx = order[:n_cal]
+            train_idx = np.concatenate([order[n_cal:], np.flatnonzero(is_normal)])
+        else:  # a labelled file: its known normals are the traffic, and the slice is drawn from them too
+            order = rng.permutation(np.flatnonzero(~is_anomaly))
+            n_cal = min(n_cal, len(order) // 2)
+            cal_idx, train_idx = order[:n_cal], order[n_cal:]
+            is_normal = is_normal.copy()
+            is_normal[cal_idx] = False  # held out: the head does not see them as known normals either
+        # known anomalies never train the autoencoder
         X_train = X[train_idx]
         self._fit_scaler(X_train)
         xt = self._to_tensor(X_train)
