@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from stream_ae.featurize import featurize_file
-from stream_ae.models import AutoencoderDetector
+from stream_ae.models import AutoencoderDetector, DegenerateDataError
 from stream_ae.produce import send_events, send_raw
 from stream_ae.records import Source
 from stream_ae.registry import Registry
@@ -41,6 +41,27 @@ def test_without_labels_fitting_is_unchanged() -> None:
         assert same.labels_ is None and same.feedback_ is None
         np.testing.assert_array_equal(same.score_samples(X[:200]), plain.score_samples(X[:200]))
         assert same.threshold_ == plain.threshold_
+
+
+def test_a_file_labelled_throughout_calibrates_on_its_known_normals() -> None:
+    """Every row labelled (no unlabelled traffic to draw a slice from): the threshold is set
+    on held-out known normals, so the known anomalies (4 % of the rows) do not carry it."""
+    rng = np.random.default_rng(3)
+    normal = rng.normal(size=(3000, 4)).astype("float32")
+    far = (rng.normal(size=(120, 4)) * 0.3 + rng.choice([-6.0, 6.0], size=(120, 4))).astype("float32")
+    X, y = np.vstack([normal, far]), np.r_[np.zeros(3000), np.ones(120)]
+    det = AutoencoderDetector("ae", **{**SMALL, "target_rate": 0.01}).fit(X, y)
+    unlabelled = AutoencoderDetector("ae", **{**SMALL, "target_rate": 0.01}).fit(X)
+    fresh = rng.normal(size=(5000, 4)).astype("float32")
+    rate, rate_unlabelled = det.predict(fresh).mean(), unlabelled.predict(fresh).mean()
+    assert det.labels_ is not None and det.labels_["anomalies"] == 120
+    assert det.labels_["normals"] < 3000, "the held-out known normals are not head-training normals"
+    assert 0.005 <= rate <= 0.02, rate
+    assert rate_unlabelled < 0.005, "without the labels the anomalies carry the threshold"
+    with pytest.raises(DegenerateDataError, match="rows left to train on"):  # nothing but known anomalies
+        AutoencoderDetector("ae", **SMALL).fit(far, np.ones(len(far)))
+    tiny = AutoencoderDetector("ae", **SMALL).fit(X[2940:3010], y[2940:3010])  # all labelled, no slice
+    assert tiny.labels_ is not None and tiny.threshold_ > 0
 
 
 def test_bad_labels_are_refused() -> None:

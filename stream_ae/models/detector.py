@@ -314,6 +314,11 @@ class AutoencoderDetector:
             is_normal = is_normal.copy()
             is_normal[cal_idx] = False  # held out: the head does not see them as known normals either
         # known anomalies never train the autoencoder
+        if len(train_idx) < MIN_ROWS:
+            raise DegenerateDataError(
+                f"{len(train_idx)} rows left to train on (known anomalies and the calibration slice are not); "
+                f"at least {MIN_ROWS} are needed"
+            )
         X_train = X[train_idx]
         self._fit_scaler(X_train)
         xt = self._to_tensor(X_train)
@@ -359,6 +364,8 @@ class AutoencoderDetector:
         others' (calibration slice, known anomalies) computed here."""
         h = self.hyper
         unlabelled = ~(is_anomaly | is_normal)
+        if not unlabelled.any():  # every row labelled (a small file): its known normals are the traffic
+            unlabelled = is_normal
         scores = np.empty(len(X), dtype=np.float64)
         scores[train_idx] = train_scores
         rest = np.setdiff1d(np.arange(len(X)), train_idx)
