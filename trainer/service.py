@@ -600,7 +600,9 @@ class TrainerService:
                 waiter.cancel()
                 stopper.cancel()
                 trigger = "drift" if waiter in done else "schedule"
-                # a drift storm must not retrain back to back
-                await asyncio.sleep(max(0.0, s.trainer_min_interval_s - (time.monotonic() - self._last_run)))
+                # a drift storm must not retrain back to back; a stop ends the pause
+                pause = max(0.0, s.trainer_min_interval_s - (time.monotonic() - self._last_run))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=pause)
         finally:
             watcher.cancel()
