@@ -43,17 +43,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream_ae.models import AutoencoderDetector
-from stream_ae.threshold import Threshold
+from stream_ae.threshold import Threshold, tail_quantile
 from trainer.evaluate import ADBENCH_SETS, TabularResult, evaluate_tabular, roc_pr
 
 RATES = (0.01, 0.001)
 Rule = Callable[[NDArray[np.float64], float, float], float]  # (calibration scores, rate, contamination) -> threshold
-
-
-def _tail_value(u: float, xi: float, sigma: float, zeta: float, rate: float) -> float:
-    if abs(xi) < 1e-6:
-        return u + sigma * math.log(zeta / rate)
-    return float(u + sigma / xi * ((zeta / rate) ** xi - 1))
 
 
 def _censored_gpd(excess: NDArray[np.float64], cap: float) -> tuple[float, float]:
@@ -89,7 +83,7 @@ def pot_gpd(cal: NDArray[np.float64], rate: float, contamination: float) -> floa
 def pot_exp(cal: NDArray[np.float64], rate: float, contamination: float) -> float:
     u = float(np.quantile(cal, 0.95))
     excess = cal[cal > u] - u
-    return _tail_value(u, 0.0, float(excess.mean()), len(excess) / len(cal), rate)
+    return tail_quantile(u, 0.0, float(excess.mean()), len(excess) / len(cal), rate)
 
 
 def censored_gpd(top: float) -> Rule:
@@ -97,7 +91,7 @@ def censored_gpd(top: float) -> Rule:
         u = float(np.quantile(cal, 0.9))
         excess = cal[cal > u] - u
         xi, sigma = _censored_gpd(excess, float(np.quantile(cal, 1 - top)) - u)
-        return _tail_value(u, xi, sigma, len(excess) / len(cal), rate)
+        return tail_quantile(u, xi, sigma, len(excess) / len(cal), rate)
 
     return rule
 

@@ -149,10 +149,11 @@ def train(
     from stream_ae.features import FeatureSchema
     from stream_ae.models import DegenerateDataError
     from stream_ae.registry import Registry
-    from trainer.train import fit_events, fit_matrix, read_events, read_matrix, split_label_field
+    from trainer.train import fit_events, fit_matrix
 
     if (out is None) == (registry is None):
         raise typer.BadParameter("give exactly one of --out and --registry")
+    events, X, labels = _read_input(input, label_column)
     hyper: dict[str, Any] = {
         "variant": variant,
         "target_rate": target_rate,
@@ -174,9 +175,7 @@ def train(
             bar.update(task, completed=step, total=total, loss=loss)
 
         try:
-            if input.suffix in (".jsonl", ".json"):
-                events = read_events(input)
-                labels = split_label_field(events, label_column) if label_column else None
+            if events is not None:
                 fitted = fit_events(
                     events,
                     schema=FeatureSchema.load(schema) if schema else None,
@@ -186,17 +185,11 @@ def train(
                     **hyper,
                 )
             else:
-                X, labels = read_matrix(input, label_column)
                 fitted = fit_matrix(X, progress=progress, labels=labels, **hyper)
         except DegenerateDataError as exc:
             bar.stop()
             console.print(f"[red]cannot train on {input}: {exc}[/]")
             raise typer.Exit(2) from exc
-        except (KeyError, ValueError) as exc:
-            if label_column is None:
-                raise
-            bar.stop()
-            raise typer.BadParameter(f"--label-column {label_column}: {exc}") from exc
     version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{secrets.token_hex(2)}"
     if registry is not None:
         info = Registry(registry).publish(lambda tmp: fitted.save(tmp, version=version), version)
@@ -214,33 +207,52 @@ def train(
         )
 
 
+def _read_input(input: Path, label_column: str | None) -> tuple[list[dict[str, Any]] | None, Any, Any]:
+    """``input`` read: (events or None, matrix or None, labels or None), the labels taken out
+    of the rows (``--label-column``). Bad input is a usage error naming the problem, never a
+    traceback."""
+    import json
+
+    from trainer.train import LabelError, read_events, read_matrix, split_label_field
+
+    if not input.is_file():
+        raise typer.BadParameter(f"{input} is not a file")
+    try:
+        if input.suffix in (".jsonl", ".json"):
+            try:
+                events = read_events(input)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise typer.BadParameter(f"{input} is not JSON lines: {exc}") from exc
+            if not events or not all(isinstance(e, dict) for e in events):
+                raise typer.BadParameter(f"{input} holds no events (one JSON object per line)")
+            return events, None, (split_label_field(events, label_column) if label_column else None)
+        try:
+            X, labels = read_matrix(input, label_column)
+        except (ValueError, IndexError, KeyError, OSError) as exc:
+            if isinstance(exc, LabelError):
+                raise
+            why = f"{input} is not a numeric matrix (.npz with X, or a CSV with a header): {exc}"
+            raise typer.BadParameter(why) from exc
+    except LabelError as exc:
+        raise typer.BadParameter(f"--label-column {label_column}: {exc}") from exc
+    if X.ndim != 2 or len(X) == 0:
+        raise typer.BadParameter(f"{input} holds no rows")
+    return None, X, labels
+
+
 def _model_input(
     loaded: Any, input: Path, key_field: str | None, label_column: str | None = None
 ) -> tuple[Any, Any, list[dict[str, Any]] | None, Any]:
     """The rows of ``input`` as ``loaded`` encodes them: (row numbers, matrix, events or None,
     the rows' labels or None). Bad input is a usage error naming the problem, never a traceback."""
-    import json
-
     import numpy as np
 
     from stream_ae.featurize import featurize_file
-    from trainer.train import read_events, read_matrix, split_label_field
 
-    if not input.is_file():
-        raise typer.BadParameter(f"{input} is not a file")
-    if input.suffix in (".jsonl", ".json"):
-        if loaded.encoder is None:
-            raise typer.BadParameter("this model was trained on a matrix; give a matrix (.npz / .csv)")
-        try:
-            events = read_events(input)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise typer.BadParameter(f"{input} is not JSON lines: {exc}") from exc
-        if not events or not all(isinstance(e, dict) for e in events):
-            raise typer.BadParameter(f"{input} holds no events (one JSON object per line)")
-        try:
-            labels = split_label_field(events, label_column) if label_column else None
-        except ValueError as exc:
-            raise typer.BadParameter(f"--label-column {label_column}: {exc}") from exc
+    if input.is_file() and input.suffix in (".jsonl", ".json") and loaded.encoder is None:
+        raise typer.BadParameter("this model was trained on a matrix; give a matrix (.npz / .csv)")
+    events, X, labels = _read_input(input, label_column)
+    if events is not None:
         feats = featurize_file(loaded.encoder, events, key_field)
         for i, (reason, detail) in sorted(feats.rejects.items())[:20]:
             console.print(f"[yellow]row {i} skipped: {reason}: {detail}[/]")
@@ -248,16 +260,7 @@ def _model_input(
             raise typer.BadParameter(f"no event of {input} fits the model's schema (see the skipped rows above)")
         ok = feats.batch.ok
         return ok, feats.batch.X, events, (None if labels is None else labels[ok])
-    try:
-        X, labels = read_matrix(input, label_column)
-    except (ValueError, IndexError, KeyError, OSError) as exc:
-        why = f"{input} is not a numeric matrix (.npz with X, or a CSV with a header): {exc}"
-        if label_column is not None:
-            why += f" (with the labels in {label_column!r})"
-        raise typer.BadParameter(why) from exc
     want = loaded.detector.n_features_in_
-    if X.ndim != 2 or len(X) == 0:
-        raise typer.BadParameter(f"{input} holds no rows")
     if X.shape[1] != want:
         raise typer.BadParameter(f"{input} has {X.shape[1]} columns; the model takes {want}")
     return np.arange(len(X)), X, None, labels

@@ -59,6 +59,14 @@ def _gpd_fit(excess: NDArray[np.float64]) -> tuple[float, float]:
     return xi, sigma
 
 
+def tail_quantile(u: float, xi: float, sigma: float, zeta: float, rate: float) -> float:
+    """The score exceeded with probability ``rate`` under a generalised Pareto tail (shape
+    ``xi``, scale ``sigma``) over ``u``, which a share ``zeta`` of the scores exceeds."""
+    if abs(xi) < 1e-6:
+        return u + sigma * math.log(zeta / rate)
+    return float(u + sigma / xi * ((zeta / rate) ** xi - 1))
+
+
 @dataclass
 class Threshold:
     """A fitted threshold and the calibration distribution it came from."""
@@ -93,11 +101,7 @@ class Threshold:
             # quantile is the honest answer: no calibration score lies above it.
             return cls(_empirical(s, rate), rate, "quantile", len(s), ref, {"pot_fallback": 1.0})
         xi, sigma = _gpd_fit(excess)
-        zeta = len(excess) / len(s)
-        if abs(xi) < 1e-6:
-            value = u + sigma * math.log(zeta / rate)
-        else:
-            value = u + sigma / xi * ((zeta / rate) ** xi - 1)
+        value = tail_quantile(u, xi, sigma, len(excess) / len(s), rate)
         if not math.isfinite(value):
             return cls(_empirical(s, rate), rate, "quantile", len(s), ref, {"pot_fallback": 1.0})
         return cls(float(value), rate, "pot", len(s), ref, {"u": u, "xi": xi, "sigma": sigma})

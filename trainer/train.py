@@ -25,6 +25,7 @@ from stream_ae.features import Event, FeatureEncoder, FeatureSchema
 from stream_ae.featurize import RecordMeta, fit_encoder
 from stream_ae.models import AutoencoderDetector
 from stream_ae.models.detector import ProgressFn
+from stream_ae.verdicts import LABEL_VALUE
 
 
 @dataclass
@@ -95,14 +96,19 @@ def fit_matrix(
     return FittedModel(detector, None, np.asarray(X, dtype=np.float32))
 
 
-LABEL_WORDS = {"1": 1.0, "true": 1.0, "anomaly": 1.0, "0": 0.0, "false": 0.0, "normal": 0.0}
+# a verdict's words (anomaly/normal) and the usual spellings of 1 and 0
+LABEL_WORDS = {"1": 1.0, "true": 1.0, "0": 0.0, "false": 0.0} | {w: float(v) for w, v in LABEL_VALUE.items()}
+
+
+class LabelError(ValueError):
+    """A label column holds a value that is not a label."""
 
 
 def parse_labels(values: Sequence[Any]) -> NDArray[np.float64]:
     """A file's label column as :meth:`AutoencoderDetector.fit` takes it: 1 a known anomaly,
     0 a known normal, NaN unlabelled. A known anomaly is 1, ``true`` or ``anomaly``; a known
     normal 0, ``false`` or ``normal``; a blank, ``null``, NaN or -1 is no label. Anything else
-    is a :class:`ValueError` naming the first such row.
+    is a :class:`LabelError` naming the first such row.
 
     Example:
         >>> parse_labels(["1", "", "normal", None, -1, True]).tolist()
@@ -118,7 +124,7 @@ def parse_labels(values: Sequence[Any]) -> NDArray[np.float64]:
         if word in ("", "-1", "nan", "null", "none"):
             continue
         if word not in LABEL_WORDS:
-            raise ValueError(f"row {i}: label {v!r} is not 1/0, true/false, anomaly/normal or blank")
+            raise LabelError(f"row {i}: label {v!r} is not 1/0, true/false, anomaly/normal or blank")
         out[i] = LABEL_WORDS[word]
     return out
 
@@ -143,15 +149,17 @@ def read_events(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 def read_matrix(path: Path, label_column: str | None = None) -> tuple[NDArray[np.float32], NDArray[Any] | None]:
     """A numeric matrix from ``.npz`` (array ``X``) or a CSV with a header, and with
     ``label_column`` its labels (:func:`parse_labels`): the ``.npz`` array or the CSV column of
-    that name, which is then not a feature. A missing label column is a :class:`KeyError`."""
+    that name, which is then not a feature. A missing label column is a :class:`LabelError`."""
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             X = data["X"].astype(np.float32)
+            if label_column is not None and label_column not in data.files:
+                raise LabelError(f"no array {label_column!r}")
             return X, (None if label_column is None else parse_labels(data[label_column].tolist()))
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
     if label_column is not None and rows and label_column not in rows[0]:
-        raise KeyError(f"no column {label_column!r}")
+        raise LabelError(f"no column {label_column!r}")
     cols = [c for c in rows[0] if c != label_column]
     X = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float32)
     return X, (None if label_column is None else parse_labels([r[label_column] for r in rows]))

@@ -302,18 +302,17 @@ class AutoencoderDetector:
         torch.manual_seed(h.seed)
         unlabelled = np.flatnonzero(~(is_anomaly | is_normal))
         n_cal = round(len(X) * h.calibration_fraction) if len(X) >= 100 else 0
-        if len(unlabelled) >= 2 * n_cal:  # the slice is unlabelled traffic; known normals always train
-            order = rng.permutation(unlabelled)
-            n_cal = min(n_cal, len(order) // 2)
-            cal_idx = order[:n_cal]
-            train_idx = np.concatenate([order[n_cal:], np.flatnonzero(is_normal)])
-        else:  # a labelled file: its known normals are the traffic, and the slice is drawn from them too
-            order = rng.permutation(np.flatnonzero(~is_anomaly))
-            n_cal = min(n_cal, len(order) // 2)
-            cal_idx, train_idx = order[:n_cal], order[n_cal:]
+        # the slice is unlabelled traffic; in a labelled file the known normals are the traffic too
+        labelled_file = len(unlabelled) < 2 * n_cal
+        order = rng.permutation(np.flatnonzero(~is_anomaly) if labelled_file else unlabelled)
+        n_cal = min(n_cal, len(order) // 2)
+        cal_idx = order[:n_cal]
+        if labelled_file:  # held-out known normals join the unlabelled rows, for the head as well
             is_normal = is_normal.copy()
-            is_normal[cal_idx] = False  # held out: the head does not see them as known normals either
-        # known anomalies never train the autoencoder
+            is_normal[cal_idx] = False
+        # known anomalies never train the autoencoder; known normals outside the slice always do
+        rest = order[n_cal:]
+        train_idx = rest if labelled_file else np.concatenate([rest, np.flatnonzero(is_normal)])
         if len(train_idx) < MIN_ROWS:
             raise DegenerateDataError(
                 f"{len(train_idx)} rows left to train on (known anomalies and the calibration slice are not); "
