@@ -86,10 +86,7 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
         registry,
         topic_name,
         trainer_interval_s=3600,
-        # the drift run waits out this pause after the startup run; a stale drift report right
-        # after the swap then waits too, and the stop below ends that wait instead of a second
-        # refresh running to completion (it made this test take 70-160 s)
-        trainer_min_interval_s=15,
+        trainer_min_interval_s=0,
         trainer_window_events=12_000,
         trainer_warmup_events=8_000,  # the 2,000 cards seen about four times each before training rows
         trainer_metrics_port=0,
