@@ -14,7 +14,7 @@ and the recall, at targets 0.01 and 0.001.
 The scorecard is issue #16's band: at 0.01 within 0.5-2x of the target, at 0.001 below 3x,
 and no set at zero recall where its ROC-AUC is above 0.9. Rules:
 
-* ``shipped``: :meth:`stream_ae.threshold.Threshold.fit` (``auto``: the empirical quantile
+* ``shipped``: :meth:`stream_ae.scoring.threshold.Threshold.fit` (``auto``: the empirical quantile
   with ten or more calibration scores above it, else a generalised Pareto tail fit);
 * ``pot-gpd``: the generalised Pareto tail fit at every rate;
 * ``pot-exp``: an exponential tail (shape 0: the score's parts are negative log-likelihoods,
@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream_ae.models import AutoencoderDetector
-from stream_ae.threshold import Threshold, tail_quantile
+from stream_ae.scoring.threshold import Threshold, tail_quantile
 from trainer.evaluate import ADBENCH_SETS, TabularResult, evaluate_tabular, roc_pr
 
 RATES = (0.01, 0.001)
@@ -143,8 +143,8 @@ def fitted_scores(data_dir: Path, seeds: tuple[int, ...], cache: Path | None) ->
 
 
 def _card_stream(seeds: tuple[int, ...]) -> dict[str, dict[str, Any]]:
-    from stream_ae.featurize import featurize_file
-    from stream_ae.synthetic import CARD_SCHEMA, CardStream
+    from stream_ae.features.featurize import featurize_file
+    from stream_ae.tools.synthetic import CARD_SCHEMA, CardStream
     from trainer.train import fit_events
 
     out: dict[str, dict[str, Any]] = {}

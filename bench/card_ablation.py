@@ -18,8 +18,8 @@ import argparse
 
 import numpy as np
 
-from stream_ae.featurize import featurize_file
-from stream_ae.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, FRAUD_KINDS, CardStream
+from stream_ae.features.featurize import featurize_file
+from stream_ae.tools.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, FRAUD_KINDS, CardStream
 from trainer.train import fit_events
 
 

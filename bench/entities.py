@@ -34,8 +34,8 @@ from stream_ae.entities.step import EntityBatch
 from stream_ae.entities.store import EntityStore
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.publisher import BatchPublisher
-from stream_ae.produce import encode_events, send_raw
-from stream_ae.synthetic import CARD_ENTITY, CardStream
+from stream_ae.tools.produce import encode_events, send_raw
+from stream_ae.tools.synthetic import CARD_ENTITY, CardStream
 
 
 def card_stream(n: int, cards: int, hot: bool) -> list[dict[str, object]]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream_ae.kafka.local import LocalKafka
-from stream_ae.registry import Registry
-from stream_ae.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, transactions
+from stream_ae.lifecycle.registry import Registry
+from stream_ae.tools.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, transactions
 from trainer.train import FittedModel, fit_events
 
 

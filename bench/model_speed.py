@@ -33,14 +33,14 @@ import numpy as np
 import orjson
 import torch
 
-from stream_ae.artifacts import load_artifact
-from stream_ae.features import FeatureEncoder, FeatureSchema
+from stream_ae.features.encoder import FeatureEncoder, FeatureSchema
+from stream_ae.lifecycle.artifacts import load_artifact
 from stream_ae.models import AutoencoderDetector, variants
 from stream_ae.models.feedback import DeviationHead
+from stream_ae.output.route import Topics
 from stream_ae.pipeline import ActiveModel, process_batch
-from stream_ae.route import Topics
-from stream_ae.scorer import DeviceScorer
-from stream_ae.synthetic import CARD_SCHEMA_STATELESS, transactions
+from stream_ae.scoring.scorer import DeviceScorer
+from stream_ae.tools.synthetic import CARD_SCHEMA_STATELESS, transactions
 from trainer.train import fit_events
 
 COUNTRIES = ["US", "DE", "FR", "GB", "NL", "ES", "IT", "PL", "SE", "JP"]

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.environment import bench_environment
-from stream_ae.audit import audit_delivery
 from stream_ae.kafka.admin import ensure_topics
-from stream_ae.produce import send_events
-from stream_ae.synthetic import transactions
-from stream_ae.worker_process import WorkerProcess, worker_env
+from stream_ae.tools.audit import audit_delivery
+from stream_ae.tools.produce import send_events
+from stream_ae.tools.synthetic import transactions
+from stream_ae.tools.worker_process import WorkerProcess, worker_env
 
 SAMPLE_EVERY_S = 0.5
 

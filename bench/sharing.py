@@ -37,7 +37,7 @@ def trainer_once(bootstrap: str, registry: Path, topic: str, log: Path) -> subpr
         "STREAM_AE_TRAINER_METRICS_PORT": "0",
     }
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "stream_ae.cli", "trainer", "--once"], env=env, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "stream_ae.tools.cli", "trainer", "--once"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 

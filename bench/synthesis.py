@@ -29,8 +29,8 @@ from scipy.stats import ks_2samp
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import cross_val_score
 
-from stream_ae.featurize import featurize_file
-from stream_ae.synthetic import CARD_SCHEMA_STATELESS, transactions
+from stream_ae.features.featurize import featurize_file
+from stream_ae.tools.synthetic import CARD_SCHEMA_STATELESS, transactions
 from trainer.train import fit_events, fit_matrix
 
 RATE = 0.01

@@ -41,9 +41,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from bench.environment import bench_environment, publish_bench_model
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.local import resolve_jars
-from stream_ae.produce import encode_events, send_raw
-from stream_ae.synthetic import transactions
-from stream_ae.worker_process import WorkerProcess, worker_env
+from stream_ae.tools.produce import encode_events, send_raw
+from stream_ae.tools.synthetic import transactions
+from stream_ae.tools.worker_process import WorkerProcess, worker_env
 
 Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 PARTITIONS = 4

@@ -2,8 +2,8 @@
 
 One way through, one module a step::
 
-    decode (stream_ae.decode) -> features, with the entity state (stream_ae.featurize)
-        -> score on the device (stream_ae.scorer) -> route (stream_ae.route)
+    decode (stream_ae.input.decode) -> features, with the entity state (stream_ae.features.featurize)
+        -> score on the device (stream_ae.scoring.scorer) -> route (stream_ae.output.route)
 
 Every input record ends up in exactly one of: scored (and maybe an anomaly) or dead-lettered
 with a reason. The worker only moves bytes between Kafka and :func:`process_batch`.
@@ -17,14 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream_ae.artifacts import LoadedModel
-from stream_ae.decode import RawRecord, decode_batch
 from stream_ae.entities.store import EntityStore
-from stream_ae.explain import FieldExplainer
-from stream_ae.features import FeatureEncoder
-from stream_ae.featurize import RecordMeta, featurize
-from stream_ae.route import Routed, Router, Topics
-from stream_ae.scorer import DeviceScorer
+from stream_ae.features.encoder import FeatureEncoder
+from stream_ae.features.featurize import RecordMeta, featurize
+from stream_ae.input.decode import RawRecord, decode_batch
+from stream_ae.lifecycle.artifacts import LoadedModel
+from stream_ae.output.route import Routed, Router, Topics
+from stream_ae.scoring.explain import FieldExplainer
+from stream_ae.scoring.scorer import DeviceScorer
 
 __all__ = ["ActiveModel", "RawRecord", "Routed", "Topics", "process_batch"]
 

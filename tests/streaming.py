@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stream_ae.registry import Registry
+from stream_ae.lifecycle.registry import Registry
 from stream_ae.settings import Settings
-from stream_ae.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, transactions
+from stream_ae.tools.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, transactions
 from trainer.train import FittedModel, fit_events
 
 FAST_MODEL = {"max_steps": 800, "min_steps": 800, "target_rate": 0.001, "seed": 0, "device": "cpu"}

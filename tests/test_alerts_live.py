@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from stream_ae.kafka.admin import ensure_topics
-from stream_ae.produce import encode_events, send_raw
-from stream_ae.prometheus_local import LocalPrometheus, available
-from stream_ae.synthetic import CardStream
-from stream_ae.worker_process import WorkerProcess, worker_env
+from stream_ae.tools.produce import encode_events, send_raw
+from stream_ae.tools.prometheus_local import LocalPrometheus, available
+from stream_ae.tools.synthetic import CardStream
+from stream_ae.tools.worker_process import WorkerProcess, worker_env
 from tests.streaming import run, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

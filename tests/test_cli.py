@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from stream_ae.cli import app
-from stream_ae.synthetic import FRAUD_KINDS, CardStream, transactions
+from stream_ae.tools.cli import app
+from stream_ae.tools.synthetic import FRAUD_KINDS, CardStream, transactions
 
 runner = CliRunner()
 
@@ -175,7 +175,7 @@ def test_synthesize_writes_events_that_score_like_real_ones(tmp_path: Path) -> N
     """A VAE's generated events carry every declared field in its units (numerics inside the
     training range, categories of the vocabulary), and the model's own encoder reads them all;
     any other variant is refused with a message."""
-    from stream_ae.synthetic import CARD_SCHEMA_STATELESS
+    from stream_ae.tools.synthetic import CARD_SCHEMA_STATELESS
 
     events, _ = transactions(3000, seed=4)
     path = tmp_path / "train.jsonl"

@@ -20,7 +20,7 @@ import pytest
 
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.local import free_port
-from stream_ae.worker_process import worker_env
+from stream_ae.tools.worker_process import worker_env
 from tests.streaming import publish_model, run
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -35,7 +35,7 @@ class Terminal:
         pid, fd = pty.fork()
         if pid == 0:  # the child: its own session, the terminal as controlling tty
             os.chdir(cwd)
-            os.execve(sys.executable, [sys.executable, "-m", "stream_ae.cli", *args], {**os.environ, **env})
+            os.execve(sys.executable, [sys.executable, "-m", "stream_ae.tools.cli", *args], {**os.environ, **env})
         self.pid, self.fd = pid, fd
         self.status: int | None = None
         threading.Thread(target=self._read, daemon=True).start()

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream_ae.lifecycle.registry import Registry
 from stream_ae.models import AutoencoderDetector, DegenerateDataError, variants
 from stream_ae.models.detector import MIN_DISTINCT_ROWS, MIN_ROWS
-from stream_ae.registry import Registry
-from stream_ae.synthetic import transactions
-from stream_ae.threshold import Threshold
+from stream_ae.scoring.threshold import Threshold
+from stream_ae.tools.synthetic import transactions
 
 QUICK = {"max_steps": 12, "min_steps": 12, "device": "cpu", "seed": 0}
 
@@ -120,7 +120,7 @@ def test_the_trainer_rejects_a_degenerate_window_and_keeps_its_champion(tmp_path
 def test_train_on_a_stuck_sensor_says_why_without_a_traceback(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from stream_ae.cli import app
+    from stream_ae.tools.cli import app
 
     csv = tmp_path / "stuck.csv"
     csv.write_text("a,b\n" + "1.5,0\n" * 500)

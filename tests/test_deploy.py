@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream_ae.metrics import WorkerMetrics
+from stream_ae.operation.metrics import WorkerMetrics
 from trainer.service import TrainerMetrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,14 +20,14 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream_ae.audit import read_all
 from stream_ae.entities.store import EntityStore
-from stream_ae.featurize import RecordMeta, entity_features, featurize_file
+from stream_ae.features.featurize import RecordMeta, entity_features, featurize_file
 from stream_ae.kafka.admin import ensure_topics
-from stream_ae.produce import send_events
-from stream_ae.registry import Registry
-from stream_ae.synthetic import CardStream
-from stream_ae.worker_process import WorkerProcess, worker_env
+from stream_ae.lifecycle.registry import Registry
+from stream_ae.tools.audit import read_all
+from stream_ae.tools.produce import send_events
+from stream_ae.tools.synthetic import CardStream
+from stream_ae.tools.worker_process import WorkerProcess, worker_env
 from tests.streaming import card_model, run, wait_for
 from trainer.train import FittedModel, fit_events
 

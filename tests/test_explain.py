@@ -12,14 +12,14 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_ae.artifacts import load_artifact
 from stream_ae.entities.store import EntityStore
-from stream_ae.explain import FieldExplainer
-from stream_ae.features import FeatureEncoder, FeatureSchema, FieldKind, FieldSpec
+from stream_ae.features.encoder import FeatureEncoder, FeatureSchema, FieldKind, FieldSpec
+from stream_ae.lifecycle.artifacts import load_artifact
+from stream_ae.output.records import ANOMALY_SCHEMA, anomaly_schema
+from stream_ae.output.route import Topics
 from stream_ae.pipeline import ActiveModel, process_batch
-from stream_ae.records import ANOMALY_SCHEMA, anomaly_schema
-from stream_ae.route import Topics
-from stream_ae.synthetic import transactions
+from stream_ae.scoring.explain import FieldExplainer
+from stream_ae.tools.synthetic import transactions
 from tests.streaming import card_model
 from tests.test_pipeline import Rec
 
@@ -135,7 +135,7 @@ def test_the_plain_reconstruction_would_expect_the_anomaly_itself(card_active_mo
     import torch
 
     events, _ = transactions(2000, seed=6)
-    from stream_ae.featurize import featurize_file
+    from stream_ae.features.featurize import featurize_file
 
     enc, det = card_active_model.encoder, card_active_model.loaded.detector
     i = 1500
@@ -170,7 +170,7 @@ def test_version_1_records_stay_readable() -> None:
 def test_all_scores_records_carry_the_latent_code_when_asked(tmp_path: Path) -> None:
     """``STREAM_AE_SCORES_INCLUDE_CODE``: each all-scores record holds its event's code, the
     same as ``stream-ae embed`` gives for it; without the setting the records stay lean."""
-    from stream_ae.featurize import featurize_file
+    from stream_ae.features.featurize import featurize_file
 
     path = card_model(1, 0.0).save(tmp_path / "m", version="t1")
     events, _ = transactions(300, seed=8)

@@ -15,12 +15,12 @@ import orjson
 import pytest
 
 from bench.overload import run_overload
-from stream_ae.audit import audit_delivery
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.local import LocalKafka
-from stream_ae.produce import send_events, send_raw
-from stream_ae.synthetic import CardStream, transactions
-from stream_ae.worker_process import WorkerProcess, worker_env
+from stream_ae.tools.audit import audit_delivery
+from stream_ae.tools.produce import send_events, send_raw
+from stream_ae.tools.synthetic import CardStream, transactions
+from stream_ae.tools.worker_process import WorkerProcess, worker_env
 from tests.streaming import card_model, run, wait_for
 from tests.test_entity_state import assert_same_scores, offline_scores, worker_scores
 from tests.test_worker import malformed

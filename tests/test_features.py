@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_ae.features import EncodeError, FeatureEncoder, FeatureSchema, FieldKind, FieldSpec
+from stream_ae.features.encoder import EncodeError, FeatureEncoder, FeatureSchema, FieldKind, FieldSpec
 
 SAMPLE = [
     {

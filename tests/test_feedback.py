@@ -15,13 +15,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from stream_ae.featurize import featurize_file
+from stream_ae.features.featurize import featurize_file
+from stream_ae.input.source import Source
+from stream_ae.input.verdicts import Verdict, VerdictError, parse_verdict, verdict_bytes, verdict_record
+from stream_ae.lifecycle.registry import Registry
 from stream_ae.models import AutoencoderDetector, DegenerateDataError
-from stream_ae.produce import send_events, send_raw
-from stream_ae.records import Source
-from stream_ae.registry import Registry
-from stream_ae.synthetic import CARD_SCHEMA_STATELESS, CardStream
-from stream_ae.verdicts import Verdict, VerdictError, parse_verdict, verdict_bytes, verdict_record
+from stream_ae.tools.produce import send_events, send_raw
+from stream_ae.tools.synthetic import CARD_SCHEMA_STATELESS, CardStream
 from tests.streaming import run, trainer_settings
 from trainer.service import TrainerService
 from trainer.train import fit_events
@@ -120,7 +120,7 @@ def test_verdict_records_name_what_is_wrong() -> None:
 
 def test_feedback_cli_refuses_an_unknown_label() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "stream_ae.cli", "feedback", "tx-1", "--label", "fraud"],
+        [sys.executable, "-m", "stream_ae.tools.cli", "feedback", "tx-1", "--label", "fraud"],
         capture_output=True, text=True, env={**os.environ, "STREAM_AE_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "is not one of anomaly, normal" in out.stderr
@@ -243,7 +243,7 @@ async def _dead_letter_reasons(bootstrap: str, topic: str, n: int) -> list[str]:
 
 
 def test_demo_chargebacks_judge_a_share_of_alarms_later() -> None:
-    from stream_ae.demo import Chargebacks
+    from stream_ae.tools.demo import Chargebacks
 
     desk = Chargebacks(share=0.5, delay_s=20.0, seed=0)
     for i in range(200):

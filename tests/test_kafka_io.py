@@ -16,15 +16,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.partitioner import murmur2 as murmur2_reference
 
-from stream_ae.audit import audit_delivery, read_all
 from stream_ae.kafka.admin import ensure_topics, topic_max_message_bytes
 from stream_ae.kafka.limits import fits
 from stream_ae.kafka.partitioner import murmur2
 from stream_ae.kafka.publisher import BatchPublisher, RecordTooLarge
-from stream_ae.produce import send_events
-from stream_ae.route import Router, Topics
-from stream_ae.synthetic import FRAUD_KINDS, CardStream, transactions
-from stream_ae.worker_process import WorkerProcess, worker_env
+from stream_ae.output.route import Router, Topics
+from stream_ae.tools.audit import audit_delivery, read_all
+from stream_ae.tools.produce import send_events
+from stream_ae.tools.synthetic import FRAUD_KINDS, CardStream, transactions
+from stream_ae.tools.worker_process import WorkerProcess, worker_env
 from tests.streaming import run, wait_for
 
 

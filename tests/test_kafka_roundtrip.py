@@ -102,8 +102,8 @@ def test_produce_from_a_file_replays_every_line_unchanged(bootstrap: str, topic_
     import orjson
     from typer.testing import CliRunner
 
-    from stream_ae.audit import read_all
-    from stream_ae.cli import app
+    from stream_ae.tools.audit import read_all
+    from stream_ae.tools.cli import app
 
     lines = [orjson.dumps({"card": f"c{i}", "amount": i + 0.5}) for i in range(50)] + [b"{not json", b'{"amount": 1}']
     path = tmp_path / "events.jsonl"

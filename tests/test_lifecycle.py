@@ -10,12 +10,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_ae.audit import read_all
 from stream_ae.kafka.admin import ensure_topics
-from stream_ae.produce import send_events
-from stream_ae.registry import Registry
-from stream_ae.synthetic import CardStream, transactions
-from stream_ae.worker_process import WorkerProcess, worker_env
+from stream_ae.lifecycle.registry import Registry
+from stream_ae.tools.audit import read_all
+from stream_ae.tools.produce import send_events
+from stream_ae.tools.synthetic import CardStream, transactions
+from stream_ae.tools.worker_process import WorkerProcess, worker_env
 from tests.streaming import publish_model, run, trainer_settings, wait_for
 from trainer.service import TrainerService
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_ae.artifacts import ArtifactError, load_artifact
+from stream_ae.lifecycle.artifacts import ArtifactError, load_artifact
 from stream_ae.models import AutoencoderDetector, variants
 from stream_ae.models.networks import NoiseContrastiveNet, network_defaults
 

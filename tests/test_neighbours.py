@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from stream_ae.artifacts import load_artifact
-from stream_ae.featurize import featurize_file
+from stream_ae.features.featurize import featurize_file
+from stream_ae.lifecycle.artifacts import load_artifact
 from stream_ae.models import AutoencoderDetector
 from stream_ae.models.neighbours import SubsampleNeighbours
-from stream_ae.synthetic import FRAUD_KINDS, CardStream, transactions
+from stream_ae.tools.synthetic import FRAUD_KINDS, CardStream, transactions
 from tests.streaming import card_model
 
 FAST = {"epochs": 2, "min_steps": 40, "max_steps": 80}

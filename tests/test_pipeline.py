@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_ae.artifacts import load_artifact
 from stream_ae.entities.store import EntityStore
+from stream_ae.lifecycle.artifacts import load_artifact
+from stream_ae.output.route import Routed, Topics
 from stream_ae.pipeline import ActiveModel, process_batch
-from stream_ae.route import Routed, Topics
-from stream_ae.synthetic import CARD_ENTITY, CARD_SCHEMA, transactions
+from stream_ae.tools.synthetic import CARD_ENTITY, CARD_SCHEMA, transactions
 from trainer.train import fit_events
 
 TOPICS = Topics("out", "dlq", "scores")

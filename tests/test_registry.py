@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_ae.artifacts import ArtifactError
+from stream_ae.lifecycle.artifacts import ArtifactError
+from stream_ae.lifecycle.registry import Registry
 from stream_ae.models import AutoencoderDetector
-from stream_ae.registry import Registry
 from trainer.service import GateFigures, compare, generated_anomalies, without_detections
 
 FAST = {"min_steps": 50, "max_steps": 50, "hidden": (16,), "latent_dim": 2, "device": "cpu"}

@@ -13,10 +13,10 @@ import pytest
 
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.local import LocalKafka, free_port
-from stream_ae.produce import send_events
 from stream_ae.settings import Settings
-from stream_ae.synthetic import transactions
-from stream_ae.worker_process import WorkerProcess, worker_env
+from stream_ae.tools.produce import send_events
+from stream_ae.tools.synthetic import transactions
+from stream_ae.tools.worker_process import WorkerProcess, worker_env
 from tests.streaming import publish_model, run, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

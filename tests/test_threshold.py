@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_ae.threshold import Threshold, population_stability_index
+from stream_ae.scoring.threshold import Threshold, population_stability_index
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.01])

@@ -11,12 +11,12 @@ import jsonschema
 import orjson
 import pytest
 
-from stream_ae.audit import read_all
 from stream_ae.kafka.admin import ensure_topics
-from stream_ae.produce import send_events, send_raw
-from stream_ae.records import ANOMALY_SCHEMA
-from stream_ae.synthetic import FRAUD_KINDS, CardStream, transactions
-from stream_ae.worker_process import WorkerProcess, worker_env
+from stream_ae.output.records import ANOMALY_SCHEMA
+from stream_ae.tools.audit import read_all
+from stream_ae.tools.produce import send_events, send_raw
+from stream_ae.tools.synthetic import FRAUD_KINDS, CardStream, transactions
+from stream_ae.tools.worker_process import WorkerProcess, worker_env
 from tests.streaming import run, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

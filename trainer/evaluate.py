@@ -27,10 +27,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream_ae.entities.spec import EntitySpec
-from stream_ae.features import FeatureEncoder, FeatureSchema, FieldKind, FieldSpec
-from stream_ae.featurize import RecordMeta, featurize, fit_encoder, store_for
+from stream_ae.features.encoder import FeatureEncoder, FeatureSchema, FieldKind, FieldSpec
+from stream_ae.features.featurize import RecordMeta, featurize, fit_encoder, store_for
 from stream_ae.models import AutoencoderDetector
-from stream_ae.threshold import Threshold
+from stream_ae.scoring.threshold import Threshold
 
 ADBENCH_SETS = ["cardio", "fault", "http", "mammography", "pendigits", "satellite", "shuttle", "smtp", "thyroid"]
 SMD_MACHINES = ["machine-1-6", "machine-2-1"]

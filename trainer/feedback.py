@@ -21,21 +21,20 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from stream_ae.features import Event
+from stream_ae.features.encoder import Event
+from stream_ae.input.source import Source
+from stream_ae.input.verdicts import LABELS, Verdict, VerdictError, labels_fingerprint, parse_verdict
 from stream_ae.kafka.admin import ensure_topics
-from stream_ae.records import Source, dead_letter_record
+from stream_ae.output.records import dead_letter_record
 from stream_ae.settings import Settings
-from stream_ae.verdicts import LABELS, Verdict, VerdictError, labels_fingerprint, parse_verdict
-
-if TYPE_CHECKING:
-    from trainer.service import Window
+from trainer.window import Window
 
 log = logging.getLogger("stream_ae.trainer.feedback")
 

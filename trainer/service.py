@@ -15,24 +15,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from stream_ae.artifacts import ArtifactError, LoadedModel
-from stream_ae.features import Event, FeatureEncoder
-from stream_ae.featurize import RecordMeta, featurize, fit_encoder, store_for
+from stream_ae.features.encoder import Event, FeatureEncoder
+from stream_ae.features.featurize import featurize, fit_encoder, store_for
 from stream_ae.kafka.admin import ensure_topics
+from stream_ae.lifecycle.artifacts import ArtifactError, LoadedModel
+from stream_ae.lifecycle.registry import Registry, announcement_bytes
 from stream_ae.models import AutoencoderDetector, DegenerateDataError
-from stream_ae.registry import Registry, announcement_bytes
 from stream_ae.settings import Settings
 from trainer.feedback import FeedbackMetrics, FeedbackReader, Labels
 from trainer.train import FittedModel, infer_schema
+from trainer.window import Window, read_window
 
 log = logging.getLogger("stream_ae.trainer")
 
@@ -86,50 +87,6 @@ class GateFigures:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
-
-
-@dataclass
-class Window:
-    """Events read for a run, with what the entity state needs of each: its partition and
-    offset (replay order), record key and timestamp; ``warmup`` marks the events read only to
-    warm the state (never trained on)."""
-
-    events: list[Event] = field(default_factory=list)
-    topics: list[str] = field(default_factory=list)
-    partitions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    keys: list[bytes | None] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
-    warmups: list[bool] = field(default_factory=list)
-
-    def add(self, event: Event, record: ConsumerRecord[bytes, bytes], warmup: bool = False) -> None:
-        self.events.append(event)
-        self.topics.append(record.topic)
-        self.partitions.append(record.partition)
-        self.offsets.append(record.offset)
-        self.keys.append(record.key)
-        self.timestamps.append(record.timestamp)
-        self.warmups.append(warmup)
-
-    @classmethod
-    def of(cls, events: list[Event], key_field: str | None = "card") -> Window:
-        """Events without Kafka coordinates (tests, files): one partition, in order."""
-        meta = RecordMeta.for_file(events, key_field)
-        n = len(events)
-        keys = list(meta.keys or [None] * n)
-        return cls(list(events), ["file"] * n, [0] * n, list(range(n)), keys, [0] * n, [False] * n)
-
-    @property
-    def warmup(self) -> NDArray[np.bool_]:
-        return np.asarray(self.warmups, dtype=bool)
-
-    def meta(self) -> RecordMeta:
-        return RecordMeta(
-            np.asarray(self.partitions, dtype=np.int64),
-            np.asarray(self.offsets, dtype=np.int64),
-            list(self.keys),
-            np.asarray(self.timestamps, dtype=np.int64),
-        )
 
 
 @dataclass
@@ -281,47 +238,8 @@ class TrainerService:
         self._last_run = 0.0
 
     async def read_window(self) -> Window:
-        """The newest ``trainer_window_events`` (plus ``trainer_warmup_events`` before them, which
-        only warm the entity state) decodable events across the input topics, per partition in
-        offset order, with their coordinates, keys and timestamps."""
-        s = self.settings
-        consumer = AIOKafkaConsumer(**s.kafka_client_kwargs(), group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            parts = [
-                TopicPartition(t, p) for t in s.input_topics for p in sorted(consumer.partitions_for_topic(t) or ())
-            ]
-            if not parts:
-                await consumer._client.force_metadata_update()  # topic just created
-                parts = [
-                    TopicPartition(t, p) for t in s.input_topics for p in sorted(consumer.partitions_for_topic(t) or ())
-                ]
-            consumer.assign(parts)
-            ends = await consumer.end_offsets(parts)
-            begins = await consumer.beginning_offsets(parts)
-            total = s.trainer_window_events + s.trainer_warmup_events
-            per = max(1, total // max(len(parts), 1))
-            warm = s.trainer_warmup_events / max(total, 1)
-            for tp in parts:
-                consumer.seek(tp, max(begins[tp], ends[tp] - per))
-            window = Window()
-            remaining = {tp for tp in parts if ends[tp] > max(begins[tp], ends[tp] - per)}
-            while remaining:
-                got = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-                if not got:
-                    break
-                for tp, msgs in got.items():
-                    start = max(begins[tp], ends[tp] - per)
-                    for m in msgs:
-                        with contextlib.suppress(orjson.JSONDecodeError):
-                            value = orjson.loads(m.value or b"")
-                            if isinstance(value, dict):
-                                window.add(value, m, warmup=(m.offset - start) < warm * (ends[tp] - start))
-                    if msgs and msgs[-1].offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
-            return window
-        finally:
-            await consumer.stop()
+        """The window of recent traffic this run trains on (:func:`trainer.window.read_window`)."""
+        return await read_window(self.settings)
 
     def _champion(self) -> LoadedModel | None:
         try:

@@ -1,7 +1,7 @@
 """Training entry points shared by the CLI and the trainer service.
 
 Example:
-    >>> from stream_ae.synthetic import transactions
+    >>> from stream_ae.tools.synthetic import transactions
     >>> events, _ = transactions(2000, seed=0)
     >>> fitted = fit_events(events, variant="ae", max_steps=100, min_steps=100)
     >>> fitted.encoder.n_features == fitted.detector.n_features_in_
@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_ae.artifacts import fingerprint, save_artifact
-from stream_ae.features import Event, FeatureEncoder, FeatureSchema
-from stream_ae.featurize import RecordMeta, fit_encoder
+from stream_ae.features.encoder import Event, FeatureEncoder, FeatureSchema
+from stream_ae.features.featurize import RecordMeta, fit_encoder
+from stream_ae.input.verdicts import LABEL_VALUE
+from stream_ae.lifecycle.artifacts import fingerprint, save_artifact
 from stream_ae.models import AutoencoderDetector
 from stream_ae.models.detector import ProgressFn
-from stream_ae.verdicts import LABEL_VALUE
 
 
 @dataclass

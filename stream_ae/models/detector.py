@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from stream_ae.artifact_format import ArtifactError, read_artifact, write_artifact
+from stream_ae.lifecycle.artifact_format import ArtifactError, read_artifact, write_artifact
 from stream_ae.models.feedback import DeviationHead, FeedbackFit, label_fingerprint, label_masks, train_head
 from stream_ae.models.networks import (
     NETWORKS,
@@ -31,7 +31,7 @@ from stream_ae.models.networks import (
     VariationalNet,
     network_defaults,
 )
-from stream_ae.threshold import Method, Threshold
+from stream_ae.scoring.threshold import Method, Threshold
 
 FloatArray = NDArray[np.float32]
 ProgressFn = Callable[[int, int, float], None]
@@ -709,7 +709,7 @@ class AutoencoderDetector:
         return det
 
     def save(self, path: str | Path, version: str | None = None, **manifest_extra: Any) -> Path:
-        """Write a checksummed artifact directory (:mod:`stream_ae.artifact_format`): the
+        """Write a checksummed artifact directory (:mod:`stream_ae.lifecycle.artifact_format`): the
         weights as safetensors, :meth:`config` and ``manifest_extra`` in the manifest."""
         fields = {
             "version": version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
@@ -724,7 +724,7 @@ class AutoencoderDetector:
     def from_artifact(
         cls, manifest: dict[str, Any], state: dict[str, torch.Tensor], device: str = "auto"
     ) -> AutoencoderDetector:
-        """The detector of a verified artifact (:func:`~stream_ae.artifact_format.read_artifact`)."""
+        """The detector of a verified artifact (:func:`~stream_ae.lifecycle.artifact_format.read_artifact`)."""
         try:
             return cls.from_config(manifest["detector"], state, device=device)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:

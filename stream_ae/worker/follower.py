@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRecord
 
-from stream_ae.artifacts import ArtifactError, LoadedModel
-from stream_ae.metrics import WorkerMetrics
+from stream_ae.lifecycle.artifacts import ArtifactError, LoadedModel
+from stream_ae.lifecycle.registry import Registry
+from stream_ae.operation.metrics import WorkerMetrics
 from stream_ae.pipeline import ActiveModel
-from stream_ae.registry import Registry
 from stream_ae.settings import Settings
 
 log = logging.getLogger("stream_ae.worker")

@@ -12,10 +12,10 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream_ae.metrics import WorkerMetrics
+from stream_ae.operation.metrics import WorkerMetrics
 from stream_ae.pipeline import ActiveModel
+from stream_ae.scoring.threshold import population_stability_index
 from stream_ae.settings import Settings
-from stream_ae.threshold import population_stability_index
 
 log = logging.getLogger("stream_ae.worker")
 

@@ -35,9 +35,9 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 
 from stream_ae.entities.store import PartitionDelta
 from stream_ae.kafka.publisher import BatchPublisher, RecordTooLarge
-from stream_ae.metrics import WorkerMetrics
+from stream_ae.operation.metrics import WorkerMetrics
+from stream_ae.output.route import Routed, Router, Topics
 from stream_ae.pipeline import process_batch
-from stream_ae.route import Routed, Router, Topics
 from stream_ae.settings import Settings
 from stream_ae.worker.follower import ModelFollower
 from stream_ae.worker.health import HealthReporter

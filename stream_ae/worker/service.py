@@ -27,9 +27,9 @@ from mode import Service
 from stream_ae.entities.store import EntityStore
 from stream_ae.kafka.admin import ensure_topics, partition_counts, topic_max_message_bytes
 from stream_ae.kafka.publisher import BatchPublisher
-from stream_ae.metrics import WorkerMetrics
+from stream_ae.operation.metrics import WorkerMetrics
+from stream_ae.output.route import Topics
 from stream_ae.pipeline import ActiveModel
-from stream_ae.route import Topics
 from stream_ae.settings import Settings
 from stream_ae.worker.follower import ModelFollower
 from stream_ae.worker.health import HealthReporter

@@ -4,7 +4,7 @@ dropped when they move away, rewound when a batch is, and reported as metrics.
 
 Every change to the store runs on the hot executor, the thread that processes batches, so
 the state is never read and written at once. The changelog records themselves are built
-with each batch (:meth:`stream_ae.route.Router.changelog`) and published with its outputs.
+with each batch (:meth:`stream_ae.output.route.Router.changelog`) and published with its outputs.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_ae.entities.restore import restore_partition
 from stream_ae.entities.store import EntityStore, PartitionDelta
-from stream_ae.metrics import WorkerMetrics
-from stream_ae.route import Routed
+from stream_ae.operation.metrics import WorkerMetrics
+from stream_ae.output.route import Routed
 
 log = logging.getLogger("stream_ae.worker")
 

@@ -1,6 +1,6 @@
 """The Faust application: lifecycle, CLI, web health endpoint; the hot path is a service.
 
-``stream-ae worker`` and ``faust -A stream_ae.app worker`` both run :data:`app`, built from
+``stream-ae worker`` and ``faust -A stream_ae.worker.app worker`` both run :data:`app`, built from
 the environment's :class:`~stream_ae.settings.Settings`. Tests and embedders call
 :func:`create_app` with their own settings.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
-from stream_ae.metrics import WorkerMetrics
+from stream_ae.operation.metrics import WorkerMetrics
 from stream_ae.settings import Settings
 from stream_ae.worker import BatchWorker
 
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, BatchWorker
 
 
 def __getattr__(name: str) -> Any:
-    """``faust -A stream_ae.app`` reads ``app``: built from the environment on first access."""
+    """``faust -A stream_ae.worker.app`` reads ``app``: built from the environment on first access."""
     if name == "app":
         global _app
         if _app is None:

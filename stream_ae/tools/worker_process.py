@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from stream_ae.kafka.local import free_port
-from stream_ae.metrics import scrape
+from stream_ae.operation.metrics import scrape
 
 
 def worker_env(bootstrap: str, registry: Path, input_topic: str, **extra: str) -> dict[str, str]:
@@ -67,7 +67,7 @@ class WorkerProcess:
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream_ae.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "stream_ae.tools.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

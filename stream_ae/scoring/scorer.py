@@ -4,7 +4,7 @@ The model stays on its device; on CUDA the host side of the copy is a pinned buf
 across batches (grown when a larger batch arrives). Explanations (top features by share of
 squared reconstruction error) are computed only for rows above the threshold; given the
 column-to-field ``groups``, they name fields and come with the reconstruction of those rows
-(the model's expected values, in the encoded units: :mod:`stream_ae.explain` reads them).
+(the model's expected values, in the encoded units: :mod:`stream_ae.scoring.explain` reads them).
 
 Example:
     >>> import numpy as np

@@ -26,11 +26,12 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from stream_ae.decode import RawRecord
 from stream_ae.entities import changelog
 from stream_ae.entities.store import EntityStore, PartitionDelta, StoreCounts
+from stream_ae.input.decode import RawRecord
+from stream_ae.input.source import Source
 from stream_ae.kafka.limits import BATCH_OVERHEAD, DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD, fits
-from stream_ae.records import MAX_KEY_BYTES, Source, anomaly_record, dead_letter_record, output_key, score_records
+from stream_ae.output.records import MAX_KEY_BYTES, anomaly_record, dead_letter_record, output_key, score_records
 
 
 @dataclass(frozen=True)

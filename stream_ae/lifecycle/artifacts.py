@@ -1,5 +1,5 @@
 """Model artifacts as the worker, the trainer and the registry see them: a detector, its
-feature encoder and the manifest, in one checksummed directory (:mod:`stream_ae.artifact_format`).
+feature encoder and the manifest, in one checksummed directory (:mod:`stream_ae.lifecycle.artifact_format`).
 
 The manifest holds the format, version, variant, hyper-parameters, scaler and score
 statistics, threshold, feature schema and encoder statistics, training metrics, data
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_ae.artifact_format import ArtifactError, fingerprint, read_artifact, read_manifest
-from stream_ae.features import FeatureEncoder
+from stream_ae.features.encoder import FeatureEncoder
+from stream_ae.lifecycle.artifact_format import ArtifactError, fingerprint, read_artifact, read_manifest
 from stream_ae.models.detector import AutoencoderDetector
 
 __all__ = ["ArtifactError", "LoadedModel", "fingerprint", "load_artifact", "read_manifest", "save_artifact"]

@@ -22,7 +22,7 @@ Example:
     >>> parse_verdict(b'{"event_id": "tx-1", "label": "maybe"}')
     Traceback (most recent call last):
     ...
-    stream_ae.verdicts.VerdictError: verdict_unknown_label: label 'maybe' is not one of anomaly, normal
+    stream_ae.input.verdicts.VerdictError: verdict_unknown_label: label 'maybe' is not one of anomaly, normal
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from stream_ae.records import SOURCE_SCHEMA, Source
+from stream_ae.input.source import SOURCE_SCHEMA, Source
 
 VERDICT_SCHEMA_ID = "stream-ae.verdict/1"
 LABELS = ("anomaly", "normal")

@@ -10,7 +10,7 @@ Anomaly record, schema ``stream-ae.anomaly/2`` (see :data:`ANOMALY_SCHEMA`)::
      "event": {...the original event...}}
 
 ``top_features`` names fields, each with its observed and expected value
-(:mod:`stream_ae.explain`). Version 1 (:data:`ANOMALY_SCHEMA_V1`, written before) named
+(:mod:`stream_ae.scoring.explain`). Version 1 (:data:`ANOMALY_SCHEMA_V1`, written before) named
 encoded columns: ``{"feature": "country=DE", "share": 0.45}``, and had no expected values.
 
 ``event_id`` is the event's id field when the schema names one, else ``topic:partition:offset``;
@@ -21,30 +21,19 @@ from __future__ import annotations
 
 import base64
 import itertools
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from stream_ae.input.source import SOURCE_SCHEMA, Source
+
 ANOMALY_SCHEMA_ID = "stream-ae.anomaly/2"
 ANOMALY_SCHEMA_V1_ID = "stream-ae.anomaly/1"
 DEAD_LETTER_SCHEMA_ID = "stream-ae.dead-letter/1"
 SCORE_SCHEMA_ID = "stream-ae.score/1"
-
-# where a record lies in Kafka: every record about an input record carries it
-SOURCE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["topic", "partition", "offset"],
-    "properties": {
-        "topic": {"type": "string"},
-        "partition": {"type": "integer"},
-        "offset": {"type": "integer"},
-    },
-}
 
 ANOMALY_SCHEMA_V1: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -122,41 +111,6 @@ ANOMALY_SCHEMA: dict[str, Any] = {
 def anomaly_schema(record: dict[str, Any]) -> dict[str, Any]:
     """The JSON schema a stored anomaly record follows, by its ``schema`` field (1 or 2)."""
     return ANOMALY_SCHEMA_V1 if record.get("schema") == ANOMALY_SCHEMA_V1_ID else ANOMALY_SCHEMA
-
-
-@dataclass(frozen=True)
-class Source:
-    topic: str
-    partition: int
-    offset: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
-
-    def ident(self) -> str:
-        return f"{self.topic}:{self.partition}:{self.offset}"
-
-    @classmethod
-    def from_dict(cls, value: Any) -> Source:
-        """A record's ``source`` object back; ``ValueError`` when it is not one."""
-        try:
-            return cls(str(value["topic"]), int(value["partition"]), int(value["offset"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"source needs topic, partition and offset: {exc!r}") from exc
-
-    @classmethod
-    def parse(cls, text: str) -> Source | None:
-        """``topic:partition:offset`` (what :meth:`ident` writes), else None.
-
-        Example:
-            >>> Source.parse("events:2:41"), Source.parse("tx-7")
-            (Source(topic='events', partition=2, offset=41), None)
-        """
-        m = _COORDINATES.match(text)
-        return cls(m["topic"], int(m["partition"]), int(m["offset"])) if m else None
-
-
-_COORDINATES = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+):(?P<partition>\d+):(?P<offset>\d+)$")
 
 
 MAX_KEY_BYTES = 4096  # a longer input key is shown cut to its first 256 bytes (and never reused as a key)

@@ -29,7 +29,7 @@ import yaml
 
 from stream_ae.kafka.local import free_port
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 
 class PrometheusError(RuntimeError):

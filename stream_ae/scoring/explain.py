@@ -21,7 +21,7 @@ One entry per field, not per encoded column (``country``, not ``country=DE``)::
      "no_expected": "hashed_category"}
 
 Example:
-    >>> from stream_ae.features import FeatureEncoder, FeatureSchema
+    >>> from stream_ae.features.encoder import FeatureEncoder, FeatureSchema
     >>> events = [{"amount": float(a), "kind": "a" if a < 50 else "b"} for a in range(100)]
     >>> enc = FeatureEncoder(FeatureSchema.infer(events)).fit(events)
     >>> ex = FieldExplainer(enc)
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_ae.features import FeatureEncoder, FieldKind
+from stream_ae.features.encoder import FeatureEncoder, FieldKind
 
 
 def _num(x: float) -> float:

@@ -19,7 +19,7 @@ console = Console(stderr=True)
 
 def forced_on_second_signal(force: Any) -> Any:
     """A context in which SIGINT or SIGTERM calls ``force`` (a second Ctrl-C: stop at once)."""
-    from stream_ae.runtime import on_stop_signal
+    from stream_ae.operation.runtime import on_stop_signal
 
     return on_stop_signal(force)
 
@@ -56,7 +56,7 @@ def kafka_start(
     console.print(f"[green]Kafka is up[/] at {broker.bootstrap_servers} (log: {broker.log_file})")
     print(broker.bootstrap_servers, flush=True)
     if foreground:
-        from stream_ae.runtime import wait_for_stop_signal
+        from stream_ae.operation.runtime import wait_for_stop_signal
 
         wait_for_stop_signal()
         console.print("stopping Kafka (Ctrl-C again: at once)")
@@ -99,12 +99,12 @@ def worker() -> None:
     """Run the streaming worker (configured by STREAM_AE_* variables; see README.md)."""
     import sys
 
-    from stream_ae.runtime import limit_threads
+    from stream_ae.operation.runtime import limit_threads
     from stream_ae.settings import Settings
 
     settings = Settings()
     limit_threads(settings.torch_threads, settings.torch_interop_threads)
-    from stream_ae.app import create_app
+    from stream_ae.worker.app import create_app
 
     faust_app, _ = create_app(settings)
     faust_levels = {"CRITICAL": "crit", "ERROR": "error", "WARNING": "warn", "INFO": "info", "DEBUG": "debug"}
@@ -146,9 +146,9 @@ def train(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from stream_ae.features import FeatureSchema
+    from stream_ae.features.encoder import FeatureSchema
+    from stream_ae.lifecycle.registry import Registry
     from stream_ae.models import DegenerateDataError
-    from stream_ae.registry import Registry
     from trainer.train import fit_events, fit_matrix
 
     if (out is None) == (registry is None):
@@ -247,7 +247,7 @@ def _model_input(
     the rows' labels or None). Bad input is a usage error naming the problem, never a traceback."""
     import numpy as np
 
-    from stream_ae.featurize import featurize_file
+    from stream_ae.features.featurize import featurize_file
 
     if input.is_file() and input.suffix in (".jsonl", ".json") and loaded.encoder is None:
         raise typer.BadParameter("this model was trained on a matrix; give a matrix (.npz / .csv)")
@@ -267,8 +267,8 @@ def _model_input(
 
 
 def _load_model(model: Path, device: str) -> Any:
-    from stream_ae.artifact_format import ArtifactError
-    from stream_ae.artifacts import load_artifact
+    from stream_ae.lifecycle.artifact_format import ArtifactError
+    from stream_ae.lifecycle.artifacts import load_artifact
 
     try:
         return load_artifact(model, device=device)
@@ -505,7 +505,7 @@ def trainer(
     import asyncio
     import logging
 
-    from stream_ae.runtime import default_trainer_threads, limit_threads
+    from stream_ae.operation.runtime import default_trainer_threads, limit_threads
     from stream_ae.settings import Settings
 
     settings = Settings()
@@ -542,9 +542,9 @@ def produce(
     load test: `stream-ae synthesize` writes one), to TOPIC on STREAM_AE_BOOTSTRAP_SERVERS."""
     import asyncio
 
-    from stream_ae.produce import file_payloads, send_events, send_raw, stream_forever
     from stream_ae.settings import Settings
-    from stream_ae.synthetic import transactions
+    from stream_ae.tools.produce import file_payloads, send_events, send_raw, stream_forever
+    from stream_ae.tools.synthetic import transactions
 
     kw = Settings().kafka_client_kwargs()
     if from_file is not None:
@@ -582,9 +582,9 @@ def feedback(
     import getpass
     import time
 
-    from stream_ae.records import Source
+    from stream_ae.input.source import Source
+    from stream_ae.input.verdicts import VerdictError, verdict_record
     from stream_ae.settings import Settings
-    from stream_ae.verdicts import VerdictError, verdict_record
 
     settings = Settings()
     if not settings.feedback_topic:
@@ -603,8 +603,8 @@ def feedback(
 async def _send_verdict(settings: Any, record: dict[str, Any]) -> None:
     from aiokafka import AIOKafkaProducer
 
+    from stream_ae.input.verdicts import verdict_bytes
     from stream_ae.kafka.admin import ensure_topics
-    from stream_ae.verdicts import verdict_bytes
 
     kw = settings.kafka_client_kwargs()
     await ensure_topics(kw, {settings.feedback_topic: 1}, compacted={settings.feedback_topic})
@@ -620,7 +620,7 @@ RegistryDir = Annotated[Path | None, typer.Option("--dir", help="registry root (
 
 
 def _registry(path: Path | None) -> Any:
-    from stream_ae.registry import Registry
+    from stream_ae.lifecycle.registry import Registry
     from stream_ae.settings import Settings
 
     return Registry(path or Settings().model_dir)
@@ -641,7 +641,7 @@ def models_show(version: Annotated[str | None, typer.Argument()] = None, registr
     """A version's manifest summary (default: LATEST)."""
     import json
 
-    from stream_ae.artifacts import read_manifest
+    from stream_ae.lifecycle.artifacts import read_manifest
 
     reg = _registry(registry_dir)
     manifest, sha = read_manifest(reg.path_of(version or reg.latest() or ""))
@@ -672,7 +672,7 @@ def demo(
     duration: Annotated[float, typer.Option(help="stop after this many seconds (0: until Ctrl-C)")] = 0.0,
 ) -> None:
     """Local broker, initial model, worker, trainer and a producer, with a live view."""
-    from stream_ae.demo import run_demo
+    from stream_ae.tools.demo import run_demo
 
     run_demo(home, rate, anomaly_rate, duration or None)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_ae.artifacts import ArtifactError, LoadedModel, load_artifact, read_manifest
+from stream_ae.lifecycle.artifacts import ArtifactError, LoadedModel, load_artifact, read_manifest
 
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -3,7 +3,7 @@ manifest with the SHA-256 of every file. Never a pickle.
 
 This is the bottom layer: it knows files, checksums and tensors, not what a detector or an
 encoder is. :mod:`stream_ae.models.detector` writes and reads its own artifact through it,
-and :mod:`stream_ae.artifacts` adds the feature encoder and the registry's view on top.
+and :mod:`stream_ae.lifecycle.artifacts` adds the feature encoder and the registry's view on top.
 
 Layout::
 

@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from stream_ae.entities.spec import EntitySpec
 from stream_ae.entities.step import EntityBatch
 from stream_ae.entities.store import EntityStore, PartitionDelta
-from stream_ae.features import EncodedBatch, EncodeError, Event, FeatureEncoder, epoch_seconds
+from stream_ae.features.encoder import EncodedBatch, EncodeError, Event, FeatureEncoder, epoch_seconds
 
 MAX_ENTITY_KEY_BYTES = 1024
 _NUMBER = {int, float, type(None)}

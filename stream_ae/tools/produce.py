@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from stream_ae.synthetic import CardStream, transactions
+from stream_ae.tools.synthetic import CardStream, transactions
 
 __all__ = ["file_payloads", "send_events", "send_raw", "transactions"]
 

@@ -33,18 +33,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from stream_ae.explain import describe
+from stream_ae.input.source import Source
+from stream_ae.input.verdicts import verdict_bytes, verdict_record
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.local import LocalKafka, free_port
-from stream_ae.metrics import scrape
-from stream_ae.produce import stream_forever
-from stream_ae.prometheus_local import LocalPrometheus, PrometheusError
-from stream_ae.prometheus_local import available as prometheus_available
-from stream_ae.records import Source
-from stream_ae.registry import Registry
-from stream_ae.runtime import on_stop_signal
-from stream_ae.synthetic import CARD_SCHEMA, transactions
-from stream_ae.verdicts import verdict_bytes, verdict_record
+from stream_ae.lifecycle.registry import Registry
+from stream_ae.operation.metrics import scrape
+from stream_ae.operation.runtime import on_stop_signal
+from stream_ae.scoring.explain import describe
+from stream_ae.tools.produce import stream_forever
+from stream_ae.tools.prometheus_local import LocalPrometheus, PrometheusError
+from stream_ae.tools.prometheus_local import available as prometheus_available
+from stream_ae.tools.synthetic import CARD_SCHEMA, transactions
 
 FEEDBACK_TOPIC = "stream-ae.feedback"
 
@@ -142,7 +142,7 @@ class Demo:
     def spawn(self, name: str, *args: str) -> None:
         log = (self.home / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_ae.cli", *args],
+            [sys.executable, "-m", "stream_ae.tools.cli", *args],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,

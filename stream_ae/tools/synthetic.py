@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream_ae.entities.spec import EntitySpec
-from stream_ae.features import FeatureSchema, FieldKind, FieldSpec
+from stream_ae.features.encoder import FeatureSchema, FieldKind, FieldSpec
 
 CATEGORIES = np.array(["grocery", "fuel", "online", "restaurant", "travel"])
 CATEGORY_P = np.array([0.35, 0.15, 0.25, 0.2, 0.05])

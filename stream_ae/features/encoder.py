@@ -299,7 +299,7 @@ class FeatureEncoder:
     def fit(self, events: Sequence[Event]) -> FeatureEncoder:
         """Learn statistics from events; rows that cannot be encoded are skipped. With an
         entity declaration the entity features are fitted after, by :meth:`fit_derived`, on
-        what replaying the same events gives (:func:`stream_ae.featurize.fit_encoder`)."""
+        what replaying the same events gives (:func:`stream_ae.features.featurize.fit_encoder`)."""
         bad: dict[int, EncodeError] = {}
         cols = {spec.name: self._column(spec, events, bad) for spec in self.schema.fields}
         keep = np.ones(len(events), dtype=bool)
@@ -511,7 +511,7 @@ class FeatureEncoder:
     def encode(self, events: Sequence[Event]) -> EncodedBatch:
         """Encode a batch; rows with bad values are reported in ``errors``, not encoded. With
         an entity declaration this is the declared fields' part only: the entity features come
-        from the state (:func:`stream_ae.featurize.featurize`), which adds them."""
+        from the state (:func:`stream_ae.features.featurize.featurize`), which adds them."""
         if not self.fitted and not (self.schema.derived_fields and self.stats):
             raise RuntimeError("fit the encoder first")
         n = len(events)
@@ -565,9 +565,9 @@ class FeatureEncoder:
 
     def transform(self, events: Sequence[Event]) -> NDArray[np.float32]:
         """Encode a batch or raise :class:`EncodeError` for the first bad row (a schema without
-        an entity declaration: entity features need the state, see :mod:`stream_ae.featurize`)."""
+        an entity declaration: entity features need the state, see :mod:`stream_ae.features.featurize`)."""
         if self.schema.entity is not None:
-            raise ValueError("this schema declares entity features: encode through stream_ae.featurize")
+            raise ValueError("this schema declares entity features: encode through stream_ae.features.featurize")
         batch = self.encode(events)
         if batch.errors:
             row, err = next(iter(batch.errors.items()))
