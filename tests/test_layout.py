@@ -53,7 +53,9 @@ def test_each_step_imports_only_the_steps_before_it() -> None:
 
 def test_the_hot_path_never_imports_training_code() -> None:
     hot = tuple(f"stream_ae.{p}" for p in HOT_PATH)
-    wrong = [f"{m} imports {t}" for m, ts in _imports().items() if m.startswith(hot) for t in ts if t.startswith("trainer")]
+    wrong = [
+        f"{m} imports {t}" for m, ts in _imports().items() if m.startswith(hot) for t in ts if t.startswith("trainer")
+    ]
     assert not wrong, wrong
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -128,12 +129,33 @@ class WorkerMetrics:
 
 
 def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:
-    """Read a Prometheus text exposition: ``name{labels}`` -> value (raises OSError when down)."""
+    """Read a Prometheus text exposition over HTTP (raises OSError when it cannot be reached);
+    see :func:`parse_exposition` for the keys."""
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        text = response.read().decode()
+        return parse_exposition(response.read().decode())
+
+
+def parse_exposition(text: str) -> dict[str, float]:
+    """Samples of a Prometheus text exposition: ``name{label="value",...}`` -> value, parsed by
+    ``prometheus_client``'s own parser (escapes, timestamps and label values with spaces), the
+    labels in the order the exposition gives them, a sample without labels as its bare name.
+
+    Example:
+        >>> parse_exposition(
+        ...     '# TYPE dlq_total counter\\n'
+        ...     'dlq_total{reason="bad json",topic="a\\\\"b"} 3 1700000000000\\n'
+        ...     'up 1\\n'
+        ... )
+        {'dlq_total{reason="bad json",topic="a\\\\"b"}': 3.0, 'up': 1.0}
+    """
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
     return out
+
+
+def _escape(value: str) -> str:
+    """A label value as the exposition writes it (backslash, double quote and newline escaped)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
