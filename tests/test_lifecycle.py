@@ -90,7 +90,10 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
         trainer_window_events=12_000,
         trainer_warmup_events=8_000,  # the 2,000 cards seen about four times each before training rows
         trainer_metrics_port=0,
-        target_false_alarm_rate=0.001,
+        # 1 %: the 12,000-event window gives 2,400 calibration rows, 24 above the threshold. At
+        # 0.1 % it held 2.4 (a tail fit's guess), and the gate once kept the challenger back on
+        # a 0.38 % holdout rate; the trainer now refuses such a window (window_too_small)
+        target_false_alarm_rate=0.01,
         trainer_warm_start=False,
     )
     trainer = TrainerService(settings)
@@ -132,5 +135,7 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
     fresh_ids = {e["id"] for e in fresh}
     after = [a for a in out if a["event_id"] in fresh_ids and a["model_version"] == new_version]
     rate = len(after) / len(fresh)
-    print(f"\n[drift] {new_version}: false-alarm rate on the new normal {rate:.4f} (target 0.001)")
-    assert rate <= 0.001 * 5 + 0.002, f"false-alarm rate on the new normal {rate:.4f}"
+    print(f"\n[drift] {new_version}: false-alarm rate on the new normal {rate:.4f} (target 0.01)")
+    # margin: about 100 of the 10,000 fresh events expected, with a standard deviation near 22
+    # (the count's 10 and the 2,400-row calibration's 20 %): twice the target is 4.5 of them
+    assert rate <= 2 * 0.01, f"false-alarm rate on the new normal {rate:.4f}"

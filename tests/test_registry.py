@@ -10,7 +10,16 @@ import pytest
 from stream_ae.lifecycle.artifacts import ArtifactError
 from stream_ae.lifecycle.registry import Registry
 from stream_ae.models import AutoencoderDetector
-from trainer.service import GateFigures, compare, generated_anomalies, without_detections
+from stream_ae.settings import Settings
+from stream_ae.tools.synthetic import CardStream
+from trainer.service import (
+    GateFigures,
+    TrainerService,
+    allowed_false_alarm_rate,
+    compare,
+    generated_anomalies,
+    without_detections,
+)
 
 FAST = {"min_steps": 50, "max_steps": 50, "hidden": (16,), "latent_dim": 2, "device": "cpu"}
 
@@ -53,18 +62,39 @@ def test_version_names_cannot_leave_the_registry(tmp_path: Path, name: str) -> N
 
 def test_gate_keeps_a_worse_challenger_back() -> None:
     champ = GateFigures(false_alarm_rate=0.001, recon_loss=0.1, separation_auc=0.95)
-    assert compare(GateFigures(0.001, 0.1, 0.96), champ, 0.001, 5000) == (True, "better_or_equal")
-    assert compare(GateFigures(0.05, 0.1, 0.99), champ, 0.001, 5000)[1] == "false_alarm_rate"
-    assert compare(GateFigures(0.001, 0.1, 0.80), champ, 0.001, 5000)[1] == "separation"
+    assert compare(GateFigures(0.001, 0.1, 0.96), champ, 0.001, 5000, 12_000) == (True, "better_or_equal")
+    assert compare(GateFigures(0.05, 0.1, 0.99), champ, 0.001, 5000, 12_000)[1] == "false_alarm_rate"
+    assert compare(GateFigures(0.001, 0.1, 0.80), champ, 0.001, 5000, 12_000)[1] == "separation"
     # after drift the champion floods alerts: a challenger back near target wins
     drifted = GateFigures(false_alarm_rate=0.2, recon_loss=0.5, separation_auc=0.9)
-    assert compare(GateFigures(0.002, 0.1, 0.9), drifted, 0.001, 5000)[0]
+    assert compare(GateFigures(0.002, 0.1, 0.9), drifted, 0.001, 5000, 12_000)[0]
     # its detections taken out, a drifted champion looks calibrated; what it flagged of the
     # slice as it came still tells that it cannot be trusted to hold a challenger back
     cleaned = GateFigures(false_alarm_rate=0.001, recon_loss=0.5, separation_auc=0.95, flag_rate=0.015)
-    assert compare(GateFigures(0.001, 0.1, 0.80), cleaned, 0.001, 5000)[0]
+    assert compare(GateFigures(0.001, 0.1, 0.80), cleaned, 0.001, 5000, 12_000)[0]
     steady = GateFigures(false_alarm_rate=0.001, recon_loss=0.5, separation_auc=0.95, flag_rate=0.0012)
-    assert compare(GateFigures(0.001, 0.1, 0.80), steady, 0.001, 5000)[1] == "separation"
+    assert compare(GateFigures(0.001, 0.1, 0.80), steady, 0.001, 5000, 12_000)[1] == "separation"
+
+
+def test_the_gate_allows_for_the_calibration_slice_as_well_as_the_holdout() -> None:
+    # 0.1 % calibrated on 2,400 rows and checked on 2,400 others: a realised 0.38 % (9 rows) is
+    # within what chance gives (the holdout alone allowed 0.34 %, and kept a sound model back)
+    assert allowed_false_alarm_rate(0.001, 2400, 2400) > 0.0038
+    assert allowed_false_alarm_rate(0.001, 2400, 10**9) < 0.0036
+    assert compare(GateFigures(0.0038, 0.1, 0.95), None, 0.001, 2400, 2400)[0]
+    assert not compare(GateFigures(0.0060, 0.1, 0.95), None, 0.001, 2400, 2400)[0]
+
+
+def test_the_trainer_publishes_nothing_from_a_window_too_small_to_calibrate_its_target(tmp_path: Path) -> None:
+    events, _ = CardStream(seed=4).next(3000)
+    trainer = TrainerService(Settings(model_dir=tmp_path, target_false_alarm_rate=0.001, trainer_max_steps=60))
+    result = trainer.train_and_gate(events, champion=None)
+    assert (result.published, result.reason) == (None, "window_too_small")
+    assert trainer.metrics.rejections.labels(reason="window_too_small")._value.get() == 1
+    assert Registry(tmp_path).latest() is None
+    # the same window calibrates a 1 % rate: 1,200 calibration rows, 12 above the threshold
+    trainer = TrainerService(Settings(model_dir=tmp_path, target_false_alarm_rate=0.01, trainer_max_steps=60))
+    assert trainer.train_and_gate(events, champion=None).reason != "window_too_small"
 
 
 def test_generated_anomalies_differ_from_their_sources() -> None:

@@ -30,6 +30,7 @@ from stream_ae.kafka.admin import ensure_topics
 from stream_ae.lifecycle.artifacts import ArtifactError, LoadedModel
 from stream_ae.lifecycle.registry import Registry, announcement_bytes
 from stream_ae.models import AutoencoderDetector, DegenerateDataError
+from stream_ae.scoring.threshold import MIN_EXCEEDANCES
 from stream_ae.settings import Settings
 from trainer.feedback import FeedbackMetrics, FeedbackReader, Labels
 from trainer.train import FittedModel, infer_schema
@@ -162,13 +163,26 @@ def labelled_figures(
     return precision, recall
 
 
+def allowed_false_alarm_rate(target_rate: float, n_holdout: int, n_calibration: int) -> float:
+    """The highest false-alarm rate on a holdout of ``n_holdout`` rows that a model calibrated
+    to ``target_rate`` on ``n_calibration`` other rows shows by chance: the target plus three
+    standard errors of both samples (the holdout's binomial count, and the coverage of the
+    calibration quantile, whose variance is also ``r (1 - r) / n``), plus one row.
+
+    Example: 0.1 % calibrated on 12,000 rows and checked on 10,000 allows 0.19 %
+        >>> round(allowed_false_alarm_rate(0.001, 10_000, 12_000), 4)
+        0.0019
+    """
+    n_h, n_c = max(n_holdout, 1), max(n_calibration, 1)
+    return target_rate + 3 * float(np.sqrt(target_rate * (1 - target_rate) * (1 / n_h + 1 / n_c))) + 1 / n_h
+
+
 def compare(
-    challenger: GateFigures, champion: GateFigures | None, target_rate: float, n_holdout: int
+    challenger: GateFigures, champion: GateFigures | None, target_rate: float, n_holdout: int, n_calibration: int
 ) -> tuple[bool, str]:
-    """Publish unless the challenger is worse: false alarms above what the target allows, or
-    clearly less separation than the champion."""
-    # allowed false-alarm rate: the target plus three binomial standard errors on the holdout
-    allowed = target_rate + 3 * np.sqrt(target_rate * (1 - target_rate) / max(n_holdout, 1)) + 1 / max(n_holdout, 1)
+    """Publish unless the challenger is worse: false alarms above what the target allows
+    (:func:`allowed_false_alarm_rate`), or clearly less separation than the champion."""
+    allowed = allowed_false_alarm_rate(target_rate, n_holdout, n_calibration)
     if challenger.false_alarm_rate > max(allowed, champion.false_alarm_rate if champion else 0.0):
         return False, "false_alarm_rate"
     # a champion that breaks the target on today's traffic (drift) cannot hold back a challenger
@@ -179,6 +193,19 @@ def compare(
         if rate <= allowed and challenger.separation_auc < champion.separation_auc - 0.02:
             return False, "separation"
     return True, "better_or_equal" if champion else "first_model"
+
+
+def calibration_rows_needed(target_rate: float) -> int:
+    """Calibration rows for an empirical quantile at ``target_rate``: enough that
+    :data:`~stream_ae.scoring.threshold.MIN_EXCEEDANCES` of them lie above it. Fewer is not
+    calibration (0.1 % on 830 rows puts less than one row above the threshold): the trainer
+    publishes nothing from such a window.
+
+    Example:
+        >>> calibration_rows_needed(0.001), calibration_rows_needed(0.01)
+        (10000, 1000)
+    """
+    return int(np.ceil(MIN_EXCEEDANCES / target_rate - 1e-9))
 
 
 MAX_CONTAMINATION = 0.02
@@ -302,6 +329,16 @@ class TrainerService:
         # (where the window affords it without starving training; a fifth otherwise)
         for_quantile = int(np.ceil(12 / s.target_false_alarm_rate))
         n_cal = for_quantile if n_hold < for_quantile <= 0.4 * len(order) else n_hold
+        needed = calibration_rows_needed(s.target_false_alarm_rate)
+        if n_cal < needed:  # the threshold would be a guess: say so, and keep the champion
+            self.metrics.rejections.labels(reason="window_too_small").inc()
+            log.warning(
+                "window too small to calibrate a false-alarm rate of %g: %d usable events give %d calibration "
+                "rows, %d needed (%d usable events at least: raise STREAM_AE_TRAINER_WINDOW_EVENTS, or wait for "
+                "the topic to hold them)",
+                s.target_false_alarm_rate, len(order), n_cal, needed, int(np.ceil(2.5 * for_quantile)),
+            )  # fmt: skip
+            return RunResult(None, "window_too_small", n_events=len(order))
         hold, cal, train = order[:n_hold], order[n_hold : n_hold + n_cal], order[n_hold + n_cal :]
         champ_X: NDArray[np.float32] | None = None
         champ_rows = np.zeros(0, dtype=np.int64)
@@ -370,7 +407,7 @@ class TrainerService:
                     champ_scores[champ_back], champion.detector.threshold_, y_back[in_window][seen]
                 )
         self._report_labels(labels, chal, champ)
-        ok, reason = compare(chal, champ, s.target_false_alarm_rate, len(hold))
+        ok, reason = compare(chal, champ, s.target_false_alarm_rate, len(hold), len(cal))
         for name, fig in (("challenger", chal), ("champion", champ)):
             if fig is not None:
                 for k, v in fig.as_dict().items():
