@@ -12,6 +12,27 @@ import pytest
 from stream_ae.kafka.local import KafkaLocalError, LocalKafka
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the broker is a ``kafka`` test, whether or not it says so: the fast tier
+    (``make test-fast``, ``-m "not kafka and not prometheus and not slow"``) never starts one."""
+    for item in items:
+        if "kafka_broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained test models of this run, in a folder its xdist workers share: each model is
+    fitted once per run, not once per worker (:func:`tests.streaming.card_model`)."""
+    import tests.streaming
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "trained-models"
+    root.mkdir(exist_ok=True)
+    tests.streaming.MODEL_CACHE = root
+    return root
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A real single-node KRaft broker on 127.0.0.1, shared by the whole test run.

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from filelock import FileLock
+
+from stream_ae.lifecycle.artifacts import load_artifact
 from stream_ae.lifecycle.registry import Registry
 from stream_ae.settings import Settings
 from stream_ae.tools.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, transactions
 from trainer.train import FittedModel, fit_events
 
+# where card_model keeps its artifacts: conftest points it at the test run's temporary root,
+# which its xdist workers share (a fresh folder per process when used outside pytest)
+MODEL_CACHE = Path(tempfile.mkdtemp(prefix="stream-ae-test-models-"))
 FAST_MODEL = {"max_steps": 800, "min_steps": 800, "target_rate": 0.001, "seed": 0, "device": "cpu"}
 
 
 @functools.lru_cache(maxsize=8)
 def card_model(seed: int, amount_shift: float, stateless: bool = False) -> FittedModel:
-    events, _ = transactions(20_000, seed=seed, amount_shift=amount_shift)
-    return fit_events(events, schema=CARD_SCHEMA_STATELESS if stateless else CARD_SCHEMA, **FAST_MODEL)
+    """A small NCAE fitted on 20,000 synthetic normal transactions: fitted once per test run,
+    and shared by the xdist workers through an artifact on disk (the first to need it fits it
+    under a file lock; the others load it, which gives the same scores)."""
+    path = MODEL_CACHE / f"card-{seed}-{amount_shift}-{'stateless' if stateless else 'entities'}"
+    with FileLock(f"{path}.lock"):
+        if not (path / "X.npy").exists():
+            events, _ = transactions(20_000, seed=seed, amount_shift=amount_shift)
+            fitted = fit_events(events, schema=CARD_SCHEMA_STATELESS if stateless else CARD_SCHEMA, **FAST_MODEL)
+            fitted.save(path / "artifact", version="cached")
+            np.save(path / "X.npy", fitted.X)
+            return fitted
+    loaded = load_artifact(path / "artifact", device="cpu")
+    return FittedModel(loaded.detector, loaded.encoder, np.load(path / "X.npy"))
 
 
 def publish_model(
