@@ -12,12 +12,25 @@ import pytest
 from stream_ae.kafka.local import KafkaLocalError, LocalKafka
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, one compute thread per test process: three processes that train at once
+    with torch's default of a thread per core slowed CPU-bound tests several-fold on 2 cores
+    (OpenMP threads spinning against each other); the workers the tests start set their own."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from stream_ae.operation.runtime import limit_threads
+
+        limit_threads(1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses the broker is a ``kafka`` test, whether or not it says so: the fast tier
     (``make test-fast``, ``-m "not kafka and not prometheus and not slow"``) never starts one."""
     for item in items:
         if "kafka_broker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.kafka)
+    # the long tests first: the xdist workers take them while the short ones fill the gaps, so
+    # that the run does not end waiting on one long test started last (a stable sort)
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") or item.get_closest_marker("kafka") else 1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from stream_ae.tools.cli import app
@@ -15,6 +16,7 @@ from stream_ae.tools.synthetic import FRAUD_KINDS, CardStream, transactions
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_train_then_score_events_offline(tmp_path: Path) -> None:
     events, _ = transactions(3000, seed=1)
     train = tmp_path / "train.jsonl"
@@ -81,6 +83,7 @@ def _train_matrix(tmp_path: Path, X: np.ndarray, variant: str, name: str) -> Pat
     return out
 
 
+@pytest.mark.slow
 def test_embed_keeps_two_clusters_separable(tmp_path: Path) -> None:
     """Two well-separated clusters in the input stay separable in the latent codes (a linear
     classifier's cross-validated accuracy), for the VAE (its posterior mean) and the NCAE."""
@@ -227,6 +230,7 @@ def _flag_counts(output: str) -> tuple[int, int, int, int]:
     return a, b, c, d
 
 
+@pytest.mark.slow
 def test_known_labels_keep_contaminated_training_data_from_setting_the_threshold(tmp_path: Path) -> None:
     """Training data holding 4 % anomalies carries a 1 % threshold into them (the issue's
     thyroid case); the same file with its known anomalies marked in a label column (the other

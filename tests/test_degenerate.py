@@ -103,13 +103,15 @@ def test_fit_succeeds_with_finite_scores_or_raises_the_documented_error(variant:
     assert np.isfinite(det.score_samples(probe)).all()
 
 
+@pytest.mark.slow
 def test_the_trainer_rejects_a_degenerate_window_and_keeps_its_champion(tmp_path: Path) -> None:
     from stream_ae.settings import Settings
     from tests.streaming import publish_model
     from trainer.service import TrainerService
 
     publish_model(tmp_path, "v1", stateless=True)  # with entity features a replayed event is a burst, not a flat window
-    trainer = TrainerService(Settings(model_dir=tmp_path, trainer_metrics_port=0))
+    # 1 %: a window of 3,000 calibrates it (at the default 0.1 % it is refused as window_too_small)
+    trainer = TrainerService(Settings(model_dir=tmp_path, trainer_metrics_port=0, target_false_alarm_rate=0.01))
     replayed = transactions(1, seed=5)[0] * 3000  # a producer replaying one event
     result = trainer.train_and_gate(replayed, trigger="schedule")
     assert (result.published, result.reason) == (None, "degenerate_window")

@@ -84,6 +84,7 @@ def _anomalies(model: ActiveModel, events: list[dict[str, Any]]) -> dict[str, di
     return {a["event_id"]: a for a in (orjson.loads(v) for v in (out.values if out else []))}
 
 
+@pytest.mark.slow
 def test_an_extreme_field_is_named_with_its_original_value_expected(card_active_model: ActiveModel) -> None:
     """Change one field of a normal event: the record names that field, and what the model
     expected is the field's original value: within the amount's interquartile range of it,
@@ -129,6 +130,7 @@ def test_an_extreme_field_is_named_with_its_original_value_expected(card_active_
             assert 0 <= e["observed_probability"] <= 1 and 0 < e["expected_probability"] <= 1
 
 
+@pytest.mark.slow
 def test_the_plain_reconstruction_would_expect_the_anomaly_itself(card_active_model: ActiveModel) -> None:
     """Why the expected value is read with its field masked: the plain reconstruction of an
     amount 300 times too large follows it far outside the normal range."""
@@ -167,6 +169,7 @@ def test_version_1_records_stay_readable() -> None:
         jsonschema.validate({**v1, "schema": "stream-ae.anomaly/2"}, anomaly_schema({"schema": "stream-ae.anomaly/2"}))
 
 
+@pytest.mark.slow
 def test_all_scores_records_carry_the_latent_code_when_asked(tmp_path: Path) -> None:
     """``STREAM_AE_SCORES_INCLUDE_CODE``: each all-scores record holds its event's code, the
     same as ``stream-ae embed`` gives for it; without the setting the records stay lean."""

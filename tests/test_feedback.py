@@ -72,6 +72,7 @@ def test_bad_labels_are_refused() -> None:
         AutoencoderDetector("ae", **SMALL).fit(X, np.full(len(X) - 1, -1))
 
 
+@pytest.mark.slow
 def test_labels_lift_confirmed_patterns_and_lower_confirmed_false_alarms(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     X = _blobs(4000)

@@ -106,7 +106,10 @@ def test_drift_triggers_a_retrain_that_restores_the_false_alarm_rate(
 
     async def scenario() -> list[dict[str, object]]:
         trainer_task = asyncio.create_task(trainer.run(stop))
-        await asyncio.sleep(3)  # the startup run finds too few events and publishes nothing
+        for _ in range(300):  # the startup run finds too few events and publishes nothing
+            if trainer.metrics.runs.labels(trigger="startup", result="kept")._value.get() >= 1:
+                break
+            await asyncio.sleep(0.1)
         shifted, _ = stream.next(20_000)
         await send_events({"bootstrap_servers": bootstrap}, topic_name, shifted)
         for _ in range(120):

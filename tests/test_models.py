@@ -47,6 +47,7 @@ def test_each_variant_learns_and_ranks_anomalies_above_normals(variant: str, dat
     assert (s_anom > np.quantile(s_norm, 0.95)).mean() >= 0.8
 
 
+@pytest.mark.slow
 def test_scores_are_deterministic_with_a_seed(data: np.ndarray) -> None:
     a = AutoencoderDetector("ncae", seed=3, device="cpu", **FAST).fit(data).score_samples(data[:50])
     b = AutoencoderDetector("ncae", seed=3, device="cpu", **FAST).fit(data).score_samples(data[:50])
@@ -156,6 +157,7 @@ def test_an_artifact_from_before_telescoping_still_loads_unchanged(data: np.ndar
     np.testing.assert_array_equal(loaded.score_samples(data[:100]), det.score_samples(data[:100]))
 
 
+@pytest.mark.slow
 def test_warm_start_uses_the_champion_only_when_the_network_matches(data: np.ndarray) -> None:
     champion = AutoencoderDetector("ncae", seed=0, device="cpu", **FAST).fit(data)
     cold = AutoencoderDetector("ncae", seed=1, device="cpu", **FAST).fit(data)
@@ -174,7 +176,7 @@ def test_very_short_training_runs(data: np.ndarray, steps: int) -> None:
     assert np.isfinite(det.score_samples(data[:10])).all()
 
 
-@pytest.mark.parametrize("variant", ["ncae", "vae"])
+@pytest.mark.parametrize("variant", [pytest.param("ncae", marks=pytest.mark.slow), "vae"])
 def test_bf16_autocast_learns_and_keeps_the_exact_parts_in_float32(
     variant: str, data: np.ndarray, tmp_path: Path
 ) -> None:

@@ -71,6 +71,7 @@ def test_the_neighbour_samples_travel_with_the_artifact(tmp_path: Path) -> None:
     np.testing.assert_array_equal(theirs["neighbour"], ours["neighbour"])
 
 
+@pytest.mark.slow
 def test_on_the_card_stream_the_tail_and_density_parts_each_find_the_frauds() -> None:
     """Why the default keeps the tail and density parts beside the neighbour part: on the card
     stream (the model and traffic of ``tests/test_worker.py``) each of them alone ranks the frauds

@@ -117,10 +117,13 @@ def test_two_workers_split_partitions_without_double_scoring(
             return sum(both) >= len(events)
 
         assert wait_for(all_scored, timeout_s=90)
+        alive = [first.alive, second.alive]
     finally:
         first.stop()
         second.stop()
-    assert min(both) > 0, "both workers took a share"
+    logs = f"first:\n{first.log_tail()}\nsecond:\n{second.log_tail()}"
+    assert alive == [True, True], f"both workers run to the end {alive}\n{logs}"
+    assert min(both) > 0, f"both workers took a share {both}\n{logs}"
     scores = run(read_all(bootstrap, [f"{topic_name}.scores"], until=len(events)))
     coords = Counter(
         (s["source"]["partition"], s["source"]["offset"]) for s in map(orjson.loads, (r.value for r in scores))

@@ -169,9 +169,9 @@ def allowed_false_alarm_rate(target_rate: float, n_holdout: int, n_calibration: 
     standard errors of both samples (the holdout's binomial count, and the coverage of the
     calibration quantile, whose variance is also ``r (1 - r) / n``), plus one row.
 
-    Example: 0.1 % calibrated on 12,000 rows and checked on 10,000 allows 0.19 %
+    Example: 0.1 % calibrated on 12,000 rows and checked on 10,000 allows 0.24 %
         >>> round(allowed_false_alarm_rate(0.001, 10_000, 12_000), 4)
-        0.0019
+        0.0024
     """
     n_h, n_c = max(n_holdout, 1), max(n_calibration, 1)
     return target_rate + 3 * float(np.sqrt(target_rate * (1 - target_rate) * (1 / n_h + 1 / n_c))) + 1 / n_h

@@ -100,6 +100,13 @@ class WorkerProcess:
         """The worker's ``stream_ae_events_scored_total`` (0 while it cannot be scraped)."""
         return self.metrics().get("stream_ae_events_scored_total", 0.0)
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the worker's log (to explain a failed check)."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
     def rss_mb(self) -> float:
         """Resident memory of the worker process in MiB (0 when it is not running)."""
         if not self.alive:

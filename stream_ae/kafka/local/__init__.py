@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock
+
 DEFAULT_KAFKA_VERSION = "4.1.1"
 POM_PATH = Path(__file__).with_name("pom.xml")
 _PR_SET_PDEATHSIG = 1
@@ -66,12 +68,19 @@ def resolve_jars(
     (``ProducerPerformance`` and ``ConsumerPerformance`` for the Java reference figures)."""
     folder = "libs" if artifact == "kafka_2.13" else artifact
     libs = (cache_dir or default_cache_dir()) / f"kafka-{version}" / folder
-    marker = libs / ".complete"
-    if marker.exists():
+    if (libs / ".complete").exists():
         return libs
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(libs.parent / f".{folder}.lock"):  # test processes started together resolve once
+        if not (libs / ".complete").exists():
+            _resolve_into(libs, version, artifact)
+    return libs
+
+
+def _resolve_into(libs: Path, version: str, artifact: str) -> None:
     mvn = _require("mvn", "install Apache Maven (e.g. `apt-get install maven`) to fetch Kafka")
     _require("java", "install a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)")
-    tmp = libs.with_name(f"{folder}.partial")
+    tmp = libs.with_name(f"{libs.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cmd = [
@@ -92,7 +101,6 @@ def resolve_jars(
     (tmp / ".complete").write_text(version)
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
-    return libs
 
 
 def _cluster_id() -> str:
