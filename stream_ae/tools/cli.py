@@ -670,11 +670,18 @@ def demo(
     rate: Annotated[float, typer.Option(help="events per second from the producer")] = 2000.0,
     anomaly_rate: Annotated[float, typer.Option(help="share of injected frauds")] = 0.005,
     duration: Annotated[float, typer.Option(help="stop after this many seconds (0: until Ctrl-C)")] = 0.0,
+    report: Annotated[
+        bool,
+        typer.Option(
+            help="print a line a minute (also to HOME/report.txt): the false-alarm rate, recall and precision of "
+            "the events sent that minute, by the producer's labels"
+        ),
+    ] = False,
 ) -> None:
     """Local broker, initial model, worker, trainer and a producer, with a live view."""
     from stream_ae.tools.demo import run_demo
 
-    run_demo(home, rate, anomaly_rate, duration or None)
+    run_demo(home, rate, anomaly_rate, duration or None, report)
 
 
 def main() -> None:

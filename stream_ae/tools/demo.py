@@ -56,12 +56,24 @@ class Tally:
     injected: int = 0
     flagged: set[str] = field(default_factory=set)
     versions: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    minute_of: dict[str, int] = field(default_factory=dict)  # event id -> the minute it was sent in
 
     def on_block(self, events: list[dict[str, Any]], labels: np.ndarray) -> None:
+        minute = int((time.monotonic() - self.started) // 60)
         for e, y in zip(events, labels.tolist(), strict=True):
             self.labels[e["id"]] = int(y)
+            self.minute_of[e["id"]] = minute
         self.sent += len(events)
         self.injected += int(labels.sum())
+
+    def minute(self, m: int) -> MinuteFigures:
+        """The figures of the events sent in minute ``m`` (from 0), by the producer's labels."""
+        sent = [i for i, k in self.minute_of.items() if k == m]
+        frauds = sum(self.labels[i] for i in sent)
+        flagged = [i for i in sent if i in self.flagged]
+        hits = sum(self.labels[i] for i in flagged)
+        return MinuteFigures(m, len(sent) - frauds, frauds, len(flagged) - hits, hits)
 
     def precision_recall(self) -> tuple[float, float]:
         known = [i for i in self.flagged if i in self.labels]
@@ -69,6 +81,46 @@ class Tally:
         precision = tp / len(known) if known else float("nan")
         recall = tp / self.injected if self.injected else float("nan")
         return precision, recall
+
+
+@dataclass(frozen=True)
+class MinuteFigures:
+    """One minute of the demo's traffic, judged by the producer's hidden labels: the live
+    false-alarm rate (normal events flagged), recall (frauds flagged) and precision."""
+
+    minute: int
+    normal: int
+    frauds: int
+    false_alarms: int
+    found: int
+
+    @property
+    def false_alarm_rate(self) -> float:
+        return self.false_alarms / self.normal if self.normal else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.found / self.frauds if self.frauds else float("nan")
+
+    @property
+    def precision(self) -> float:
+        flagged = self.found + self.false_alarms
+        return self.found / flagged if flagged else float("nan")
+
+    def line(self, target: float, version: str) -> str:
+        """Example:
+        >>> print(MinuteFigures(3, 119_400, 600, 120, 510).line(0.001, "v2").replace(" | ", "\\n"))
+        minute 4: 120,000 events, 600 frauds
+        false-alarm rate 0.00101 (1.01x target)
+        recall 0.850
+        precision 0.810
+        model v2
+        """
+        return (
+            f"minute {self.minute + 1}: {self.normal + self.frauds:,} events, {self.frauds:,} frauds | "
+            f"false-alarm rate {self.false_alarm_rate:.5f} ({self.false_alarm_rate / target:.2f}x target) | "
+            f"recall {self.recall:.3f} | precision {self.precision:.3f} | model {version}"
+        )
 
 
 @dataclass
@@ -104,6 +156,10 @@ class Chargebacks:
         return ready
 
 
+def _model_version(metrics: dict[str, float]) -> str:
+    return next((k.split('version="')[1].split('"')[0] for k in metrics if k.startswith("stream_ae_model_info")), "-")
+
+
 def _scrape(port: int) -> dict[str, float]:
     try:
         return scrape(f"http://127.0.0.1:{port}/metrics", timeout_s=1.0)
@@ -111,9 +167,15 @@ def _scrape(port: int) -> dict[str, float]:
         return {}
 
 
+TARGET_RATE = 0.001  # the demo's false-alarm target
+REPORT_SETTLE_S = 15.0  # a minute's line waits this long past its end, for its events' anomaly records
+
+
 class Demo:
-    def __init__(self, home: Path, rate: float, anomaly_rate: float, console: Console) -> None:
+    def __init__(self, home: Path, rate: float, anomaly_rate: float, console: Console, report: bool = False) -> None:
         self.home = home
+        self.report = report
+        self.report_lines: list[MinuteFigures] = []
         self.rate, self.anomaly_rate = rate, anomaly_rate
         self.console = console
         self.broker = LocalKafka(home / "kafka", die_with_parent=True)
@@ -135,7 +197,7 @@ class Demo:
             "STREAM_AE_WEB_PORT": str(self.web_port),
             "STREAM_AE_TRAINER_METRICS_PORT": str(self.trainer_port),
             "STREAM_AE_TRAINER_INTERVAL_S": os.environ.get("STREAM_AE_TRAINER_INTERVAL_S", "300"),
-            "STREAM_AE_TARGET_FALSE_ALARM_RATE": "0.001",
+            "STREAM_AE_TARGET_FALSE_ALARM_RATE": str(TARGET_RATE),
             "STREAM_AE_FEEDBACK_TOPIC": FEEDBACK_TOPIC,
         }
 
@@ -193,7 +255,7 @@ class Demo:
         m = _scrape(self.metrics_port)
         precision, recall = self.tally.precision_recall()
         scored = m.get("stream_ae_events_scored_total", 0.0)
-        version = next((k.split('version="')[1].split('"')[0] for k in m if k.startswith("stream_ae_model_info")), "-")
+        version = _model_version(m)
         t = Table(title="stream-ae demo (Ctrl-C stops everything)", show_header=False, min_width=64)
         t.add_row("events sent / scored", f"{self.tally.sent:,} / {int(scored):,}")
         t.add_row("events/s scored (avg)", f"{scored / max(elapsed, 1e-9):,.0f}")
@@ -238,7 +300,7 @@ class Demo:
         await consumer.start()
         verdicts = AIOKafkaProducer(**kw, acks="all")
         await verdicts.start()
-        start = time.monotonic()
+        start = self.tally.started = time.monotonic()
         try:
             with Live(self.view(0.0), console=self.console, refresh_per_second=2) as live:
                 while not stop.is_set():
@@ -253,6 +315,8 @@ class Demo:
                     for v in self.chargebacks.due(time.time()):
                         await verdicts.send(FEEDBACK_TOPIC, verdict_bytes(v), key=v["event_id"].encode())
                     elapsed = time.monotonic() - start
+                    if self.report and elapsed >= (len(self.report_lines) + 1) * 60 + REPORT_SETTLE_S:
+                        self._report_minute(live)
                     live.update(self.view(elapsed))
                     if duration and elapsed > duration:
                         stop.set()
@@ -263,6 +327,28 @@ class Demo:
                 await asyncio.wait_for(verdicts.stop(), 5)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer, 10)
+
+    def _report_minute(self, live: Live) -> None:
+        """Print (and append to ``<home>/report.txt``) the figures of the next closed minute."""
+        figures = self.tally.minute(len(self.report_lines))
+        self.report_lines.append(figures)
+        line = figures.line(TARGET_RATE, _model_version(_scrape(self.metrics_port)))
+        live.console.print(line)
+        with (self.home / "report.txt").open("a") as fh:
+            fh.write(line + "\n")
+
+    def report_summary(self) -> str:
+        """The minutes after the first two against the demo's promise: the false-alarm rate in
+        0.5-2x the target and recall at least 0.8."""
+        later = self.report_lines[2:]
+        if not later:
+            return "report: fewer than three minutes closed, nothing to judge"
+        in_band = sum(0.5 * TARGET_RATE <= f.false_alarm_rate <= 2 * TARGET_RATE for f in later)
+        recalled = sum(f.recall >= 0.8 for f in later)
+        return (
+            f"report: {len(later)} minutes after the first two; false-alarm rate within 0.5-2x the target in "
+            f"{in_band}, recall at least 0.8 in {recalled}"
+        )
 
     def teardown(self) -> None:
         """Stop in order: the producer is done already; the worker and the trainer (SIGTERM,
@@ -295,9 +381,9 @@ class Demo:
         self.broker.kill()
 
 
-def run_demo(home: Path, rate: float, anomaly_rate: float, duration: float | None) -> Tally:
+def run_demo(home: Path, rate: float, anomaly_rate: float, duration: float | None, report: bool = False) -> Tally:
     console = Console()
-    demo = Demo(home, rate, anomaly_rate, console)
+    demo = Demo(home, rate, anomaly_rate, console, report)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # no connection chatter in the live view
     try:
         demo.setup()
@@ -311,4 +397,6 @@ def run_demo(home: Path, rate: float, anomaly_rate: float, duration: float | Non
         f"sent {demo.tally.sent:,} events, {demo.tally.injected} frauds; {len(demo.tally.flagged)} anomalies "
         f"published; precision {precision:.3f}, recall {recall:.3f}"
     )
+    if report:
+        console.print(demo.report_summary())
     return demo.tally
