@@ -137,8 +137,8 @@ def gate_figures(
     normal_weights: NDArray[np.float64] | None = None,
 ) -> GateFigures:
     """How a model does on held-out rows ``X`` (its own encoding of them); ``X_as_came`` is
-    the slice before the champion's detections were taken out of it. ``normal_weights`` (0 for
-    the rows the labels take for unmarked anomalies: ``AutoencoderDetector.normal_weights``)
+    the slice before the champion's detections were taken out of it. ``normal_weights`` (each
+    row's probability of being normal, from the labels: ``AutoencoderDetector.normal_probability``)
     make the false-alarm rate one on the normal part of the holdout: without them a model that
     finds the anomalies the champion misses shows them as false alarms."""
     scores = model_detector.score_samples(X)
@@ -393,8 +393,8 @@ class TrainerService:
             hold = without_detections(hold, rows, *cut)
         detector.recalibrate(X[cal], s.target_false_alarm_rate, method=detector.hyper.threshold_method)  # type: ignore[arg-type]
         fitted = FittedModel(detector, encoder, X[fit_rows])
-        # both models' false-alarm rates on the holdout's normal part, as the verdicts tell it
-        hold_weights = detector.normal_weights(X[hold])
+        # both models' false-alarm rates on the holdout's normal part, as the verdicts estimate it
+        hold_weights = detector.normal_probability(X[hold])
         chal = gate_figures(detector, X[hold], normal_weights=hold_weights)
         y_back = lab_y[back]
         if n_back:

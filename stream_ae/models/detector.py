@@ -348,7 +348,7 @@ class AutoencoderDetector:
             cal_scores = self.score_samples(X[cal_idx])
         else:  # the training rows, with the head's part when there is one
             cal_scores = train_scores if self.feedback_ is None else self.score_samples(X[train_idx])
-        normal_weights = self.normal_weights(X[cal_idx] if n_cal >= 20 else X[train_idx])
+        normal_weights = self.normal_probability(X[cal_idx] if n_cal >= 20 else X[train_idx])
         self.calibration_scores_ = cal_scores  # kept for recalibration at other rates (not saved)
         if h.variant == "vae":  # the Gaussian decoder's spread: the held-out rows' residual RMS per feature
             held = self._to_tensor(X[cal_idx]) if n_cal >= 20 else xt
@@ -372,19 +372,6 @@ class AutoencoderDetector:
             return None
         f = self._head_output(self._to_tensor(self._check_x(X)))
         return 1.0 - LabelFrequency.from_dict(lf).probability(f)
-
-    def normal_weights(self, X: NDArray[Any]) -> NDArray[np.float64] | None:
-        """1 for the rows that count as normal traffic where the threshold is calibrated and the
-        gate counts false alarms, 0 for the rows the labels' estimate takes for unmarked
-        anomalies (a probability of being one above a half: Elkan and Noto's decision rule);
-        None without confirmed anomalies.
-
-        The probabilities themselves as weights were tried in the demo and not kept: the head
-        lifts normal rows that resemble the frauds part of the way, their small probabilities
-        summed to 85 rows of a 12,000-row slice that held about 12 unmarked frauds, and the
-        threshold fell among normal traffic (twice the target live)."""
-        p = self.normal_probability(X)
-        return None if p is None else (p >= 0.5).astype(np.float64)
 
     @torch.inference_mode()
     def _head_output(self, xt: torch.Tensor, chunk: int = 65536) -> NDArray[np.float64]:
@@ -567,8 +554,8 @@ class AutoencoderDetector:
 
     def recalibrate(self, X_normal: NDArray[Any], rate: float, method: Method = "auto") -> Threshold:
         """Refit only the threshold on new rows of traffic (no retraining); with labels, rows the
-        head takes for unmarked anomalies do not count (:meth:`normal_weights`)."""
-        self.threshold = Threshold.fit(self.score_samples(X_normal), rate, method, self.normal_weights(X_normal))
+        head takes for unmarked anomalies count less (:meth:`normal_probability`)."""
+        self.threshold = Threshold.fit(self.score_samples(X_normal), rate, method, self.normal_probability(X_normal))
         return self.threshold
 
     @torch.inference_mode()
