@@ -127,9 +127,7 @@ RULES: dict[str, Rule] = {
 }
 
 
-def fitted_scores(
-    data_dir: Path, seeds: tuple[int, ...], cache: Path | None, sets: tuple[str, ...] = tuple(ADBENCH_SETS)
-) -> dict[str, dict[str, Any]]:
+def fitted_scores(data_dir: Path, seeds: tuple[int, ...], cache: Path | None) -> dict[str, dict[str, Any]]:
     """``"set/seed" -> {cal, test, y, contamination}``, fitted (or read back from ``cache``)."""
     out: dict[str, dict[str, Any]] = {}
     if cache is not None and (cache / "scores.npz").exists():
@@ -150,7 +148,7 @@ def fitted_scores(
         print(f"fitted {r.dataset} seed {r.seed}", flush=True)
 
     if (data_dir / "adbench").is_dir():
-        evaluate_tabular(data_dir, {"ncae": make}, sets, seeds, on_result=keep)
+        evaluate_tabular(data_dir, {"ncae": make}, ADBENCH_SETS, seeds, on_result=keep)
     else:
         print(f"{data_dir}/adbench not found: the card stream only")
     out.update(_card_stream(seeds))
@@ -190,10 +188,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--cache", type=Path, default=None, help="keep (or reuse) the fitted scores here")
-    parser.add_argument("--sets", default=",".join(ADBENCH_SETS), help="the ADBench sets (comma-separated)")
     args = parser.parse_args()
-    seeds, sets = tuple(int(s) for s in args.seeds.split(",")), tuple(args.sets.split(","))
-    runs = fitted_scores(args.data, seeds, args.cache, sets)
+    runs = fitted_scores(args.data, tuple(int(s) for s in args.seeds.split(",")), args.cache)
     roc = {k: roc_pr(v["y"], v["test"])[0] if 0 < v["y"].sum() < len(v["y"]) else 0.0 for k, v in runs.items()}
     print("\nrealised false-alarm rate on the normal test rows / target, recall; at 0.01 | at 0.001")
     for name, rule in RULES.items():

@@ -134,19 +134,11 @@ def gate_figures(
     X: NDArray[np.float32],
     seed: int = 0,
     X_as_came: NDArray[np.float32] | None = None,
-    normal_weights: NDArray[np.float64] | None = None,
 ) -> GateFigures:
     """How a model does on held-out rows ``X`` (its own encoding of them); ``X_as_came`` is
-    the slice before the champion's detections were taken out of it. ``normal_weights`` (each
-    row's probability of being normal, from the labels: ``AutoencoderDetector.normal_probability``)
-    make the false-alarm rate one on the normal part of the holdout: without them a model that
-    finds the anomalies the champion misses shows them as false alarms."""
+    the slice before the champion's detections were taken out of it."""
     scores = model_detector.score_samples(X)
-    flagged = scores > model_detector.threshold_
-    if normal_weights is not None and float(normal_weights.sum()) > 0:
-        fa = float(np.average(flagged, weights=normal_weights))
-    else:
-        fa = float(flagged.mean())
+    fa = float((scores > model_detector.threshold_).mean())
     recon = float(model_detector.component_scores(X)["recon"].mean())
     anomalies = model_detector.score_samples(generated_anomalies(X, seed))
     flag = None
@@ -393,9 +385,7 @@ class TrainerService:
             hold = without_detections(hold, rows, *cut)
         detector.recalibrate(X[cal], s.target_false_alarm_rate, method=detector.hyper.threshold_method)  # type: ignore[arg-type]
         fitted = FittedModel(detector, encoder, X[fit_rows])
-        # both models' false-alarm rates on the holdout's normal part, as the verdicts estimate it
-        hold_weights = detector.normal_probability(X[hold])
-        chal = gate_figures(detector, X[hold], normal_weights=hold_weights)
+        chal = gate_figures(detector, X[hold])
         y_back = lab_y[back]
         if n_back:
             chal.labelled_precision, chal.labelled_recall = labelled_figures(
@@ -403,16 +393,10 @@ class TrainerService:
             )
         champ = None
         if champion is not None and champ_X is not None:
-            in_hold = np.isin(champ_rows, rows[hold])
-            champ_weights = None
-            if hold_weights is not None:  # the same rows' weights, in the champion's row order
-                by_event = dict(zip(rows[hold].tolist(), hold_weights.tolist(), strict=True))
-                champ_weights = np.array([by_event[e] for e in champ_rows[in_hold].tolist()], dtype=np.float64)
             champ = gate_figures(
                 champion.detector,
-                champ_X[in_hold],
+                champ_X[np.isin(champ_rows, rows[hold])],
                 X_as_came=champ_X[np.isin(champ_rows, rows[hold_as_came])],
-                normal_weights=champ_weights,
             )
             in_window = lab_pos[back] < len(rows)  # the champion's encoding has the window's events only
             ev_back = rows[lab_pos[back][in_window]]

@@ -333,7 +333,7 @@ class Demo:
         figures = self.tally.minute(len(self.report_lines))
         self.report_lines.append(figures)
         line = figures.line(TARGET_RATE, _model_version(_scrape(self.metrics_port)))
-        live.console.print(line, soft_wrap=True)  # one line, whatever the terminal width
+        live.console.print(line)
         with (self.home / "report.txt").open("a") as fh:
             fh.write(line + "\n")
 
