@@ -23,14 +23,7 @@ import torch
 from numpy.typing import NDArray
 
 from stream_ae.lifecycle.artifact_format import ArtifactError, read_artifact, write_artifact
-from stream_ae.models.feedback import (
-    DeviationHead,
-    FeedbackFit,
-    LabelFrequency,
-    label_fingerprint,
-    label_masks,
-    train_head,
-)
+from stream_ae.models.feedback import DeviationHead, FeedbackFit, label_fingerprint, label_masks, train_head
 from stream_ae.models.networks import (
     NETWORKS,
     AutoencoderNet,
@@ -348,36 +341,14 @@ class AutoencoderDetector:
             cal_scores = self.score_samples(X[cal_idx])
         else:  # the training rows, with the head's part when there is one
             cal_scores = train_scores if self.feedback_ is None else self.score_samples(X[train_idx])
-        normal_weights = self.normal_probability(X[cal_idx] if n_cal >= 20 else X[train_idx])
         self.calibration_scores_ = cal_scores  # kept for recalibration at other rates (not saved)
         if h.variant == "vae":  # the Gaussian decoder's spread: the held-out rows' residual RMS per feature
             held = self._to_tensor(X[cal_idx]) if n_cal >= 20 else xt
             with torch.inference_mode():
                 res = held - net.reconstruct(held).float()
             self.residual_scale_ = res.pow(2).mean(0).sqrt().cpu().numpy().astype(np.float32)
-        self.threshold = Threshold.fit(
-            cal_scores,
-            h.target_rate,
-            method=h.threshold_method,  # type: ignore[arg-type]
-            normal_weights=normal_weights,
-        )
+        self.threshold = Threshold.fit(cal_scores, h.target_rate, method=h.threshold_method)  # type: ignore[arg-type]
         return self
-
-    def normal_probability(self, X: NDArray[Any]) -> NDArray[np.float64] | None:
-        """Each unlabelled row's probability of being normal, from the labels' positive-unlabelled
-        estimate (:class:`~stream_ae.models.feedback.LabelFrequency`); None without confirmed
-        anomalies to learn it from (every row then counts as normal traffic)."""
-        lf = (self.labels_ or {}).get("label_frequency")
-        if self.feedback_ is None or lf is None or len(X) == 0:
-            return None
-        f = self._head_output(self._to_tensor(self._check_x(X)))
-        return 1.0 - LabelFrequency.from_dict(lf).probability(f)
-
-    @torch.inference_mode()
-    def _head_output(self, xt: torch.Tensor, chunk: int = 65536) -> NDArray[np.float64]:
-        assert self.feedback_ is not None
-        head = self.feedback_
-        return np.concatenate([head(xt[i : i + chunk]).double().cpu().numpy() for i in range(0, len(xt), chunk)])
 
     def _fit_feedback(
         self,
@@ -409,20 +380,8 @@ class AutoencoderDetector:
             lift_weight=h.feedback_lift_weight,
         )
         self.feedback_ = head
-        label_frequency = None
-        if is_anomaly.any():  # Elkan-Noto: which unlabelled rows the head takes for unmarked anomalies
-            label_frequency = LabelFrequency.fit(
-                self._head_output(self._to_tensor(X[is_anomaly])),
-                self._head_output(self._to_tensor(X[unlabelled])),
-                scale=margin,
-            )
         fit = FeedbackFit(
-            int(is_anomaly.sum()),
-            int(is_normal.sum()),
-            label_fingerprint(X, is_anomaly, is_normal),
-            margin,
-            median,
-            label_frequency,
+            int(is_anomaly.sum()), int(is_normal.sum()), label_fingerprint(X, is_anomaly, is_normal), margin, median
         )
         self.labels_ = fit.as_dict()
 
@@ -553,9 +512,8 @@ class AutoencoderDetector:
         return self.threshold.flag(self.score_samples(X))
 
     def recalibrate(self, X_normal: NDArray[Any], rate: float, method: Method = "auto") -> Threshold:
-        """Refit only the threshold on new rows of traffic (no retraining); with labels, rows the
-        head takes for unmarked anomalies count less (:meth:`normal_probability`)."""
-        self.threshold = Threshold.fit(self.score_samples(X_normal), rate, method, self.normal_probability(X_normal))
+        """Refit only the threshold on new normal rows (no retraining)."""
+        self.threshold = Threshold.fit(self.score_samples(X_normal), rate, method)
         return self.threshold
 
     @torch.inference_mode()

@@ -21,18 +21,6 @@ as unlabelled ones: a handful of verdicts weighs as much as the traffic. ``f`` i
 above by ``2a``, below by 1.25 times the largest drop a known normal needs (0 without known
 normals), so the head can never hide an extreme row by more than what the verdicts asked for.
 
-**Unmarked anomalies in the calibration slice.** The head lifts unlabelled rows that look like
-the confirmed anomalies as well, which is the point; but the calibration slice is unlabelled
-traffic, and where it holds such rows they take the top of the slice and carry the threshold
-above them (the demo's verdict loop once set it at 10,679 and kept 18 % of the frauds).
-:class:`LabelFrequency` is Elkan and Noto's positive-unlabelled estimate ("Learning
-classifiers from only positive and unlabeled data", KDD 2008): a classifier ``g`` of labelled
-against unlabelled rows (a logistic function of the head's output) and the label frequency
-``c = E[g | labelled anomaly]`` give each unlabelled row's probability of being an unmarked
-anomaly, ``min(1, g / c)``. The threshold is then the weighted quantile of the slice, each row
-weighted by its probability of being normal: the false-alarm rate it promises is one on the
-normal part of the traffic.
-
 ``AutoencoderDetector.fit(X, y)`` uses it (its docstring has an example).
 """
 
@@ -105,81 +93,6 @@ class DeviationHead(nn.Module):
         return torch.where(g >= 0, up, down)
 
 
-def _sigmoid(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    return np.asarray(np.exp(-np.logaddexp(0.0, -x)), dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class LabelFrequency:
-    """Elkan and Noto's estimate, on the head's output ``f``: ``g(f) = sigmoid(slope * f /
-    scale + intercept)`` is the probability that a row with head output ``f`` is a labelled
-    anomaly, and ``c`` its mean over the labelled anomalies (the share of anomalies that get
-    labelled, under the estimate's assumption that they are labelled at random).
-
-    Example: rows the head lifts like the confirmed ones are unmarked anomalies, the rest not
-        >>> rng = np.random.default_rng(0)
-        >>> unlabelled = np.concatenate([rng.normal(0, 0.1, 5000), rng.normal(1, 0.1, 30)])
-        >>> lf = LabelFrequency.fit(rng.normal(1, 0.1, 20), unlabelled, scale=1.0)
-        >>> p = lf.probability(np.array([0.0, 0.3, 1.0]))
-        >>> bool(p[0] < 0.01 and p[2] > 0.5)
-        True
-    """
-
-    slope: float
-    intercept: float
-    c: float
-    scale: float
-
-    @classmethod
-    def fit(
-        cls, f_labelled: NDArray[Any], f_unlabelled: NDArray[Any], scale: float, l2: float = 1e-2
-    ) -> LabelFrequency:
-        """Logistic regression of labelled (1) against unlabelled (0) on ``f / scale``: Newton's
-        method with step halving on the penalised log-likelihood (a Gaussian prior ``l2`` on the
-        slope keeps it finite when the two separate)."""
-        z = np.concatenate([f_labelled, f_unlabelled]).astype(np.float64) / scale
-        t = np.concatenate([np.ones(len(f_labelled)), np.zeros(len(f_unlabelled))])
-        design = np.stack([z, np.ones_like(z)], axis=1)
-        penalty = np.diag([l2, 0.0])
-
-        def objective(w: NDArray[np.float64]) -> float:
-            eta = design @ w
-            return float(np.logaddexp(0.0, eta).sum() - (t * eta).sum() + 0.5 * w @ penalty @ w)
-
-        w = np.array([0.0, float(np.log(max(len(f_labelled), 1) / max(len(f_unlabelled), 1)))])
-        value = objective(w)
-        for _ in range(200):
-            g = _sigmoid(design @ w)
-            grad = design.T @ (g - t) + penalty @ w
-            hess = design.T @ (design * (g * (1 - g))[:, None]) + penalty + 1e-9 * np.eye(2)
-            step = np.linalg.solve(hess, grad)
-            for _ in range(40):  # halve until the objective does not grow
-                candidate = w - step
-                new_value = objective(candidate)
-                if new_value <= value + 1e-12:
-                    break
-                step = step / 2
-            converged = value - new_value < 1e-10
-            w, value = candidate, min(value, new_value)
-            if converged:
-                break
-        slope, intercept = float(w[0]), float(w[1])
-        g_labelled = _sigmoid(slope * np.asarray(f_labelled, np.float64) / scale + intercept)
-        return cls(slope, intercept, max(float(g_labelled.mean()), 1e-12), scale)
-
-    def probability(self, f: NDArray[Any]) -> NDArray[np.float64]:
-        """Each unlabelled row's probability of being an anomaly, ``min(1, g(f) / c)``."""
-        g = _sigmoid(self.slope * np.asarray(f, np.float64) / self.scale + self.intercept)
-        return np.asarray(np.minimum(1.0, g / self.c), dtype=np.float64)
-
-    def as_dict(self) -> dict[str, float]:
-        return {"slope": self.slope, "intercept": self.intercept, "c": self.c, "scale": self.scale}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LabelFrequency:
-        return cls(float(d["slope"]), float(d["intercept"]), float(d["c"]), float(d["scale"]))
-
-
 @dataclass
 class FeedbackFit:
     """What the head was trained on (stored in the manifest)."""
@@ -189,7 +102,6 @@ class FeedbackFit:
     fingerprint: str
     margin: float
     median: float
-    label_frequency: LabelFrequency | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -198,7 +110,6 @@ class FeedbackFit:
             "fingerprint": self.fingerprint,
             "margin": self.margin,
             "median": self.median,
-            **({"label_frequency": self.label_frequency.as_dict()} if self.label_frequency is not None else {}),
         }
 
 

@@ -35,23 +35,6 @@ def _empirical(s: NDArray[np.float64], rate: float) -> float:
     return float(np.quantile(s, 1 - rate))
 
 
-def _weighted_upper_quantile(s: NDArray[np.float64], w: NDArray[np.float64], rate: float) -> float:
-    """The lowest score with at most a share ``rate`` of the total weight strictly above it.
-
-    Example: with unit weights, five of a hundred rows above; with the top three rows known
-    anomalies (weight 0), four of the 97 normal ones (at most 5 % of them) above
-        >>> _weighted_upper_quantile(np.arange(100.0), np.ones(100), 0.05)
-        94.0
-        >>> w = np.ones(100); w[-3:] = 0.0
-        >>> _weighted_upper_quantile(np.arange(100.0), w, 0.05)
-        92.0
-    """
-    order = np.argsort(s)[::-1]
-    above = np.cumsum(w[order]) - w[order]  # the weight strictly above each row, highest first
-    k = int(np.searchsorted(above, rate * float(w.sum()), side="right")) - 1
-    return float(s[order][max(k, 0)])
-
-
 def _gpd_fit(excess: NDArray[np.float64]) -> tuple[float, float]:
     """Generalised Pareto (shape xi, scale sigma): the likelihood over a grid of shapes in
     [-0.5, 0.9], each with the scale the likelihood equations tie to it, ``mean * (1 - xi)``.
@@ -100,31 +83,18 @@ class Threshold:
     details: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def fit(
-        cls, scores: NDArray[Any], rate: float, method: Method = "auto", normal_weights: NDArray[Any] | None = None
-    ) -> Threshold:
-        """Fit on scores of held-out normal rows for a target false-alarm ``rate``.
-
-        ``normal_weights`` (in [0, 1]) are each row's probability of being normal, where the
-        slice may hold unmarked anomalies (:class:`stream_ae.models.feedback.LabelFrequency`):
-        the threshold is then the weighted quantile, a rate ``rate`` of the slice's *normal*
-        weight above it, and ``auto`` counts the weight, not the rows. The tail fit (``pot``)
-        does not take weights."""
+    def fit(cls, scores: NDArray[Any], rate: float, method: Method = "auto") -> Threshold:
+        """Fit on scores of held-out normal rows for a target false-alarm ``rate``."""
         s = np.asarray(scores, dtype=np.float64)
-        finite = np.isfinite(s)
-        s = s[finite]
+        s = s[np.isfinite(s)]
         if not 0 < rate < 1:
             raise ValueError("rate must lie in (0, 1)")
         if len(s) < 20:
             raise ValueError(f"need at least 20 finite calibration scores, got {len(s)}")
-        w = None if normal_weights is None else np.clip(np.asarray(normal_weights, np.float64)[finite], 0.0, 1.0)
         if method == "auto":
-            method = "quantile" if rate * (len(s) if w is None else float(w.sum())) >= 10 else "pot"
+            method = "quantile" if rate * len(s) >= 10 else "pot"
         ref = np.quantile(s, REFERENCE_QUANTILES).tolist()
         if method == "quantile":
-            if w is not None:
-                details = {"normal_weight": float(w.sum())}
-                return cls(_weighted_upper_quantile(s, w, rate), rate, method, len(s), ref, details)
             return cls(_empirical(s, rate), rate, method, len(s), ref)
         # peaks over threshold: exceedances over the top 5 % (or 10 % of a small sample)
         q0 = 0.95 if len(s) >= 1000 else 0.9
