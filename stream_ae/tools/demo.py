@@ -333,7 +333,7 @@ class Demo:
         figures = self.tally.minute(len(self.report_lines))
         self.report_lines.append(figures)
         line = figures.line(TARGET_RATE, _model_version(_scrape(self.metrics_port)))
-        live.console.print(line)
+        live.console.print(line, soft_wrap=True)  # one line, whatever the terminal width
         with (self.home / "report.txt").open("a") as fh:
             fh.write(line + "\n")
 
@@ -395,8 +395,12 @@ def run_demo(home: Path, rate: float, anomaly_rate: float, duration: float | Non
     precision, recall = demo.tally.precision_recall()
     console.print(
         f"sent {demo.tally.sent:,} events, {demo.tally.injected} frauds; {len(demo.tally.flagged)} anomalies "
-        f"published; precision {precision:.3f}, recall {recall:.3f}"
+        f"published; precision {precision:.3f}, recall {recall:.3f}",
+        soft_wrap=True,
     )
     if report:
-        console.print(demo.report_summary())
+        summary = demo.report_summary()
+        console.print(summary, soft_wrap=True)
+        with (home / "report.txt").open("a") as fh:
+            fh.write(summary + "\n")
     return demo.tally
