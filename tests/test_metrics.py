@@ -32,3 +32,9 @@ def test_parse_exposition_takes_timestamps_and_escaped_newlines() -> None:
         "# TYPE temperature gauge\ntemperature -1.5e+01\n"
     )
     assert parse_exposition(text) == {'x_total{where="line one\\nline two"}': 7.0, "temperature": -15.0}
+
+
+def test_free_ports_are_never_handed_out_twice() -> None:
+    """A worker takes two ports (metrics, web) one after the other: they must differ."""
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)

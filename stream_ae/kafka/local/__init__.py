@@ -26,6 +26,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +47,23 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("STREAM_AE_CACHE_DIR", Path.home() / ".cache" / "stream-ae"))
 
 
+# ports are a resource of the whole process: the last ones free_port handed out, never again
+_HANDED_OUT: deque[int] = deque(maxlen=1024)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that this process has not
+    handed out recently: once the probing socket is closed the kernel may give the same port to
+    the next probe, and a test worker once got one port for its metrics and its web server
+    (both then failed to bind, and it exited)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
+    raise OSError("no free TCP port on 127.0.0.1 that was not handed out already")
 
 
 def _require(tool: str, hint: str) -> str:
