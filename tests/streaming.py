@@ -19,8 +19,8 @@ from stream_ae.tools.synthetic import CARD_SCHEMA, CARD_SCHEMA_STATELESS, transa
 from trainer.train import FittedModel, fit_events
 
 # where card_model keeps its artifacts: conftest points it at the test run's temporary root,
-# which its xdist workers share (a fresh folder per process when used outside pytest)
-MODEL_CACHE = Path(tempfile.mkdtemp(prefix="stream-ae-test-models-"))
+# which its xdist workers share (None outside pytest: a fresh temporary folder, made when needed)
+MODEL_CACHE: Path | None = None
 FAST_MODEL = {"max_steps": 800, "min_steps": 800, "target_rate": 0.001, "seed": 0, "device": "cpu"}
 
 
@@ -29,6 +29,9 @@ def card_model(seed: int, amount_shift: float, stateless: bool = False) -> Fitte
     """A small NCAE fitted on 20,000 synthetic normal transactions: fitted once per test run,
     and shared by the xdist workers through an artifact on disk (the first to need it fits it
     under a file lock; the others load it, which gives the same scores)."""
+    global MODEL_CACHE
+    if MODEL_CACHE is None:
+        MODEL_CACHE = Path(tempfile.mkdtemp(prefix="stream-ae-test-models-"))
     path = MODEL_CACHE / f"card-{seed}-{amount_shift}-{'stateless' if stateless else 'entities'}"
     with FileLock(f"{path}.lock"):
         if not (path / "X.npy").exists():

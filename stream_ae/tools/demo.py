@@ -57,19 +57,20 @@ class Tally:
     flagged: set[str] = field(default_factory=set)
     versions: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
-    minute_of: dict[str, int] = field(default_factory=dict)  # event id -> the minute it was sent in
+    sent_in_minute: dict[int, list[str]] = field(default_factory=dict)  # minute -> ids of the events sent in it
 
     def on_block(self, events: list[dict[str, Any]], labels: np.ndarray) -> None:
         minute = int((time.monotonic() - self.started) // 60)
+        ids = self.sent_in_minute.setdefault(minute, [])
         for e, y in zip(events, labels.tolist(), strict=True):
             self.labels[e["id"]] = int(y)
-            self.minute_of[e["id"]] = minute
+            ids.append(e["id"])
         self.sent += len(events)
         self.injected += int(labels.sum())
 
     def minute(self, m: int) -> MinuteFigures:
         """The figures of the events sent in minute ``m`` (from 0), by the producer's labels."""
-        sent = [i for i, k in self.minute_of.items() if k == m]
+        sent = self.sent_in_minute.get(m, [])
         frauds = sum(self.labels[i] for i in sent)
         flagged = [i for i in sent if i in self.flagged]
         hits = sum(self.labels[i] for i in flagged)
@@ -232,7 +233,7 @@ class Demo:
                 from trainer.train import fit_events
 
                 events, _ = transactions(20_000, seed=1)
-                fitted = fit_events(events, schema=CARD_SCHEMA, target_rate=0.001, max_steps=1500)
+                fitted = fit_events(events, schema=CARD_SCHEMA, target_rate=TARGET_RATE, max_steps=1500)
                 self.registry.publish(lambda tmp: fitted.save(tmp, version="v1-initial"), "v1-initial")
         say(f"[green]✓[/] model {self.registry.latest()} in {self.registry.root}")
         self.spawn("worker", "worker")
