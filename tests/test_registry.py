@@ -85,6 +85,21 @@ def test_the_gate_allows_for_the_calibration_slice_as_well_as_the_holdout() -> N
     assert not compare(GateFigures(0.0060, 0.1, 0.95), None, 0.001, 2400, 2400)[0]
 
 
+def test_the_gate_refuses_the_demos_two_bad_refreshes() -> None:
+    """Issue 25's offline table, replayed through the gate: the champion (the initial model)
+    flags 0.09 % of normal traffic and catches 0.836 of the frauds; the 832-event refresh flagged
+    2.39 %, the verdict-trained one 0.00 % but caught 0.181. Both are refused, each for its own
+    reason; a challenger that keeps the champion's recall within chance is not."""
+    champion = GateFigures(0.0009, 0.1, 0.95, flag_rate=0.0009, labelled_recall=0.836)
+    flooding = GateFigures(0.0239, 0.1, 0.95, labelled_recall=0.226)
+    assert compare(flooding, champion, 0.001, 10_000, 12_000, n_labelled_anomalies=36) == (False, "false_alarm_rate")
+    blind = GateFigures(0.0, 0.1, 0.95, labelled_recall=0.181)
+    assert compare(blind, champion, 0.001, 10_000, 12_000, n_labelled_anomalies=36) == (False, "labelled_recall")
+    assert compare(blind, champion, 0.001, 10_000, 12_000, n_labelled_anomalies=3)[0], "three frauds decide nothing"
+    steady = GateFigures(0.0010, 0.1, 0.95, labelled_recall=0.75)
+    assert compare(steady, champion, 0.001, 10_000, 12_000, n_labelled_anomalies=36) == (True, "better_or_equal")
+
+
 def test_the_trainer_publishes_nothing_from_a_window_too_small_to_calibrate_its_target(tmp_path: Path) -> None:
     events, _ = CardStream(seed=4).next(3000)
     trainer = TrainerService(Settings(model_dir=tmp_path, target_false_alarm_rate=0.001, trainer_max_steps=60))

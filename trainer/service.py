@@ -177,11 +177,31 @@ def allowed_false_alarm_rate(target_rate: float, n_holdout: int, n_calibration: 
     return target_rate + 3 * float(np.sqrt(target_rate * (1 - target_rate) * (1 / n_h + 1 / n_c))) + 1 / n_h
 
 
+def allowed_recall_drop(recall: float, n_anomalies: int) -> float:
+    """How far below the champion's recall ``recall`` on ``n_anomalies`` held-back confirmed
+    anomalies a challenger may fall by chance: three standard errors of the difference of two
+    such recalls, plus one event.
+
+    Example: the demo's case, 0.8 of 40 held-back frauds: a challenger at 0.2 is refused
+        >>> round(allowed_recall_drop(0.8, 40), 3)
+        0.294
+    """
+    n = max(n_anomalies, 1)
+    return 3 * float(np.sqrt(2 * recall * (1 - recall) / n)) + 1 / n
+
+
 def compare(
-    challenger: GateFigures, champion: GateFigures | None, target_rate: float, n_holdout: int, n_calibration: int
+    challenger: GateFigures,
+    champion: GateFigures | None,
+    target_rate: float,
+    n_holdout: int,
+    n_calibration: int,
+    n_labelled_anomalies: int = 0,
 ) -> tuple[bool, str]:
     """Publish unless the challenger is worse: false alarms above what the target allows
-    (:func:`allowed_false_alarm_rate`), or clearly less separation than the champion."""
+    (:func:`allowed_false_alarm_rate`), clearly less separation than the champion, or, on the
+    ``n_labelled_anomalies`` confirmed anomalies held back from training, clearly lower recall
+    (:func:`allowed_recall_drop`; judged from five such anomalies on)."""
     allowed = allowed_false_alarm_rate(target_rate, n_holdout, n_calibration)
     if challenger.false_alarm_rate > max(allowed, champion.false_alarm_rate if champion else 0.0):
         return False, "false_alarm_rate"
@@ -192,6 +212,13 @@ def compare(
         rate = champion.flag_rate if champion.flag_rate is not None else champion.false_alarm_rate
         if rate <= allowed and challenger.separation_auc < champion.separation_auc - 0.02:
             return False, "separation"
+        # the frauds analysts confirmed: a challenger that misses many the champion catches
+        # (a threshold carried above them by unmarked anomalies in its calibration slice) is worse
+        # whatever its false-alarm rate
+        ours, theirs = challenger.labelled_recall, champion.labelled_recall
+        if rate <= allowed and ours is not None and theirs is not None and n_labelled_anomalies >= 5:  # noqa: SIM102
+            if ours < theirs - allowed_recall_drop(theirs, n_labelled_anomalies):
+                return False, "labelled_recall"
     return True, "better_or_equal" if champion else "first_model"
 
 
@@ -407,7 +434,9 @@ class TrainerService:
                     champ_scores[champ_back], champion.detector.threshold_, y_back[in_window][seen]
                 )
         self._report_labels(labels, chal, champ)
-        ok, reason = compare(chal, champ, s.target_false_alarm_rate, len(hold), len(cal))
+        ok, reason = compare(
+            chal, champ, s.target_false_alarm_rate, len(hold), len(cal), n_labelled_anomalies=int((y_back == 1).sum())
+        )
         for name, fig in (("challenger", chal), ("champion", champ)):
             if fig is not None:
                 for k, v in fig.as_dict().items():
