@@ -106,6 +106,11 @@ class Hyper:
     # the weight of a known anomaly's lift against the pull of unlabelled rows (fit with labels):
     # 1 is DevNet's balance; lower keeps a lone verdict in dense traffic from lifting its region
     feedback_lift_weight: float = 1.0
+    # the NCAE's self-cleaning: training rows whose neighbour part (isolation in small samples,
+    # which a few contaminating rows cannot mask) lies more than this many robust standard
+    # deviations above the rows' median train neither the networks nor the tail table and the
+    # references; 0 turns it off (the neighbour samples are always drawn from every row)
+    clean_fence: float = 0.0
     score_weights: dict[str, float] = field(default_factory=dict)
     net_options: dict[str, Any] = field(default_factory=dict)  # variant-specific knobs
 
@@ -189,6 +194,7 @@ class AutoencoderDetector:
         self.knots_: FloatArray | None = None
         self.residual_scale_: FloatArray | None = None  # the VAE decoder's noise, network space
         self.feedback_: DeviationHead | None = None  # trained from labels (fit's y)
+        self.cleaned_rows_ = 0  # training rows clean_fence left out of the networks' training
         self.labels_: dict[str, Any] | None = None  # what the labels were: counts and fingerprint
         self._center_t: torch.Tensor | None = None
         self._scale_t: torch.Tensor | None = None
@@ -322,15 +328,20 @@ class AutoencoderDetector:
         self._fit_scaler(X_train)
         xt = self._to_tensor(X_train)
         self.net_ = net = self._build_net(X.shape[1])
+        xt_fit = xt
         if isinstance(net, NoiseContrastiveNet):
             net.fit_references(xt, seed=h.seed)
+            keep = self._clean_rows(net, xt)
+            if keep is not None:
+                net.fit_references(xt, seed=h.seed, keep=keep)
+                xt_fit = xt[keep]
         if init_from is not None and self.same_network(init_from):
             # learned parameters only: every buffer (reference noises, tail table, neighbour samples) is a statistic
             # of this training set and was fitted above
             learned = {name for name, _ in net.named_parameters()}
             warm = {k: v for k, v in init_from.state_dict().items() if k in learned}
             net.load_state_dict(warm, strict=False)
-        self._train(net, xt, progress, self._to_tensor(X[cal_idx]) if n_cal >= 20 else None)
+        self._train(net, xt_fit, progress, self._to_tensor(X[cal_idx]) if n_cal >= 20 else None)
         self.feedback_, self.labels_ = None, None
         train_parts = self._parts(xt)
         self.part_stats_ = {k: _robust_stats(v) for k, v in train_parts.items()}
@@ -349,6 +360,23 @@ class AutoencoderDetector:
             self.residual_scale_ = res.pow(2).mean(0).sqrt().cpu().numpy().astype(np.float32)
         self.threshold = Threshold.fit(cal_scores, h.target_rate, method=h.threshold_method)  # type: ignore[arg-type]
         return self
+
+    def _clean_rows(self, net: NoiseContrastiveNet, xt: torch.Tensor) -> torch.Tensor | None:
+        """The training rows the networks, tail table and references learn from under
+        ``clean_fence`` (a boolean mask), or None: off, no neighbour part, or nothing left out."""
+        fence = self.hyper.clean_fence
+        if fence <= 0 or net.neighbours is None:
+            return None
+        with torch.inference_mode():
+            iso = net.neighbours.score(xt).double()
+        med = iso.median()
+        q25, q75 = torch.quantile(iso, torch.tensor([0.25, 0.75], dtype=iso.dtype, device=iso.device))
+        spread = float(q75 - q25) / 1.349
+        if spread <= 0:
+            return None
+        keep = iso <= med + fence * spread
+        self.cleaned_rows_ = int((~keep).sum())
+        return keep if self.cleaned_rows_ and int(keep.sum()) >= MIN_ROWS else None
 
     def _fit_feedback(
         self,

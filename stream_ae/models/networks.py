@@ -233,14 +233,16 @@ class NoiseContrastiveNet(AutoencoderNet):
             else None
         )
 
-    def fit_references(self, x: torch.Tensor, seed: int = 0) -> None:
+    def fit_references(self, x: torch.Tensor, seed: int = 0, keep: torch.Tensor | None = None) -> None:
         """Fit everything the network knows exactly from the training rows (no gradients):
         the reference noises and, when on, the tail table and the neighbour samples (drawn
-        with ``seed``)."""
+        with ``seed``). With ``keep`` (a boolean mask of rows) the references and the tail
+        table see only those rows; the neighbour samples are drawn from all of them."""
+        kept = x if keep is None else x[keep]
         for ref in self.references:
-            ref.fit(x)
+            ref.fit(kept)
         if self.tails is not None:
-            self.tails.fit(x)
+            self.tails.fit(kept)
         if self.neighbours is not None:
             self.neighbours.fit(x, torch.Generator(device=x.device).manual_seed(seed))
 
