@@ -184,7 +184,7 @@ def allowed_recall_drop(recall: float, n_anomalies: int) -> float:
 
     Example: the demo's case, 0.8 of 40 held-back frauds: a challenger at 0.2 is refused
         >>> round(allowed_recall_drop(0.8, 40), 3)
-        0.294
+        0.293
     """
     n = max(n_anomalies, 1)
     return 3 * float(np.sqrt(2 * recall * (1 - recall) / n)) + 1 / n
