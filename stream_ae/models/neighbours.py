@@ -59,27 +59,62 @@ class SubsampleNeighbours(nn.Module):
         self.points.copy_(x[idx.to(x.device)])
         return self
 
-    def score(self, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    def score(self, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         """``[n]``: mean over the samples of ``log(1 + d_k)``; larger = more isolated.
 
         Squared distances up to the row's own ``|x|^2`` come from one matrix product per
-        chunk (``|y|^2 - 2 x.y``); the ``k``-th smallest per sample is found by ``k - 1``
-        rounds of "mask the minimum" and a last minimum, which for small ``k`` is several
-        times faster than ``topk`` on the CPU. Chunks of 1,024 rows keep the matrix in cache.
+        chunk (``|y|^2 - 2 x.y``), laid out ``[rows, position in sample, sample]``. For
+        ``k = 2`` (the default) the second-smallest per sample is found without indices, by
+        a tournament (:func:`second_smallest`): pairwise minima and maxima of the two halves,
+        recursively, all elementwise over contiguous blocks, about three times faster on the
+        CPU than masking the ``argmin``, which is kept for other ``k``. Chunks of 256 rows keep
+        the 2 MB matrix in cache. The result is the same to the last bit.
         """
         with torch.autocast(x.device.type, enabled=False):  # |y|^2 - 2 x.y cancels: never in bf16
             return self._score(x.float(), chunk)
 
     def _score(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
         sets, size, d = self.points.shape
-        flat = self.points.reshape(sets * size, d)
+        # position-major: column j * sets + s is row j of sample s
+        flat = self.points.transpose(0, 1).reshape(size * sets, d)
         sq = (flat * flat).sum(1)
         out = []
         for i in range(0, x.shape[0], chunk):
             xc = x[i : i + chunk]
-            part = torch.addmm(sq, xc, flat.T, alpha=-2.0).view(-1, sets, size)  # d^2 - |x|^2
-            for _ in range(self.k - 1):
-                part.scatter_(2, part.argmin(2, keepdim=True), float("inf"))
-            kth = (part.amin(2) + (xc * xc).sum(1, keepdim=True)).clamp_min(0.0).sqrt()  # [c, sets]
+            part = torch.addmm(sq, xc, flat.T, alpha=-2.0).view(-1, size, sets)  # d^2 - |x|^2
+            if self.k == 2:
+                kth_sq = second_smallest(part)
+            else:
+                for _ in range(self.k - 1):
+                    part.scatter_(1, part.argmin(1, keepdim=True), float("inf"))
+                kth_sq = part.amin(1)
+            kth = (kth_sq + (xc * xc).sum(1, keepdim=True)).clamp_min(0.0).sqrt()  # [c, sets]
             out.append(kth.log1p().mean(1))
         return torch.cat(out) if out else x.new_zeros(0)
+
+
+def second_smallest(part: torch.Tensor) -> torch.Tensor:
+    """The second-smallest value along dimension 1 of ``[n, m, s]`` (m >= 2), ties counted
+    (two equal minima: that value).
+
+    The minimum is in the pairwise minima ``lo`` of the two halves; the second-smallest is
+    either the minimum's partner (then it is the smallest of the pairwise maxima ``hi``) or
+    the second-smallest of ``lo``. So it is the smaller of ``min(hi)`` and, recursively, the
+    second-smallest of ``lo``. An odd element out joins ``lo`` unpaired.
+
+    Example:
+        >>> second_smallest(torch.tensor([[[5.0], [1.0], [3.0], [1.0], [9.0]]])).tolist()
+        [[1.0]]
+        >>> second_smallest(torch.tensor([[[5.0], [2.0], [3.0], [1.0], [9.0]]])).tolist()
+        [[2.0]]
+    """
+    best: torch.Tensor | None = None
+    while part.shape[1] > 1:
+        half = part.shape[1] // 2
+        a, b = part[:, :half], part[:, half : 2 * half]
+        low, high = torch.minimum(a, b), torch.maximum(a, b)
+        top = high.amin(1)
+        best = top if best is None else torch.minimum(best, top)
+        part = low if part.shape[1] % 2 == 0 else torch.cat([low, part[:, 2 * half :]], 1)
+    assert best is not None, "need at least two rows per sample"
+    return best
