@@ -463,7 +463,7 @@ class AutoencoderDetector:
         if xval is not None and len(xval) > 2048:
             xval = xval[:2048]
         gen = torch.Generator(device=self.device).manual_seed(h.seed)
-        opt = torch.optim.AdamW(net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        opt = torch.optim.AdamW(net.parameters(), lr=h.lr, weight_decay=h.weight_decay, foreach=True)
         bs = min(h.batch_size, len(xt))
         steps_per_epoch = max(1, len(xt) // bs)
         total = max(4, min(h.max_steps, max(h.min_steps, h.epochs * steps_per_epoch)))
@@ -481,7 +481,7 @@ class AutoencoderDetector:
                     loss, parts = net.training_loss(batch, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0, foreach=True)
                 opt.step()
                 sched.step()
                 step += 1

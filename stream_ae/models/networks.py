@@ -279,17 +279,20 @@ class NoiseContrastiveNet(AutoencoderNet):
             real = x + self.real_jitter * torch.randn(x.shape, generator=gen, device=gen.device).to(x.device)
         hard = corrupt(x, self.hard_negatives, gen) if self.hard_negatives and self.hard_negative_weight > 0 else None
         bce = torch.zeros((), device=x.device)
+        pairs: list[torch.Tensor] = []  # per head, in order: its near waymark then its far one
         for r, ref in enumerate(self.references):
             noise = ref.sample(x.shape[0], gen)
             marks = [real, noise]
             if self.bridges > 1:
                 u = torch.rand(x.shape, generator=gen, device=gen.device).to(x.device)
                 marks[1:1] = [ref.bridge(real, noise, k / self.bridges, u) for k in range(1, self.bridges)]
-            for k, head in enumerate(self._chain(r)):
-                near, far = head(marks[k]).squeeze(1), head(marks[k + 1]).squeeze(1)
-                bce = bce + (F.softplus(-near).mean() + F.softplus(far).mean()) / self.bridges
-                if hard is not None and k == 0:
-                    bce = bce + self.hard_negative_weight * F.softplus(head(hard).squeeze(1)).mean()
+            pairs += [torch.cat([marks[k], marks[k + 1]]) for k in range(self.bridges)]
+            if hard is not None:
+                bce = bce + self.hard_negative_weight * F.softplus(self._chain(r)[0](hard).squeeze(1)).mean()
+        # every head on its own pair of waymarks, as one batched product per layer
+        logits = grouped_heads(self.heads, torch.stack(pairs))  # [heads, 2n]
+        near, far = logits[:, : x.shape[0]], logits[:, x.shape[0] :]
+        bce = bce + (F.softplus(-near).mean(1) + F.softplus(far).mean(1)).sum() / self.bridges
         return recon + self.nc_weight * bce, {"recon": recon.detach(), "bce": bce.detach()}
 
     def score_parts(self, x: torch.Tensor, need: Collection[str] | None = None) -> Parts:
@@ -310,8 +313,10 @@ class NoiseContrastiveNet(AutoencoderNet):
 
 def grouped_heads(heads: Sequence[nn.Sequential], x: torch.Tensor) -> torch.Tensor:
     """``[heads, n]``: every head of the same shape (Linear and GELU layers, one output) on
-    the same rows, as one matrix product for the first layer (the input is shared) and one
-    batched product per later layer, instead of a small product per head and layer.
+    rows ``x``, as one batched product per layer instead of a small product per head and
+    layer. ``x`` is ``[n, d]`` (the same rows for every head: the first layer is then one
+    matrix product) or ``[heads, n, d]`` (each head its own rows: training, where each head
+    tells its own pair of waymarks apart). Gradients flow as through the heads themselves.
 
     Example:
         >>> heads = [mlp([3, 8, 8, 1]) for _ in range(4)]
@@ -323,9 +328,13 @@ def grouped_heads(heads: Sequence[nn.Sequential], x: torch.Tensor) -> torch.Tens
     """
     layers = [[m for m in head if isinstance(m, nn.Linear)] for head in heads]
     first = [lin[0] for lin in layers]
-    w = torch.cat([f.weight for f in first])  # [heads * width, d]
-    b = torch.cat([f.bias for f in first])
-    h = F.gelu(F.linear(x, w, b)).view(x.shape[0], len(heads), -1).transpose(0, 1)  # [heads, n, width]
+    if x.dim() == 2:
+        w = torch.cat([f.weight for f in first])  # [heads * width, d]
+        b = torch.cat([f.bias for f in first])
+        h = F.gelu(F.linear(x, w, b)).view(x.shape[0], len(heads), -1).transpose(0, 1)  # [heads, n, width]
+    else:
+        w = torch.stack([f.weight for f in first]).transpose(1, 2)  # [heads, d, width]
+        h = F.gelu(torch.baddbmm(torch.stack([f.bias for f in first]).unsqueeze(1), x, w))
     for depth in range(1, len(layers[0])):
         w = torch.stack([lin[depth].weight for lin in layers]).transpose(1, 2)  # [heads, in, out]
         b = torch.stack([lin[depth].bias for lin in layers]).unsqueeze(1)  # [heads, 1, out]
