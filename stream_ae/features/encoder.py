@@ -9,7 +9,10 @@ A :class:`FeatureSchema` declares the fields (``numeric``, ``categorical``, ``bo
 * categorical: a learned vocabulary (most frequent values) plus an unknown bucket, one-hot;
   or a stable CRC32 hash into ``hash_buckets`` buckets for high cardinality;
 * boolean: 0/1;
-* timestamp (epoch seconds or ISO-8601): optional cyclic hour-of-day and day-of-week;
+* timestamp (epoch seconds or milliseconds, or ISO-8601): optional cyclic hour-of-day and,
+  separately, day-of-week (``weekday``), which fitting drops when the training data spans less
+  than a week; inference recognises RFC 3339 strings, and epoch values under a time-like
+  name, as timestamps (:func:`looks_like_time`) and makes the first one the ``time_field``;
 * an optional field adds a ``<name>__missing`` indicator and is imputed (median / unknown).
 
 Bad input never yields garbage: :meth:`FeatureEncoder.encode` returns the rows it could
@@ -26,11 +29,13 @@ Example:
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import re
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -42,6 +47,7 @@ from numpy.typing import NDArray
 from stream_ae.entities.spec import EntitySpec
 
 Event = Mapping[str, Any]
+log = logging.getLogger("stream_ae.features")
 _NUMBER_TYPES = (int, float)
 _MISSING = object()
 
@@ -69,7 +75,18 @@ class FieldSpec:
     required: bool = True
     max_categories: int = 64
     hash_buckets: int = 0  # > 0: hash categoricals instead of a vocabulary
-    cyclic: bool = True  # timestamps: add hour-of-day / day-of-week sin-cos
+    cyclic: bool = True  # timestamps: add hour-of-day sin-cos (and day-of-week: ``weekday``)
+    # timestamps (with ``cyclic``): add day-of-week sin-cos too; dropped at fit when the
+    # training data spans less than a week (:data:`MIN_WEEKDAY_SPAN_S`)
+    weekday: bool = True
+
+    @property
+    def calendar_columns(self) -> int:
+        """How many columns a timestamp adds: 0, 2 (hour of day) or 4 (and day of week)."""
+        if self.kind is not FieldKind.TIMESTAMP or not self.cyclic:
+            return 0
+        return 4 if self.weekday else 2
+
     log: bool = False  # numerics: signed log1p before scaling (heavy-tailed amounts, counts)
 
 
@@ -169,7 +186,7 @@ class FeatureSchema:
             values = [e.get(name) for e in sample]
             present = [v for v in values if v is not None]
             required = len(present) == len(values)
-            if name == time_field:
+            if name == time_field or (present and looks_like_time(name, present)):
                 specs.append(FieldSpec(name, FieldKind.TIMESTAMP, required))
             elif present and all(type(v) is bool for v in present):
                 specs.append(FieldSpec(name, FieldKind.BOOLEAN, required))
@@ -184,7 +201,52 @@ class FeatureSchema:
             # fields of mixed or nested types are left out of an inferred schema
         if not specs:
             raise ValueError("no usable field found in the sample")
+        if time_field is None:  # the event time: the first field that holds times
+            time_field = next((f.name for f in specs if f.kind is FieldKind.TIMESTAMP), None)
         return cls(tuple(specs), id_field, time_field, entity)
+
+
+# a name that says "time": ts, time, timestamp, date, datetime, epoch, and *_ts, *_time, *_at, ...
+_TIME_NAME = re.compile(r"(?i:(^|[_.\-])(ts|time|timestamp|date|datetime|epoch)$|_at$)|[a-z](Time|Timestamp|At|Date)$")
+# epoch seconds from 2001-09 to 2099, or the same in milliseconds
+_EPOCH_S, _EPOCH_MS = (1.0e9, 4.1e9), (1.0e12, 4.1e12)
+# RFC 3339 / ISO-8601 date and time: 2013-12-02T21:15:00Z, 2013-12-02 21:15:00.123+01:00
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$", re.IGNORECASE)
+
+
+def looks_like_time(name: str, values: Sequence[Any]) -> bool:
+    """True when sampled ``values`` of field ``name`` are times: every one an RFC 3339
+    date-time string, or every one a number in the range of epoch seconds or milliseconds
+    (2001-2099) under a time-like name (``ts``, ``time``, ``timestamp``, ``created_at``, ...).
+    Such a field is a timestamp: its hour of day (and day of week) are features; its raw
+    value, which only grows, is not.
+
+    Example:
+        >>> looks_like_time("when", ["2013-12-02T21:15:00Z", "2013-12-02T21:20:00Z"])
+        True
+        >>> looks_like_time("ts", [1_386_018_900, 1_386_019_200]), looks_like_time("bytes", [1_386_018_900])
+        (True, False)
+        >>> looks_like_time("ts", [17.5]), looks_like_time("code", ["2013-12-02"])
+        (False, False)
+    """
+    if all(isinstance(v, str) for v in values):
+        if not all(_DATETIME.match(v) for v in values):
+            return False
+        try:
+            for v in values:
+                datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return False
+        return True
+    if not _TIME_NAME.search(name) or not all(type(v) in _NUMBER_TYPES for v in values):
+        return False
+    arr = np.asarray(values, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    return any(a <= lo and hi <= b for a, b in (_EPOCH_S, _EPOCH_MS))
+
+
+# the shortest training period that can teach day-of-week features: a week
+MIN_WEEKDAY_SPAN_S = 7 * 86400.0
 
 
 @dataclass
@@ -240,6 +302,7 @@ class FeatureEncoder:
         self.schema = schema
         self.stats: dict[str, dict[str, Any]] = {}
         self.fitted = False
+        self.notices: list[str] = []  # what fitting changed in the schema, in words
 
     # -- column extraction ---------------------------------------------------------------
     def _column(
@@ -306,6 +369,7 @@ class FeatureEncoder:
         keep[list(bad)] = False
         if not keep.any():
             raise ValueError("no event of the sample could be encoded")
+        self._drop_unseen_weekdays(cols, keep)
         for spec in self.schema.fields:
             raw, missing = cols[spec.name]
             rows = keep & ~missing
@@ -317,6 +381,8 @@ class FeatureEncoder:
             elif spec.kind is FieldKind.TIMESTAMP and np.any(rows):
                 t = np.asarray(raw)[rows]
                 self.stats[spec.name] = {"min": float(np.nanmin(t)), "max": float(np.nanmax(t))}
+            elif spec.kind is FieldKind.TIMESTAMP:
+                self.stats[spec.name] = {}
             elif spec.kind is FieldKind.CATEGORICAL and not spec.hash_buckets:
                 counts = Counter(str(raw[i]) for i in np.flatnonzero(rows))
                 vocab = [v for v, _ in counts.most_common(spec.max_categories)]
@@ -328,6 +394,29 @@ class FeatureEncoder:
             s.name: {v: i for i, v in enumerate(self.stats[s.name].get("vocab", []))} for s in self.schema.fields
         }
         return self
+
+    def _drop_unseen_weekdays(self, cols: dict[str, Any], keep: NDArray[np.bool_]) -> None:
+        """Day-of-week features of a timestamp whose training values span less than a week
+        are dropped (the schema changes, and :attr:`notices` says so): a model that never saw
+        a Saturday flags every Saturday."""
+        self.notices = []
+        fields = list(self.schema.fields)
+        for i, spec in enumerate(fields):
+            if spec.kind is not FieldKind.TIMESTAMP or spec.calendar_columns != 4:
+                continue
+            raw, missing = cols[spec.name]
+            t = np.asarray(raw)[keep & ~missing]
+            span = float(np.nanmax(t) - np.nanmin(t)) if len(t) else 0.0
+            if span < MIN_WEEKDAY_SPAN_S:
+                fields[i] = replace(spec, weekday=False)
+                self.notices.append(
+                    f"day-of-week features of {spec.name!r} dropped: the training data spans {span / 86400:.1f} days, "
+                    "less than a week (a model would flag every weekday it never saw); train on a week or more "
+                    "to keep them"
+                )
+                log.warning("%s", self.notices[-1])
+        if fields != list(self.schema.fields):
+            self.schema = replace(self.schema, fields=tuple(fields))
 
     def fit_derived(self, derived: NDArray[np.float64]) -> FeatureEncoder:
         """Learn the robust scaling of the entity features from ``derived`` (rows x
@@ -363,8 +452,7 @@ class FeatureEncoder:
             if spec.kind in (FieldKind.NUMERIC, FieldKind.BOOLEAN):
                 names.append(n)
             elif spec.kind is FieldKind.TIMESTAMP:
-                if spec.cyclic:
-                    names += [f"{n}.hour_sin", f"{n}.hour_cos", f"{n}.dow_sin", f"{n}.dow_cos"]
+                names += [f"{n}.hour_sin", f"{n}.hour_cos", f"{n}.dow_sin", f"{n}.dow_cos"][: spec.calendar_columns]
             elif spec.hash_buckets:
                 names += [f"{n}#{b}" for b in range(spec.hash_buckets)]
             else:
@@ -386,7 +474,7 @@ class FeatureEncoder:
             if spec.kind in (FieldKind.NUMERIC, FieldKind.BOOLEAN):
                 width = 1
             elif spec.kind is FieldKind.TIMESTAMP:
-                width = 4 if spec.cyclic else 0
+                width = spec.calendar_columns
             elif spec.hash_buckets:
                 width = spec.hash_buckets
             else:
@@ -434,12 +522,14 @@ class FeatureEncoder:
             elif spec.kind is FieldKind.TIMESTAMP:
                 if not f.columns or "min" not in st:
                     continue
-                hs, hc, ds, dc = (np.asarray(rows[:, c], dtype=np.float64) for c in f.columns)
+                hs, hc = (np.asarray(rows[:, c], dtype=np.float64) for c in f.columns[:2])
                 hour = (np.arctan2(hs, hc) / (2 * math.pi) * 24) % 24
-                dow = np.round((np.arctan2(ds, dc) / (2 * math.pi) * 7) % 7).astype(np.int64) % 7
                 day = np.floor(rng.uniform(st["min"], st["max"] + 1, n) / 86400)
-                day += (dow - (day + 3) % 7 + 7) % 7  # move to the row's day of week (day 0 was a Thursday)
-                day -= 7 * (day * 86400 > st["max"])  # a week back where that left the training period
+                if len(f.columns) == 4:  # with day-of-week features: on a day of the row's weekday
+                    ds, dc = (np.asarray(rows[:, c], dtype=np.float64) for c in f.columns[2:])
+                    dow = np.round((np.arctan2(ds, dc) / (2 * math.pi) * 7) % 7).astype(np.int64) % 7
+                    day += (dow - (day + 3) % 7 + 7) % 7  # move to the row's day of week (day 0 was a Thursday)
+                    day -= 7 * (day * 86400 > st["max"])  # a week back where that left the training period
                 for e, v in zip(out, (day * 86400 + hour * 3600).tolist(), strict=True):
                     e[spec.name] = round(v, 3)
             elif not spec.hash_buckets:
@@ -490,9 +580,11 @@ class FeatureEncoder:
             out.update(value=p_true >= 0.5, probability_true=p_true)
         elif spec.kind is FieldKind.TIMESTAMP:
             if field.columns:
-                hs, hc, ds, dc = (float(v[c]) for c in field.columns)
+                hs, hc = (float(v[c]) for c in field.columns[:2])
                 out["hour_of_day"] = (math.atan2(hs, hc) / (2 * math.pi) * 24) % 24
-                out["day_of_week"] = round((math.atan2(ds, dc) / (2 * math.pi) * 7) % 7) % 7
+                if len(field.columns) == 4:
+                    ds, dc = (float(v[c]) for c in field.columns[2:])
+                    out["day_of_week"] = round((math.atan2(ds, dc) / (2 * math.pi) * 7) % 7) % 7
             else:
                 out.update(value=None, unavailable="timestamp_without_cyclic_features")
         elif spec.hash_buckets:
@@ -526,11 +618,14 @@ class FeatureEncoder:
             elif spec.kind is FieldKind.BOOLEAN:
                 blocks.append(np.asarray(raw)[:, None])
             elif spec.kind is FieldKind.TIMESTAMP:
-                if spec.cyclic:
+                if spec.calendar_columns:
                     t = np.where(missing, 0.0, np.nan_to_num(np.asarray(raw)))
                     hour = 2 * math.pi * ((t % 86400) / 86400)
-                    dow = 2 * math.pi * (((t // 86400 + 3) % 7) / 7)  # 1970-01-01 was a Thursday
-                    blocks.append(np.stack([np.sin(hour), np.cos(hour), np.sin(dow), np.cos(dow)], 1))
+                    block = [np.sin(hour), np.cos(hour)]
+                    if spec.calendar_columns == 4:
+                        dow = 2 * math.pi * (((t // 86400 + 3) % 7) / 7)  # 1970-01-01 was a Thursday
+                        block += [np.sin(dow), np.cos(dow)]
+                    blocks.append(np.stack(block, 1))
             else:
                 blocks.append(self._one_hot(spec, raw, missing))
             if not spec.required:

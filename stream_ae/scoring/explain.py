@@ -90,12 +90,12 @@ class FieldExplainer:
         elif spec.kind is FieldKind.TIMESTAMP:
             seen = self.encoder.decode_field(f, x_row)
             out.update(
-                expected=None,  # a time is not reconstructed, its hour and weekday are
+                expected=None,  # a time is not reconstructed, its hour (and weekday) are
                 observed_hour=round(seen["hour_of_day"], 2),
                 expected_hour=round(expected["hour_of_day"], 2),
-                observed_day_of_week=seen["day_of_week"],
-                expected_day_of_week=expected["day_of_week"],
             )
+            if "day_of_week" in seen:  # a schema with day-of-week features
+                out.update(observed_day_of_week=seen["day_of_week"], expected_day_of_week=expected["day_of_week"])
         else:
             probs: dict[str, float] = expected["probabilities"]
             seen_as = str(observed) if str(observed) in probs else "<unknown>"

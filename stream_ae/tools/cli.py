@@ -199,6 +199,14 @@ def train(
         fitted.save(out, version=version)
         console.print(f"[green]saved[/] {out}")
     console.print(f"threshold {fitted.detector.threshold_:.4f} at false-alarm rate {target_rate}")
+    if fitted.encoder is not None:
+        for notice in fitted.encoder.notices:
+            console.print(f"[yellow]note:[/] {notice}")
+        if schema is None:  # show what was guessed, in the form --schema takes
+            import json
+
+            console.print("schema (inferred; save it as a .json file, edit it, and pass it with --schema):")
+            console.print_json(json.dumps(fitted.encoder.schema.to_dict()))
     known = fitted.detector.labels_
     if known is not None:
         console.print(
