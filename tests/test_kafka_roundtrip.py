@@ -118,3 +118,32 @@ def test_produce_from_a_file_replays_every_line_unchanged(bootstrap: str, topic_
     assert sorted(r.value for r in got) == sorted(lines)
     keys = {r.value: r.key for r in got}
     assert keys[lines[7]] == b"c7" and keys[b"{not json"] is None and keys[b'{"amount": 1}'] is None
+    # without --topic: the topic the worker reads (STREAM_AE_INPUT_TOPICS), said before sending
+    other = f"{topic_name}-in"
+    result = CliRunner().invoke(
+        app, ["produce", "--from", str(path), "--count", "5", "--rate", "0"],
+        env={"STREAM_AE_BOOTSTRAP_SERVERS": bootstrap, "STREAM_AE_INPUT_TOPICS": other},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.index(f"sending to topic '{other}'") < result.output.index("sent 5 records")
+    assert sorted(r.value for r in asyncio.run(read_all(bootstrap, [other], until=5))) == sorted(lines[:5])
+
+
+def test_the_trainer_on_an_empty_topic_says_what_to_check(bootstrap: str, topic_name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``stream-ae trainer --once`` on an empty or misspelt topic: no traceback, a message that
+    names the topic and what to check, exit status 2; and no error logged for the models topic."""
+    from typer.testing import CliRunner
+
+    from stream_ae.tools.cli import app
+
+    asyncio.run(ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 1}))
+    env = {
+        "STREAM_AE_BOOTSTRAP_SERVERS": bootstrap,
+        "STREAM_AE_INPUT_TOPICS": topic_name,
+        "STREAM_AE_MODEL_DIR": str(tmp_path / "models"),
+        "STREAM_AE_CONTROL_TOPIC": f"{topic_name}.models",
+        "STREAM_AE_FEEDBACK_TOPIC": f"{topic_name}.feedback",
+    }
+    result = CliRunner().invoke(app, ["trainer", "--once"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "too_few_events" in result.output and topic_name in result.output and "Traceback" not in result.output

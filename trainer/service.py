@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -332,7 +333,17 @@ class TrainerService:
         if isinstance(champion, _Unset):
             champion = self._champion()
         schema = champion.encoder.schema if champion is not None and champion.encoder is not None else None
-        encoder = FeatureEncoder(schema or infer_schema(events))
+        if not events:
+            log.warning(
+                "the window read from %s holds no events: check STREAM_AE_INPUT_TOPICS (the name, and that "
+                "producers write there) and STREAM_AE_BOOTSTRAP_SERVERS (%s)",
+                ", ".join(s.input_topics), s.bootstrap_servers,
+            )  # fmt: skip
+            return RunResult(None, "too_few_events", n_events=0)
+        if schema is None:
+            schema = infer_schema(events)
+            log.info("no champion: schema inferred from the window: %s", json.dumps(schema.to_dict()))
+        encoder = FeatureEncoder(schema)
         try:
             fitted_rows = fit_encoder(encoder, events, meta)
         except ValueError as exc:  # no event of the window could be encoded
@@ -508,6 +519,8 @@ class TrainerService:
 
     async def announce(self, version: str) -> None:
         info = next(v for v in self.registry.versions() if v.version == version)
+        s = self.settings  # created first: a send to a missing topic logs an error that is not one
+        await ensure_topics(s.kafka_client_kwargs(), {s.control_topic: 1}, compacted={s.control_topic})
         producer = AIOKafkaProducer(**self.settings.kafka_client_kwargs(), acks="all")
         await producer.start()
         try:

@@ -554,13 +554,21 @@ def trainer(
     if once:
         result = asyncio.run(service.run_once("manual"))
         console.print(f"published: {result.published or 'nothing'} ({result.reason}); events {result.n_events}")
+        if result.reason == "too_few_events":
+            console.print(
+                f"[yellow]the window from {', '.join(settings.input_topics)} held {result.n_events} usable events: "
+                "check STREAM_AE_INPUT_TOPICS and that producers write there, or wait for more traffic[/]"
+            )
+            raise typer.Exit(2)
         return
     _run_until_signal(service.run)
 
 
 @app.command()
 def produce(
-    topic: Annotated[str, typer.Option(help="input topic")] = "events",
+    topic: Annotated[
+        str | None, typer.Option(help="topic to write to (default: the first of STREAM_AE_INPUT_TOPICS)")
+    ] = None,
     count: Annotated[int, typer.Option(help="events to send (0: stream until Ctrl-C)")] = 10_000,
     rate: Annotated[float, typer.Option(help="events per second (0: as fast as possible)")] = 1000.0,
     anomaly_rate: Annotated[float, typer.Option(help="share of injected frauds")] = 0.005,
@@ -583,7 +591,10 @@ def produce(
     from stream_ae.tools.produce import file_payloads, send_events, send_raw, stream_forever
     from stream_ae.tools.synthetic import transactions
 
-    kw = Settings().kafka_client_kwargs()
+    settings = Settings()
+    kw = settings.kafka_client_kwargs()
+    topic = topic or settings.input_topics[0]
+    console.print(f"sending to topic {topic!r} on {settings.bootstrap_servers}")
     if from_file is not None:
         if not from_file.is_file():
             raise typer.BadParameter(f"{from_file} is not a file")
