@@ -455,6 +455,13 @@ def evaluate(
             "(e.g. 0.01,0.05,0.1); compares the first variant with labels, without, and a boosted-trees baseline"
         ),
     ] = "",
+    streams: Annotated[
+        bool,
+        typer.Option(
+            help="score the SMD machines as streams by the Numenta Anomaly Benchmark's rules (probation, windows, "
+            "early-detection reward, one threshold per profile); writes streams.json"
+        ),
+    ] = False,
     contamination: Annotated[
         str,
         typer.Option(
@@ -475,6 +482,20 @@ def evaluate(
         raise typer.BadParameter(f"--options is not JSON: {exc}") from exc
     if not isinstance(hyper, dict):
         raise typer.BadParameter("--options must be a JSON object")
+    if streams:
+        from trainer.evaluate import BASELINES, detector_factory
+        from trainer.nab import evaluate_smd_streams
+
+        methods = {v: detector_factory(v, device="cpu", **hyper) for v in variants.split(",")}
+        if baselines:
+            methods.update({k: BASELINES[k] for k in ("iforest", "pca")})
+        table = evaluate_smd_streams(data_dir, methods)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "streams.json").write_text(json.dumps(table, indent=2))
+        for method, profiles in table.items():
+            cells = ", ".join(f"{p} {v['score']:.1f}" for p, v in profiles.items())
+            console.print(f"NAB score, SMD machines as streams, {method}: {cells}")
+        return
     if contamination:
         from trainer.contamination import SETS, sweep, write_sweep_report
 
