@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from stream_ae.scoring.likelihood import ScoreLikelihood, first_alarms
 from trainer.evaluate import SMD_MACHINES, Factory, load_smd, smd_matrices
 
 
@@ -128,11 +129,18 @@ def raw_score(flags: NDArray[np.bool_], windows: Sequence[Window], profile: Prof
 
 @dataclass(frozen=True)
 class Stream:
-    """One labelled stream: a detector's ``scores`` (one per row) and its NAB ``windows``."""
+    """One labelled stream: a detector's ``scores`` (one per row) and its NAB ``windows``;
+    with ``cooldown`` > 0 only the alarm that opens an incident counts as a detection
+    (:func:`stream_ae.scoring.likelihood.first_alarms`)."""
 
     name: str
     scores: NDArray[np.float64]
     windows: list[Window]
+    cooldown: int = 0
+
+    def detections(self, threshold: float) -> NDArray[np.bool_]:
+        flags = self.scores >= threshold
+        return first_alarms(flags, self.cooldown) if self.cooldown > 0 else flags
 
     @property
     def probation(self) -> int:
@@ -149,7 +157,7 @@ def corpus_score(streams: Sequence[Stream], profile: Profile, candidates: int = 
     perfect = profile.tp * scaled_sigmoid(-1.0) * sum(len(s.windows) for s in streams)
     best_raw, best_t = -math.inf, float(levels[-1])
     for t in levels:
-        raw = sum(raw_score(s.scores >= t, s.windows, profile, s.probation) for s in streams)
+        raw = sum(raw_score(s.detections(t), s.windows, profile, s.probation) for s in streams)
         if raw > best_raw:
             best_raw, best_t = raw, float(t)
     if perfect == null:
@@ -163,16 +171,31 @@ def evaluate_smd_streams(
     """Each SMD machine as one stream (``stream-ae evaluate --streams``): every method fitted on
     the machine's training rows (the worker's features, :func:`trainer.evaluate.smd_matrices`),
     its raw score on each test row, NAB's windows around the first row of each labelled run.
+    Each method three ways: its raw score; the same with a cooldown (only the alarm that opens
+    an incident counts; the cooldown is a fifth of the probation, as CAD OSE and KNN-CAD quiet
+    for a fifth of their warm-up); and its score likelihood
+    (:class:`~stream_ae.scoring.likelihood.ScoreLikelihood`, run over the training rows' scores
+    first, as a worker that saw them would) with the cooldown.
     Returns method -> profile -> normalised score and threshold."""
-    per_method: dict[str, list[Stream]] = {m: [] for m in methods}
+    per_method: dict[str, list[Stream]] = {}
     for machine in machines:
         train, test, label = load_smd(data_dir, machine)
         Xtr, Xte = smd_matrices(train, test, machine)
         windows = windows_for(len(test), anomaly_starts(label))
+        cooldown = max(1, probation_rows(len(test)) // 5)
         for method, make in methods.items():
             model = make(0)
             model.fit(Xtr)
-            per_method[method].append(Stream(machine, np.asarray(model.score_samples(Xte), dtype=np.float64), windows))
+            raw = np.asarray(model.score_samples(Xte), dtype=np.float64)
+            state = ScoreLikelihood()
+            state.update(np.asarray(model.score_samples(Xtr), dtype=np.float64))
+            published = state.update(raw)
+            for name, scores, quiet in (
+                (method, raw, 0),
+                (f"{method}+cooldown", raw, cooldown),
+                (f"{method}+likelihood+cooldown", published, cooldown),
+            ):
+                per_method.setdefault(name, []).append(Stream(machine, scores, windows, quiet))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method, streams in per_method.items():
         out[method] = {}
