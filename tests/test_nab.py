@@ -85,7 +85,8 @@ def test_evaluate_streams_scores_each_machine_as_a_stream(tmp_path) -> None:  # 
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     table = json.loads((out / "streams.json").read_text())
-    assert set(table) == {f"{m}{v}" for m in ("ae", "iforest", "pca") for v in ("", "+cooldown", "+likelihood+cooldown")}
+    ways = ("", "+cooldown", "+likelihood+cooldown")
+    assert set(table) == {f"{m}{v}" for m in ("ae", "iforest", "pca") for v in ways}
     assert set(table["ae"]) == set(PROFILES)
     assert all(0.0 <= v["score"] <= 100.0 for per in table.values() for v in per.values())
     assert table["pca"]["standard"]["score"] > 50, "a step fault of 12 standard deviations is found early"
