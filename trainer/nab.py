@@ -40,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream_ae.scoring.likelihood import ScoreLikelihood, first_alarms
-from trainer.evaluate import SMD_MACHINES, Factory, load_smd, smd_matrices
+from trainer.evaluate import SMD_MACHINES, Factory, smd_scores
 
 
 @dataclass(frozen=True)
@@ -178,24 +178,18 @@ def evaluate_smd_streams(
     first, as a worker that saw them would) with the cooldown.
     Returns method -> profile -> normalised score and threshold."""
     per_method: dict[str, list[Stream]] = {}
-    for machine in machines:
-        train, test, label = load_smd(data_dir, machine)
-        Xtr, Xte = smd_matrices(train, test, machine)
-        windows = windows_for(len(test), anomaly_starts(label))
-        cooldown = max(1, probation_rows(len(test)) // 5)
-        for method, make in methods.items():
-            model = make(0)
-            model.fit(Xtr)
-            raw = np.asarray(model.score_samples(Xte), dtype=np.float64)
-            state = ScoreLikelihood()
-            state.update(np.asarray(model.score_samples(Xtr), dtype=np.float64))
-            published = state.update(raw)
-            for name, scores, quiet in (
-                (method, raw, 0),
-                (f"{method}+cooldown", raw, cooldown),
-                (f"{method}+likelihood+cooldown", published, cooldown),
-            ):
-                per_method.setdefault(name, []).append(Stream(machine, scores, windows, quiet))
+    for r in smd_scores(data_dir, methods, machines):
+        windows = windows_for(len(r.test), anomaly_starts(r.label))
+        cooldown = max(1, probation_rows(len(r.test)) // 5)
+        state = ScoreLikelihood()
+        state.update(r.train)
+        published = state.update(r.test)
+        for name, scores, quiet in (
+            (r.method, r.test, 0),
+            (f"{r.method}+cooldown", r.test, cooldown),
+            (f"{r.method}+likelihood+cooldown", published, cooldown),
+        ):
+            per_method.setdefault(name, []).append(Stream(r.machine, scores, windows, quiet))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method, streams in per_method.items():
         out[method] = {}

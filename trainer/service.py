@@ -217,9 +217,14 @@ def compare(
         # (a threshold carried above them by unmarked anomalies in its calibration slice) is worse
         # whatever its false-alarm rate
         ours, theirs = challenger.labelled_recall, champion.labelled_recall
-        if rate <= allowed and ours is not None and theirs is not None and n_labelled_anomalies >= 5:  # noqa: SIM102
-            if ours < theirs - allowed_recall_drop(theirs, n_labelled_anomalies):
-                return False, "labelled_recall"
+        if (
+            rate <= allowed
+            and n_labelled_anomalies >= 5
+            and ours is not None
+            and theirs is not None
+            and ours < theirs - allowed_recall_drop(theirs, n_labelled_anomalies)
+        ):
+            return False, "labelled_recall"
     return True, "better_or_equal" if champion else "first_model"
 
 

@@ -381,8 +381,6 @@ class FeatureEncoder:
             elif spec.kind is FieldKind.TIMESTAMP and np.any(rows):
                 t = np.asarray(raw)[rows]
                 self.stats[spec.name] = {"min": float(np.nanmin(t)), "max": float(np.nanmax(t))}
-            elif spec.kind is FieldKind.TIMESTAMP:
-                self.stats[spec.name] = {}
             elif spec.kind is FieldKind.CATEGORICAL and not spec.hash_buckets:
                 counts = Counter(str(raw[i]) for i in np.flatnonzero(rows))
                 vocab = [v for v, _ in counts.most_common(spec.max_categories)]
@@ -402,7 +400,7 @@ class FeatureEncoder:
         self.notices = []
         fields = list(self.schema.fields)
         for i, spec in enumerate(fields):
-            if spec.kind is not FieldKind.TIMESTAMP or spec.calendar_columns != 4:
+            if spec.calendar_columns != 4:  # not a timestamp with day-of-week features
                 continue
             raw, missing = cols[spec.name]
             t = np.asarray(raw)[keep & ~missing]

@@ -371,15 +371,13 @@ class AutoencoderDetector:
         if fence <= 0 or net.neighbours is None:
             return None
         with torch.inference_mode():
-            iso = net.neighbours.score(xt).double()
-        med = iso.median()
-        q25, q75 = torch.quantile(iso, torch.tensor([0.25, 0.75], dtype=iso.dtype, device=iso.device))
-        spread = float(q75 - q25) / 1.349
-        if spread <= 0:
-            return None
+            iso = net.neighbours.score(xt).double().cpu().numpy()
+        med, spread = _robust_stats(iso)  # as the score's parts are standardised
         keep = iso <= med + fence * spread
         self.cleaned_rows_ = int((~keep).sum())
-        return keep if self.cleaned_rows_ and int(keep.sum()) >= MIN_ROWS else None
+        if not self.cleaned_rows_ or int(keep.sum()) < MIN_ROWS:
+            return None
+        return torch.from_numpy(keep).to(xt.device)
 
     def _fit_feedback(
         self,

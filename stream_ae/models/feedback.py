@@ -69,6 +69,11 @@ def label_fingerprint(X: NDArray[np.float32], anomaly: NDArray[np.bool_], normal
     return h.hexdigest()
 
 
+def lift_under(g: torch.Tensor, ceiling: torch.Tensor | float) -> torch.Tensor:
+    """The head's upward output for its raw output ``g``: smoothly bounded by ``ceiling``."""
+    return ceiling * torch.tanh(g / ceiling)
+
+
 class DeviationHead(nn.Module):
     """``f(x)``: a small MLP whose output is bounded to ``[-low, high]`` (smoothly: ``tanh``
     on each side of zero, slope one at zero)."""
@@ -91,7 +96,7 @@ class DeviationHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.net(x.float()).squeeze(1)
-        up = self.high * torch.tanh(g / self.high)
+        up = lift_under(g, self.high)
         down = self.low * torch.tanh(g / self.low.clamp_min(1e-6))
         return torch.where(g >= 0, up, down)
 
@@ -195,8 +200,7 @@ def limit_lift(head: DeviationHead, x_unlabelled: torch.Tensor, s_unlabelled: to
     high = float(head.high)
 
     def lifted(factor: float) -> float:
-        cap = factor * high
-        up = cap * torch.tanh(f.clamp_min(0) / max(cap, 1e-12))
+        up = lift_under(f.clamp_min(0), max(factor * high, 1e-12))
         return float(((s + up.double()) > top)[below].double().sum() / len(s))
 
     if budget >= 1.0 or lifted(1.0) <= budget:

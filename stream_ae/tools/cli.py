@@ -499,12 +499,7 @@ def evaluate(
     if contamination:
         from trainer.contamination import SETS, sweep, write_sweep_report
 
-        try:
-            levels = [float(f) for f in contamination.split(",")]
-        except ValueError as exc:
-            raise typer.BadParameter(f"--contamination takes shares: {exc}") from exc
-        if not all(0 <= f < 0.5 for f in levels):
-            raise typer.BadParameter("--contamination shares lie in [0, 0.5)")
+        levels = _shares(contamination, "--contamination", "[0, 0.5)", lambda f: 0 <= f < 0.5)
 
         def said(r: Any) -> None:
             console.print(
@@ -518,12 +513,7 @@ def evaluate(
         console.print((out / "contamination.md").read_text())
         return
     if labelled_anomalies:
-        try:
-            fractions = [float(f) for f in labelled_anomalies.split(",")]
-        except ValueError as exc:
-            raise typer.BadParameter(f"--labelled-anomalies takes fractions: {exc}") from exc
-        if not all(0 < f <= 1 for f in fractions):
-            raise typer.BadParameter("--labelled-anomalies fractions lie in (0, 1]")
+        fractions = _shares(labelled_anomalies, "--labelled-anomalies", "(0, 1]", lambda f: 0 < f <= 1)
         seed_list = [int(s) for s in seeds.split(",")]
         run_weak_evaluation(data_dir, out, datasets, variants.split(",")[0], seed_list, fractions, console, hyper)
         return
@@ -538,6 +528,18 @@ def evaluate(
         options=hyper,
         baselines=baselines,
     )
+
+
+def _shares(text: str, option: str, interval: str, within: Any) -> list[float]:
+    """A comma-separated list of numbers for ``option``, each ``within`` ``interval``, or a
+    usage error saying what is wrong."""
+    try:
+        values = [float(f) for f in text.split(",")]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option} takes comma-separated numbers: {exc}") from exc
+    if not all(within(f) for f in values):
+        raise typer.BadParameter(f"{option} values lie in {interval}")
+    return values
 
 
 def _run_until_signal(make: Any) -> None:
