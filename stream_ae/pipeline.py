@@ -3,7 +3,9 @@
 One way through, one module a step::
 
     decode (stream_ae.input.decode) -> features, with the entity state (stream_ae.features.featurize)
-        -> score on the device (stream_ae.scoring.scorer) -> route (stream_ae.output.route)
+        -> score on the device (stream_ae.scoring.scorer)
+        -> alarms: published score, warm-up, incidents, with the entity state (stream_ae.alarms)
+        -> route (stream_ae.output.route)
 
 Every input record ends up in exactly one of: scored (and maybe an anomaly) or dead-lettered
 with a reason. The worker only moves bytes between Kafka and :func:`process_batch`.
@@ -16,7 +18,9 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
+from stream_ae.alarms.stage import Alarms, judge_rows, model_alarm_threshold
 from stream_ae.entities.store import EntityStore
 from stream_ae.features.encoder import FeatureEncoder
 from stream_ae.features.featurize import RecordMeta, featurize
@@ -43,6 +47,9 @@ class ActiveModel:
         self.version = loaded.version
         self.threshold = self.scorer.threshold
         self.entity = self.encoder.schema.entity
+        self.alarm = self.entity.alarm if self.entity is not None else None
+        # what an alarm is judged on: the published score's threshold with an alarm section
+        self.alarm_threshold = model_alarm_threshold(loaded.detector, self.alarm)
 
 
 _PARTITION, _OFFSET, _KEY, _TIMESTAMP = (operator.attrgetter(a) for a in ("partition", "offset", "key", "timestamp"))
@@ -82,13 +89,20 @@ def process_batch(
         router.dead_letter(kept[i], reason, detail)
     batch = feats.batch
     routed.deltas = feats.deltas
-    if entities is not None:
+    alarms: Alarms | None = None
+
+    def judge(raw: NDArray[np.float64]) -> NDArray[np.bool_]:
+        nonlocal alarms
+        alarms = judge_rows(feats, raw, model.alarm_threshold)
+        return alarms.judged.alarm
+
+    t0 = time.perf_counter()
+    result = model.scorer.score(batch.X, judge if model.alarm is not None and entities is not None else None)
+    routed.score_seconds = time.perf_counter() - t0
+    if entities is not None:  # after the post-score stage: the records carry its state too
         router.changelog(entities, feats.deltas)
         routed.entity_counts = entities.take_counts()
         routed.entities_held = entities.held()
-    t0 = time.perf_counter()
-    result = model.scorer.score(batch.X)
-    routed.score_seconds = time.perf_counter() - t0
     routed.n_scored = len(batch.ok)
     routed.scores = result.scores
     id_field = model.encoder.schema.id_field
@@ -106,20 +120,42 @@ def process_batch(
                 if f >= 0
             ]
         event_id = event.get(id_field) if id_field else None
+        ident = str(event_id) if event_id is not None else f"{rec.topic}:{rec.partition}:{rec.offset}"
+        raw = float(result.scores[j])
+        score, incident = raw, None
+        if alarms is not None:
+            score, incident = float(alarms.judged.published[j]), alarms.incident(j)
+            if alarms.judged.opens[j] and incident is not None:
+                router.incident(
+                    rec,
+                    incident_id=incident,
+                    entity=incident.rsplit("@", 1)[0],
+                    opened_at=int(alarms.judged.incident_ms[j]) / 1000.0,
+                    cooldown_s=float(model.alarm.cooldown or 0.0) if model.alarm is not None else 0.0,
+                    event_id=ident,
+                    score=score,
+                    raw_score=raw,
+                    threshold=model.alarm_threshold,
+                    model_version=model.version,
+                )
         published = router.anomaly(
             rec,
             event,
-            event_id=str(event_id) if event_id is not None else f"{rec.topic}:{rec.partition}:{rec.offset}",
+            event_id=ident,
             event_time=rec.timestamp / 1000.0,
-            score=float(result.scores[j]),
-            threshold=model.threshold,
+            score=score,
+            threshold=model.alarm_threshold,
             model_version=model.version,
             top_features=top,
+            raw_score=raw if alarms is not None else None,
+            incident_id=incident,
         )
         if published:
             anomaly_times.append(rec.timestamp / 1000.0)
     routed.n_anomalies = len(anomaly_times)
     routed.event_times = np.asarray(anomaly_times)
     scored = kept if len(batch.ok) == len(kept) else [kept[i] for i in batch.ok.tolist()]
-    router.scores(scored, result.scores, model.version, result.codes)
+    router.scores(
+        scored, result.scores, model.version, result.codes, alarms.judged.published if alarms is not None else None
+    )
     return routed

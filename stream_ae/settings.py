@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     output_topic: str = "anomalies"
     dead_letter_topic: str = "events.dlq"
     scores_topic: str | None = None
+    # incident records (stream-ae.incident/1), written when the model's schema declares an
+    # alarm cooldown (entity: alarm: cooldown:)
+    incidents_topic: str = "incidents"
     control_topic: str = "stream-ae.models"
     # analysts' verdicts (compacted, keyed by event id; stream-ae.verdict/1); the trainer learns
     # from them. None: no feedback

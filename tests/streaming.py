@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import functools
 import tempfile
 import time
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
+from stream_ae.entities.spec import AlarmSpec
 from stream_ae.lifecycle.artifacts import load_artifact
 from stream_ae.lifecycle.registry import Registry
 from stream_ae.settings import Settings
@@ -42,6 +45,20 @@ def card_model(seed: int, amount_shift: float, stateless: bool = False) -> Fitte
             return fitted
     loaded = load_artifact(path / "artifact", device="cpu")
     return FittedModel(loaded.detector, loaded.encoder, np.load(path / "X.npy"))
+
+
+# the card model with the post-score stage: short histories (a card has a few events a day),
+# so that the broker tests see likelihoods, alarms and incidents
+CARD_ALARM = AlarmSpec(likelihood=True, short=2, half_life=5, warmup=2, cooldown=86_400)
+
+
+def with_alarm(fitted: FittedModel, alarm: AlarmSpec = CARD_ALARM) -> FittedModel:
+    """The same model (same detector, same features) with an alarm section in its schema."""
+    assert fitted.encoder is not None and fitted.encoder.schema.entity is not None
+    encoder = copy.copy(fitted.encoder)
+    schema = encoder.schema
+    encoder.schema = dataclasses.replace(schema, entity=dataclasses.replace(schema.entity, alarm=alarm))
+    return FittedModel(fitted.detector, encoder, fitted.X)
 
 
 def publish_model(

@@ -163,7 +163,7 @@ def test_a_redelivered_event_is_not_counted_twice() -> None:
     first = step(spec, table, as_batch(events, 0))
     table.rows[table.insert(first.keys)] = first.rows
     again = step(spec, table, as_batch(events[3:], 3))  # offsets 3..5 re-delivered
-    assert again.replayed == 3 and again.keys == []
+    assert again.n_replayed == 3 and again.keys == []
     assert table.rows["counts"][0, 0] == first.rows["counts"][0, 0], "nothing applied twice"
 
 

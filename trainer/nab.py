@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_ae.scoring.likelihood import ScoreLikelihood, first_alarms
+from stream_ae.entities.alarm import judge_one, opening_alarms
+from stream_ae.entities.spec import AlarmSpec
 from trainer.evaluate import SMD_MACHINES, Factory, smd_scores
 
 
@@ -131,7 +132,7 @@ def raw_score(flags: NDArray[np.bool_], windows: Sequence[Window], profile: Prof
 class Stream:
     """One labelled stream: a detector's ``scores`` (one per row) and its NAB ``windows``;
     with ``cooldown`` > 0 only the alarm that opens an incident counts as a detection
-    (:func:`stream_ae.scoring.likelihood.first_alarms`)."""
+    (:func:`stream_ae.entities.alarm.opening_alarms`, the worker's incident rule)."""
 
     name: str
     scores: NDArray[np.float64]
@@ -140,7 +141,7 @@ class Stream:
 
     def detections(self, threshold: float) -> NDArray[np.bool_]:
         flags = self.scores >= threshold
-        return first_alarms(flags, self.cooldown) if self.cooldown > 0 else flags
+        return opening_alarms(flags, self.cooldown) if self.cooldown > 0 else flags
 
     @property
     def probation(self) -> int:
@@ -174,16 +175,16 @@ def evaluate_smd_streams(
     Each method three ways: its raw score; the same with a cooldown (only the alarm that opens
     an incident counts; the cooldown is a fifth of the probation, as CAD OSE and KNN-CAD quiet
     for a fifth of their warm-up); and its score likelihood
-    (:class:`~stream_ae.scoring.likelihood.ScoreLikelihood`, run over the training rows' scores
-    first, as a worker that saw them would) with the cooldown.
+    (the worker's post-score stage, :func:`stream_ae.entities.alarm.judge_one`, run over the
+    training rows' scores first, as a worker that saw them would) with the cooldown.
     Returns method -> profile -> normalised score and threshold."""
     per_method: dict[str, list[Stream]] = {}
     for r in smd_scores(data_dir, methods, machines):
         windows = windows_for(len(r.test), anomaly_starts(r.label))
         cooldown = max(1, probation_rows(len(r.test)) // 5)
-        state = ScoreLikelihood()
-        state.update(r.train)
-        published = state.update(r.test)
+        both = np.r_[r.train, r.test]
+        judged, _ = judge_one(AlarmSpec(), both, np.arange(len(both), dtype=np.int64) * 1000, threshold=np.inf)
+        published = judged.published[len(r.train) :]
         for name, scores, quiet in (
             (r.method, r.test, 0),
             (f"{r.method}+cooldown", r.test, cooldown),

@@ -20,6 +20,12 @@ In the schema file (YAML or JSON, frozen into the model's manifest)::
           capacity: 16
         - delta_mean: [cpu, mem]             # the row minus the mean of its previous rows
           rows: 10
+      alarm:                 # optional: the post-score stage (stream_ae.entities.alarm)
+        likelihood: true     # alarm on the score likelihood, not the raw score
+        short: 10            # raw scores in the short-term mean
+        half_life: 500       # events: the memory of the entity's long-term score distribution
+        warmup: 100          # an entity's first events never alarm
+        cooldown: 1h         # alarms this close to the entity's previous one join its incident
 
 Durations are seconds, or a number with ``s``, ``m``, ``h`` or ``d``. Each aggregate adds
 numeric features named after it (:meth:`EntitySpec.feature_names`, prefix ``entity.``), which
@@ -166,6 +172,49 @@ class Aggregate:
 
 
 @dataclass(frozen=True)
+class AlarmSpec:
+    """How an entity's scored events become alarms and incidents (the post-score stage,
+    :mod:`stream_ae.entities.alarm`). ``cooldown`` None: no incidents."""
+
+    likelihood: bool = True
+    short: int = 10
+    half_life: float = 500.0  # events
+    warmup: int = 100  # events
+    cooldown: float | None = None  # seconds
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.short <= 1000:
+            raise ValueError("alarm: short must lie in 1..1000")
+        if not self.half_life >= 1:
+            raise ValueError("alarm: half_life is a number of events, at least 1")
+        if self.warmup < 0:
+            raise ValueError("alarm: warmup must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {  # typed, so that the fingerprint does not depend on 5 versus 5.0
+            "likelihood": bool(self.likelihood),
+            "short": int(self.short),
+            "half_life": float(self.half_life),
+            "warmup": int(self.warmup),
+            "cooldown": float(self.cooldown) if self.cooldown is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AlarmSpec:
+        unknown = set(data) - {"likelihood", "short", "half_life", "warmup", "cooldown"}
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} in the alarm declaration")
+        cooldown = data.get("cooldown")
+        return cls(
+            likelihood=bool(data.get("likelihood", True)),
+            short=int(data.get("short", 10)),
+            half_life=float(data.get("half_life", 500.0)),
+            warmup=int(data.get("warmup", 100)),
+            cooldown=seconds(cooldown) if cooldown is not None else None,
+        )
+
+
+@dataclass(frozen=True)
 class EntitySpec:
     """The entity an event belongs to and the aggregates computed over its history."""
 
@@ -173,10 +222,13 @@ class EntitySpec:
     ttl: float = 7 * 86_400.0
     max_entities: int = 1_000_000  # per input partition
     aggregates: tuple[Aggregate, ...] = ()
+    alarm: AlarmSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.aggregates:
             raise ValueError("an entity declaration needs at least one feature")
+        if self.alarm is not None and self.alarm.cooldown is not None and self.alarm.cooldown > self.ttl:
+            raise ValueError("alarm: the cooldown cannot be longer than the entity's ttl")
         if self.max_entities < 1:
             raise ValueError("max_entities must be at least 1")
         names = self.feature_names()
@@ -200,16 +252,19 @@ class EntitySpec:
         return list(dict.fromkeys(agg.field for agg in self.aggregates if agg.kind == "novelty" and agg.field))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "field": self.field,
             "ttl": self.ttl,
             "max_entities": self.max_entities,
             "features": [a.to_dict() for a in self.aggregates],
         }
+        if self.alarm is not None:  # absent otherwise: older declarations keep their fingerprint
+            out["alarm"] = self.alarm.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EntitySpec:
-        unknown = set(data) - {"field", "ttl", "max_entities", "features"}
+        unknown = set(data) - {"field", "ttl", "max_entities", "features", "alarm"}
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} in the entity declaration")
         return cls(
@@ -217,6 +272,7 @@ class EntitySpec:
             ttl=seconds(data.get("ttl", 7 * 86_400.0)),
             max_entities=int(data.get("max_entities", 1_000_000)),
             aggregates=tuple(Aggregate.from_dict(a) for a in data.get("features") or ()),
+            alarm=AlarmSpec.from_dict(data["alarm"]) if data.get("alarm") is not None else None,
         )
 
     def fingerprint(self) -> bytes:

@@ -94,7 +94,11 @@ class StepResult:
     rows: NDArray[np.void]  # their rows after the batch
     first_offsets: Ints  # each touched entity's first and last offset in the batch
     last_offsets: Ints
-    replayed: int = 0  # events at or before their entity's last applied offset: features only
+    replayed: NDArray[np.bool_] | None = None  # per event: at or before its entity's last applied offset
+
+    @property
+    def n_replayed(self) -> int:
+        return int(self.replayed.sum()) if self.replayed is not None else 0
 
 
 def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool = True) -> StepResult:
@@ -102,7 +106,7 @@ def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool 
 
     With ``dedupe``, events whose offset is at or before their entity's last applied offset
     (a re-delivery the state already holds) get features from the state as it is and change
-    nothing (:attr:`StepResult.replayed` counts them)."""
+    nothing (:attr:`StepResult.replayed` marks them)."""
     n = len(batch)
     names = spec.feature_names()
     if n == 0:
@@ -124,10 +128,10 @@ def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool 
     old = np.flatnonzero(replayed)
     features[old] = step(spec, table, batch.take(old), dedupe=False).features
     if not len(fresh):
-        return StepResult(features, [], empty_rows(table.dtype, 0), _ints(0), _ints(0), len(old))
+        return StepResult(features, [], empty_rows(table.dtype, 0), _ints(0), _ints(0), replayed)
     sub = step(spec, table, batch.take(fresh), dedupe=False)
     features[fresh] = sub.features
-    return StepResult(features, sub.keys, sub.rows, sub.first_offsets, sub.last_offsets, len(old))
+    return StepResult(features, sub.keys, sub.rows, sub.first_offsets, sub.last_offsets, replayed)
 
 
 def _ints(n: int) -> Ints:

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from stream_ae.entities.alarm import Judged, judge
 from stream_ae.entities.spec import EntitySpec
 from stream_ae.entities.step import EntityBatch, step
-from stream_ae.entities.table import EntityTable, empty_rows, row_dtype
+from stream_ae.entities.table import NO_TIME, EntityTable, empty_rows, post_score_fields, row_dtype
 
 EVICT_TO = 0.95  # a capacity eviction frees this much below max_entities, so it runs rarely
 
@@ -52,6 +53,8 @@ class PartitionDelta:
     post_held: NDArray[np.bool_]
     first_offsets: NDArray[np.int64]
     last_offsets: NDArray[np.int64]
+    # per event of the batch: a re-delivery the state already held (features only, no change)
+    replayed: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -99,11 +102,14 @@ class EntityStore:
         """Features of one partition's events (offset order) and the change they made."""
         table = self.table(partition)
         result = step(self.spec, table, batch)
-        self.counts.replayed += result.replayed
+        self.counts.replayed += result.n_replayed
         slots = table.lookup(result.keys)
         pre_held = slots >= 0
         pre = empty_rows(self.dtype, len(slots))
         pre[pre_held] = table.rows[slots[pre_held]]
+        if self.spec.alarm is not None:  # the post-score state is the alarm stage's to change
+            for name in post_score_fields(self.spec.alarm):
+                result.rows[name[0]][pre_held] = pre[name[0]][pre_held]
         new = ~pre_held
         if new.any():
             slots[new] = table.insert([k for k, is_new in zip(result.keys, new.tolist(), strict=True) if is_new])
@@ -119,9 +125,52 @@ class EntityStore:
             np.ones(len(slots), dtype=bool),
             result.first_offsets,
             result.last_offsets,
+            result.replayed if result.replayed is not None else np.zeros(len(batch), dtype=bool),
         )
-        self._expire(partition, table, delta)
+        if self.spec.alarm is None:  # else after the post-score stage (judge), which reads these rows
+            self._expire(partition, table, delta)
         return result.features, delta
+
+    def judge(self, batch: EntityBatch, raw: NDArray[np.float64], threshold: float, delta: PartitionDelta) -> Judged:
+        """The post-score stage (:mod:`stream_ae.entities.alarm`) on the events of ``batch``,
+        which :meth:`process` has just applied (``delta``): their published scores, alarms and
+        incidents. The TTL and capacity bounds apply after it (with an alarm section,
+        :meth:`process` leaves them to it). Writes the entities' post-score state, and into ``delta``'s after rows, so
+        the changelog record of the batch carries it. A re-delivered event is judged against
+        the state as it is and changes nothing (it opens no incident a second time)."""
+        alarm = self.spec.alarm
+        assert alarm is not None, "the entity declaration has no alarm section"
+        table = self.table(delta.partition)
+        ttl_ms = round(self.spec.ttl * 1000)
+        n = len(batch)
+        out = Judged(np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.full(n, NO_TIME, dtype=np.int64))
+        replayed = delta.replayed if len(delta.replayed) == n else np.zeros(n, dtype=bool)
+        for again in (True, False):  # re-deliveries first: they precede this batch's new events
+            mine = np.flatnonzero(replayed == again)
+            if not len(mine):
+                continue
+            keys = [batch.keys[i] for i in mine.tolist()]
+            uniq = list(dict.fromkeys(keys))
+            position = dict(zip(uniq, range(len(uniq)), strict=True))
+            inv = np.fromiter(map(position.__getitem__, keys), np.int64, count=len(keys))
+            slots = table.lookup(uniq)
+            held = slots >= 0  # a batch larger than max_entities may have evicted one already
+            prior = empty_rows(self.dtype, len(uniq))
+            prior[held] = table.rows[slots[held]]
+            judged, rows = judge(alarm, ttl_ms, prior, held, inv, batch.times_ms[mine], raw[mine], threshold)
+            if again:
+                judged.opens[:] = False
+            else:
+                table.rows[slots[held]] = rows[held]
+                at = {k: i for i, k in enumerate(delta.keys) if delta.post_held[i]}
+                for j, key in enumerate(uniq):
+                    i = at.get(key)
+                    if i is not None:
+                        delta.post[i] = rows[j]
+            out.published[mine], out.alarm[mine], out.opens[mine] = judged.published, judged.alarm, judged.opens
+            out.incident_ms[mine] = judged.incident_ms
+        self._expire(delta.partition, table, delta)
+        return out
 
     def _expire(self, partition: int, table: EntityTable, delta: PartitionDelta) -> None:
         """TTL and capacity bounds; what goes is added to ``delta`` (tombstones)."""

@@ -8,7 +8,7 @@ and recent rows. Rows have a fixed size, so a changelog value is a row's bytes a
 reads thousands of them with one ``np.frombuffer``.
 
 Example:
-    >>> from stream_ae.entities.spec import EntitySpec
+    >>> from stream_ae.entities.spec import AlarmSpec, EntitySpec
     >>> table = EntityTable(row_dtype(EntitySpec.from_dict({"features": [{"count": ["1h"]}]})))
     >>> slots = table.insert([b"card-1", b"card-2"])
     >>> table.lookup([b"card-2", b"card-3"]).tolist(), len(table)
@@ -23,7 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_ae.entities.spec import EntitySpec
+from stream_ae.entities.spec import AlarmSpec, EntitySpec
+
+NO_TIME = np.iinfo(np.int64).min
 
 
 def row_dtype(spec: EntitySpec) -> np.dtype:
@@ -45,15 +47,32 @@ def row_dtype(spec: EntitySpec) -> np.dtype:
         fields.append((f"codes{i}", "<u4", (agg.capacity,)))  # the last events' codes, oldest first; 0 empty
     for i, agg in enumerate(a for a in spec.aggregates if a.kind == "delta_mean"):
         fields.append((f"recent{i}", "<f8", (agg.rows, len(agg.fields))))  # last rows, oldest first; NaN empty
+    if spec.alarm is not None:
+        fields += post_score_fields(spec.alarm)
     return np.dtype(fields)
+
+
+def post_score_fields(alarm: AlarmSpec) -> list[tuple[str, str] | tuple[str, str, tuple[int, ...]]]:
+    """The post-score state of one entity (:mod:`stream_ae.entities.alarm`)."""
+    return [
+        ("alarm_ms", "<i8"),  # effective time of the latest judged event
+        ("alarm_seen", "<i8"),  # events judged since the entity (re)started
+        ("lk_ring", "<f8", (alarm.short,)),  # the last raw scores, oldest first; NaN empty
+        ("lk_mean", "<f8"),  # the long-term mean and variance of the short-term mean
+        ("lk_var", "<f8"),
+        ("last_alarm_ms", "<i8"),  # effective time of the latest alarm (NO_TIME: none)
+        ("incident_ms", "<i8"),  # when the latest incident opened (NO_TIME: none)
+    ]
 
 
 def empty_rows(dtype: np.dtype, n: int) -> NDArray[np.void]:
     """``n`` rows of a new entity: zero counts, empty rings (NaN rows, 0 codes)."""
     rows = np.zeros(n, dtype=dtype)
     for name in dtype.names or ():
-        if name.startswith("recent"):
+        if name.startswith("recent") or name == "lk_ring":
             rows[name] = np.nan
+        elif name in ("last_alarm_ms", "incident_ms"):
+            rows[name] = NO_TIME
     return rows
 
 

@@ -76,6 +76,18 @@ class Featurized:
     batch: EncodedBatch
     rejects: dict[int, tuple[str, str]] = field(default_factory=dict)
     deltas: list[PartitionDelta] = field(default_factory=list)
+    groups: list[EntityRows] = field(default_factory=list)  # per partition: which rows, as the state saw them
+    store: EntityStore | None = None  # the entity state the batch ran through (the post-score stage's too)
+
+
+@dataclass
+class EntityRows:
+    """One partition's events as the entity state applied them: ``rows`` are their rows of
+    the model input (``batch.X``), ``events`` their keys, times and offsets, in offset order."""
+
+    partition: int
+    rows: NDArray[np.int64]
+    events: EntityBatch
 
 
 def featurize(
@@ -97,7 +109,9 @@ def featurize(
     state = entity_features(encoder, events, meta, store, batch.ok, check_record_key)
     for j, why in state.rejects.items():
         rejects[int(batch.ok[j])] = why
-    return Featurized(encoder.add_derived(batch, state.features, state.kept), rejects, state.deltas)
+    return Featurized(
+        encoder.add_derived(batch, state.features, state.kept), rejects, state.deltas, state.groups, store
+    )
 
 
 @dataclass
@@ -109,6 +123,7 @@ class EntityFeatures:
     features: NDArray[np.float64]
     rejects: dict[int, tuple[str, str]]
     deltas: list[PartitionDelta]
+    groups: list[EntityRows] = field(default_factory=list)
 
 
 def entity_features(
@@ -131,6 +146,7 @@ def entity_features(
     kept = np.setdiff1d(np.arange(len(rows)), np.fromiter(rejects, np.int64, count=len(rejects)), assume_unique=True)
     derived = np.zeros((len(kept), len(spec.feature_names())))
     deltas: list[PartitionDelta] = []
+    groups: list[EntityRows] = []
     parts = sub.partitions[kept]
     for p in np.unique(parts).tolist():
         mine = kept[parts == p]  # offset order within a partition: the order they were read
@@ -142,9 +158,11 @@ def entity_features(
             {f: codes(good_events, f, mine) for f in spec.category_fields()},
         )
         features, delta = store.process(int(p), batch)
-        derived[np.searchsorted(kept, mine)] = features
+        at = np.searchsorted(kept, mine)
+        derived[at] = features
         deltas.append(delta)
-    return EntityFeatures(kept, derived, rejects, deltas)
+        groups.append(EntityRows(int(p), at, batch))
+    return EntityFeatures(kept, derived, rejects, deltas, groups)
 
 
 def entity_keys(

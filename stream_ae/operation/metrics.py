@@ -32,6 +32,9 @@ class WorkerMetrics:
             "stream_ae_events_dead_lettered_total", "Records sent to the dead-letter topic", ["reason"], registry=r
         )
         self.anomalies = Counter("stream_ae_anomalies_total", "Anomaly records published", ["topic"], registry=r)
+        self.incidents = Counter(
+            "stream_ae_incidents_opened_total", "Incidents opened: an entity's alarm after a quiet cooldown", registry=r
+        )
         self.batches = Counter("stream_ae_batches_total", "Micro-batches processed", registry=r)
         self.batch_errors = Counter(
             "stream_ae_batch_errors_total", "Batches that failed and were retried", ["stage"], registry=r

@@ -15,6 +15,20 @@ encoded columns: ``{"feature": "country=DE", "share": 0.45}``, and had no expect
 
 ``event_id`` is the event's id field when the schema names one, else ``topic:partition:offset``;
 with at-least-once delivery a consumer de-duplicates on ``source`` (or ``event_id``).
+
+With an ``alarm`` section in the schema (the post-score stage, :mod:`stream_ae.alarms`) an
+anomaly record also carries ``raw_score`` (the model's score; ``score`` is then the published
+one, the score likelihood, and ``threshold`` the threshold on it) and, with a cooldown,
+``incident_id``. Each incident's opening alarm also writes an incident record, schema
+``stream-ae.incident/1`` (:data:`INCIDENT_SCHEMA`)::
+
+    {"schema": "stream-ae.incident/1", "incident_id": "host-7@1732350000123", "entity": "host-7",
+     "opened_at": 1732350000.123, "detected_at": 1732350000.456, "cooldown_s": 3600.0,
+     "source": {...}, "event_id": "...", "score": 4.2, "raw_score": 7.1, "threshold": 3.0,
+     "model_version": "20261123T120000Z"}
+
+An incident closes when ``cooldown_s`` of the entity's event time passes without an alarm;
+every anomaly record of it names its ``incident_id``.
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ ANOMALY_SCHEMA_ID = "stream-ae.anomaly/2"
 ANOMALY_SCHEMA_V1_ID = "stream-ae.anomaly/1"
 DEAD_LETTER_SCHEMA_ID = "stream-ae.dead-letter/1"
 SCORE_SCHEMA_ID = "stream-ae.score/1"
+INCIDENT_SCHEMA_ID = "stream-ae.incident/1"
 
 ANOMALY_SCHEMA_V1: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -108,6 +123,77 @@ ANOMALY_SCHEMA: dict[str, Any] = {
 }
 
 
+ANOMALY_SCHEMA["properties"].update(
+    raw_score={"type": "number", "description": "the model's score, when score is the published score likelihood"},
+    incident_id={"type": "string", "description": "the incident this alarm opened or joined"},
+)
+
+INCIDENT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": INCIDENT_SCHEMA_ID,
+    "type": "object",
+    "required": [
+        "schema",
+        "incident_id",
+        "entity",
+        "opened_at",
+        "detected_at",
+        "cooldown_s",
+        "source",
+        "event_id",
+        "score",
+        "raw_score",
+        "threshold",
+        "model_version",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": INCIDENT_SCHEMA_ID},
+        "incident_id": {"type": "string", "description": "<entity>@<opening event time, epoch ms>"},
+        "entity": {"type": "string"},
+        "opened_at": {"type": "number", "description": "event time of the opening alarm, epoch seconds"},
+        "detected_at": {"type": "number", "description": "epoch seconds"},
+        "cooldown_s": {"type": "number", "description": "the incident closes after this long without an alarm"},
+        "source": SOURCE_SCHEMA,
+        "event_id": {"type": "string"},
+        "score": {"type": "number", "description": "the published score of the opening alarm"},
+        "raw_score": {"type": "number"},
+        "threshold": {"type": "number"},
+        "model_version": {"type": "string"},
+    },
+}
+
+
+def incident_record(
+    *,
+    incident_id: str,
+    entity: str,
+    opened_at: float,
+    detected_at: float,
+    cooldown_s: float,
+    source: Source,
+    event_id: str,
+    score: float,
+    raw_score: float,
+    threshold: float,
+    model_version: str,
+) -> dict[str, Any]:
+    return {
+        "schema": INCIDENT_SCHEMA_ID,
+        "incident_id": incident_id,
+        "entity": entity,
+        "opened_at": opened_at,
+        "detected_at": detected_at,
+        "cooldown_s": cooldown_s,
+        "source": source.as_dict(),
+        "event_id": event_id,
+        "score": score,
+        "raw_score": raw_score,
+        "threshold": threshold,
+        "model_version": model_version,
+    }
+
+
 def anomaly_schema(record: dict[str, Any]) -> dict[str, Any]:
     """The JSON schema a stored anomaly record follows, by its ``schema`` field (1 or 2)."""
     return ANOMALY_SCHEMA_V1 if record.get("schema") == ANOMALY_SCHEMA_V1_ID else ANOMALY_SCHEMA
@@ -140,7 +226,14 @@ def anomaly_record(
     threshold: float,
     model_version: str,
     top_features: list[dict[str, Any]],
+    raw_score: float | None = None,
+    incident_id: str | None = None,
 ) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if raw_score is not None:
+        extra["raw_score"] = raw_score
+    if incident_id is not None:
+        extra["incident_id"] = incident_id
     return {
         "schema": ANOMALY_SCHEMA_ID,
         "event_id": event_id,
@@ -152,6 +245,7 @@ def anomaly_record(
         "threshold": threshold,
         "model_version": model_version,
         "top_features": top_features,
+        **extra,
         "event": event,
     }
 
@@ -200,9 +294,11 @@ def score_records(
     scores: NDArray[np.float64],
     version: str,
     codes: NDArray[np.float32] | None = None,
+    published: NDArray[np.float64] | None = None,
 ) -> list[bytes]:
-    """All-scores records (``stream-ae.score/1``: ``source``, ``score``, ``model_version``, and
-    with ``codes`` each row's latent ``code``) for a batch: each column is serialised once by
+    """All-scores records (``stream-ae.score/1``: ``source``, ``score``, ``model_version``, with
+    ``codes`` each row's latent ``code``, with ``published`` each row's published score, the
+    post-score stage's) for a batch: each column is serialised once by
     orjson, then the pieces are joined per record (four times faster than a dict and
     ``orjson.dumps`` per record)."""
 
@@ -217,6 +313,8 @@ def score_records(
     tails: Iterable[bytes] = itertools.repeat(tail, len(scores))
     if codes is not None:  # the code's numbers, rounded to what float32 holds
         tails = [b',"code":' + orjson.dumps(row) + tail for row in np.round(codes.astype(np.float64), 6).tolist()]
+    if published is not None:
+        tails = [b',"published":' + p + t for p, t in zip(column(published), tails, strict=False)]
     return [
         join((head, p, b',"offset":', o, b'},"score":', sc, t))
         for p, o, sc, t in zip(column(partitions), column(offsets), column(scores), tails, strict=True)

@@ -5,7 +5,9 @@ Routing rules:
 * every scored event: a ``stream-ae.score/1`` record on the all-scores topic, when one is set;
 * every event above the threshold: a ``stream-ae.anomaly/2`` record on the output topic,
   keyed by the input record's key (or its coordinates);
-* every record that could not be scored: a ``stream-ae.dead-letter/1`` record with the reason.
+* every record that could not be scored: a ``stream-ae.dead-letter/1`` record with the reason;
+* every alarm that opens an incident (post-score stage with a cooldown): a
+  ``stream-ae.incident/1`` record on the incidents topic, keyed by the entity.
 
 Each record fits a record batch of ``Topics.batch_bytes`` (what the output topics accept):
 a dead letter's original is cut to a prefix when it would not, and an anomaly record that
@@ -31,7 +33,14 @@ from stream_ae.entities.store import EntityStore, PartitionDelta, StoreCounts
 from stream_ae.input.decode import RawRecord
 from stream_ae.input.source import Source
 from stream_ae.kafka.limits import BATCH_OVERHEAD, DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD, fits
-from stream_ae.output.records import MAX_KEY_BYTES, anomaly_record, dead_letter_record, output_key, score_records
+from stream_ae.output.records import (
+    MAX_KEY_BYTES,
+    anomaly_record,
+    dead_letter_record,
+    incident_record,
+    output_key,
+    score_records,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Topics:
     scores: str | None = None
     batch_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     changelog: str | None = None  # the entity state's changelog, when the model declares entities
+    incidents: str | None = None  # incident records, when the model declares an alarm cooldown
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Routed:
     n_in: int = 0
     n_scored: int = 0
     n_anomalies: int = 0
+    n_incidents: int = 0
     dead_reasons: Counter[str] = field(default_factory=Counter)
     scores: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     event_times: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # of anomalies
@@ -133,6 +144,17 @@ class Router:
         out.values.append(value)
         return True
 
+    def incident(self, rec: RawRecord, **fields: Any) -> None:
+        """An incident's opening record, keyed by its entity (one partition per entity)."""
+        if not self.topics.incidents:
+            return
+        src = Source(rec.topic, rec.partition, rec.offset)
+        value = orjson.dumps(incident_record(source=src, detected_at=self.now, **fields))
+        out = self.routed.to(self.topics.incidents)
+        out.keys.append(str(fields["entity"]).encode()[:MAX_KEY_BYTES])
+        out.values.append(value)
+        self.routed.n_incidents += 1
+
     def changelog(self, store: EntityStore, deltas: list[PartitionDelta]) -> None:
         """One changelog record per entity a batch touched (a tombstone per one it dropped), to
         the changelog partition of the input partition it came from."""
@@ -152,9 +174,11 @@ class Router:
         scores: NDArray[np.float64],
         version: str,
         codes: NDArray[np.float32] | None = None,
+        published: NDArray[np.float64] | None = None,
     ) -> None:
         """All-scores records for ``records`` (in order), when an all-scores topic is set; with
-        ``codes`` (one row per record) each carries its latent code."""
+        ``codes`` (one row per record) each carries its latent code, with ``published`` its
+        published score."""
         if not self.topics.scores or not records:
             return
         n = len(records)
@@ -167,13 +191,19 @@ class Router:
         if max(map(len, filter(None, keys)), default=0) > MAX_KEY_BYTES:  # a hostile key: not repeated
             keys = [k if k is None or len(k) <= MAX_KEY_BYTES else None for k in keys]
         if same_topic:
-            out.values.extend(score_records(topic, partitions, offsets, scores, version, codes))
+            out.values.extend(score_records(topic, partitions, offsets, scores, version, codes, published))
         else:  # several input topics: one serialisation per topic, order kept
             values: list[bytes] = [b""] * n
             for t in dict.fromkeys(r.topic for r in records):
                 idx = np.flatnonzero(np.fromiter((r.topic == t for r in records), dtype=bool, count=n))
                 part = score_records(
-                    t, partitions[idx], offsets[idx], scores[idx], version, codes[idx] if codes is not None else None
+                    t,
+                    partitions[idx],
+                    offsets[idx],
+                    scores[idx],
+                    version,
+                    codes[idx] if codes is not None else None,
+                    published[idx] if published is not None else None,
                 )
                 for i, v in zip(idx.tolist(), part, strict=True):
                     values[i] = v

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,8 @@ import torch
 from numpy.typing import NDArray
 
 from stream_ae.models import AutoencoderDetector
+
+Judge = Callable[[NDArray[np.float64]], NDArray[np.bool_]]
 
 
 @dataclass
@@ -71,8 +74,10 @@ class DeviceScorer:
         return buf.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def score(self, X: NDArray[np.float32]) -> ScoreResult:
-        """Scores for every row; explanations for the rows above the threshold."""
+    def score(self, X: NDArray[np.float32], judge: Judge | None = None) -> ScoreResult:
+        """Scores for every row; explanations for the rows above the threshold, or, with
+        ``judge`` (the post-score stage: raw scores in, the rows that alarm out), for the rows
+        it flags."""
         n = len(X)
         if n == 0:
             empty = np.zeros(0)
@@ -81,7 +86,14 @@ class DeviceScorer:
             )
         z = self.detector.scale_tensor(self._to_device(X))
         scores_t = self.detector.score_tensor(z)
-        flagged_t = scores_t > self.threshold
+        scores: NDArray[np.float64] | None = None
+        flagged: NDArray[np.bool_] | None = None
+        if judge is None:
+            flagged_t = scores_t > self.threshold
+        else:
+            scores = scores_t.double().cpu().numpy()
+            flagged = np.asarray(judge(scores), dtype=bool)
+            flagged_t = torch.from_numpy(flagged).to(scores_t.device)
         top_index = np.full((n, self.top_k), -1, dtype=np.int64)
         top_share = np.zeros((n, self.top_k), dtype=np.float32)
         rows = torch.nonzero(flagged_t).squeeze(1)
@@ -104,8 +116,10 @@ class DeviceScorer:
             assert self.detector.net_ is not None
             with self.detector.autocast(z.device):
                 codes = self.detector.net_.encode(z).float().cpu().numpy()
-        scores = scores_t.double().cpu().numpy()
-        return ScoreResult(scores, scores > self.threshold, top_index, top_share, explained, expected, codes)
+        if scores is None or flagged is None:
+            scores = scores_t.double().cpu().numpy()
+            flagged = scores > self.threshold
+        return ScoreResult(scores, flagged, top_index, top_share, explained, expected, codes)
 
     def probe(self, n: int = 256, seed: int = 0) -> bool:
         """Finite scores on a synthetic batch around the training centre (hot-swap check)."""

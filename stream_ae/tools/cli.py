@@ -250,9 +250,10 @@ def _read_input(input: Path, label_column: str | None) -> tuple[list[dict[str, A
 
 def _model_input(
     loaded: Any, input: Path, key_field: str | None, label_column: str | None = None
-) -> tuple[Any, Any, list[dict[str, Any]] | None, Any]:
-    """The rows of ``input`` as ``loaded`` encodes them: (row numbers, matrix, events or None,
-    the rows' labels or None). Bad input is a usage error naming the problem, never a traceback."""
+) -> tuple[Any, Any, Any, Any]:
+    """The rows of ``input`` as ``loaded`` encodes them: (row numbers, matrix, the featurized
+    events or None for a matrix, the rows' labels or None). Bad input is a usage error naming
+    the problem, never a traceback."""
     import numpy as np
 
     from stream_ae.features.featurize import featurize_file
@@ -267,7 +268,7 @@ def _model_input(
         if not len(feats.batch.ok):
             raise typer.BadParameter(f"no event of {input} fits the model's schema (see the skipped rows above)")
         ok = feats.batch.ok
-        return ok, feats.batch.X, events, (None if labels is None else labels[ok])
+        return ok, feats.batch.X, feats, (None if labels is None else labels[ok])
     want = loaded.detector.n_features_in_
     if X.shape[1] != want:
         raise typer.BadParameter(f"{input} has {X.shape[1]} columns; the model takes {want}")
@@ -318,13 +319,22 @@ def score(
     import numpy as np
 
     loaded = _load_model(model, device)
-    rows, X, events, labels = _model_input(loaded, input, key_field, label_column)
+    from stream_ae.alarms.stage import judge_rows, model_alarm_threshold
+
+    rows, X, feats, labels = _model_input(loaded, input, key_field, label_column)
+    events = feats is not None
     scores = loaded.detector.score_samples(X)
     flags = scores > loaded.detector.threshold_
     header, extra = ["row", "score", "anomaly"], None
+    entity = loaded.encoder.schema.entity if loaded.encoder is not None else None
+    alarms = None
+    if events and entity is not None and entity.alarm is not None:  # the worker's post-score stage
+        alarms = judge_rows(feats, scores, model_alarm_threshold(loaded.detector, entity.alarm))
+        flags = alarms.judged.alarm
+        header += ["published", "incident"]
     if reconstruct:
         R = loaded.detector.reconstruct(X)
-        if events is not None:
+        if events:
             fields = loaded.encoder.field_columns()
             header += [f"expected.{f.spec.name}" for f in fields]
             extra = [[_expected_cell(loaded.encoder.decode_field(f, r)) for f in fields] for r in R]
@@ -335,8 +345,14 @@ def score(
         w = csv.writer(fh)
         w.writerow(header)
         for n, (r, sc, f) in enumerate(zip(rows.tolist(), scores.tolist(), flags.tolist(), strict=True)):
-            w.writerow([r, f"{sc:.6f}", int(f), *(extra[n] if extra is not None else [])])
+            judged = [f"{alarms.judged.published[n]:.6f}", alarms.incident(n) or ""] if alarms is not None else []
+            w.writerow([r, f"{sc:.6f}", int(f), *judged, *(extra[n] if extra is not None else [])])
     console.print(f"{int(flags.sum())} of {len(X)} rows flagged; scores in {out}")
+    if alarms is not None:
+        console.print(
+            f"{int(alarms.judged.opens.sum())} incidents opened; 'anomaly' is the published score (score likelihood "
+            f"when declared) above {alarms.threshold:.4f}, after each entity's warm-up"
+        )
     if labels is not None:
         groups = {"known normals": labels == 0, "unlabelled rows": np.isnan(labels), "known anomalies": labels == 1}
         console.print(

@@ -319,6 +319,8 @@ class BatchLoop:
             m.anomalies.labels(topic=self.topics.output).inc(routed.n_anomalies)
             for t in routed.event_times.tolist():
                 m.end_to_end_seconds.observe(max(0.0, now - t))
+        if routed.n_incidents:
+            m.incidents.inc(routed.n_incidents)
         if routed.n_scored:
             m.scoring_seconds.observe(routed.score_seconds)
         m.batch_seconds.observe(time.perf_counter() - started)

@@ -70,14 +70,14 @@ class BatchWorker(Service):
     async def on_start(self) -> None:
         s = self.settings
         kw = s.kafka_client_kwargs()
-        outputs = {s.output_topic: 1, s.dead_letter_topic: 1, **({s.scores_topic: 1} if s.scores_topic else {})}
+        outputs = {t: 1 for t in self._output_topics()}
         await ensure_topics(kw, outputs)
         await ensure_topics(kw, {s.control_topic: 1}, compacted={s.control_topic})
         batch_bytes = await self.output_batch_bytes()
         await self.follower.load_initial(lambda: self.should_stop)
         assert self.model is not None
         changelog = await self._prepare_changelog() if self.model.entity is not None else None
-        topics = Topics(s.output_topic, s.dead_letter_topic, s.scores_topic, batch_bytes, changelog)
+        topics = Topics(s.output_topic, s.dead_letter_topic, s.scores_topic, batch_bytes, changelog, s.incidents_topic)
         eos = s.processing_guarantee == "exactly_once"
 
         def make_producer() -> AIOKafkaProducer:
@@ -188,9 +188,12 @@ class BatchWorker(Service):
         """The largest record batch every output topic accepts now (their max.message.bytes,
         less a margin); read at start and again when the broker refuses a batch as too large."""
         s = self.settings
-        outputs = [t for t in (s.output_topic, s.dead_letter_topic, s.scores_topic) if t]
-        limits = await topic_max_message_bytes(s.kafka_client_kwargs(), outputs)
+        limits = await topic_max_message_bytes(s.kafka_client_kwargs(), self._output_topics())
         return min(limits.values()) - BATCH_SLACK_BYTES
+
+    def _output_topics(self) -> list[str]:
+        s = self.settings
+        return [t for t in (s.output_topic, s.dead_letter_topic, s.scores_topic, s.incidents_topic) if t]
 
     # -- the jobs ------------------------------------------------------------------------
     @Service.task

@@ -1,0 +1,74 @@
+"""The post-score stage: decode -> features -> score -> **alarms** -> route.
+
+Runs when the schema's entity section declares ``alarm`` (:class:`~stream_ae.entities.spec.AlarmSpec`).
+For every scored row of a batch it asks the entity store to judge the row's raw score
+against its entity's post-score state (:meth:`~stream_ae.entities.store.EntityStore.judge`,
+the batch function :mod:`stream_ae.entities.alarm`), partition by partition in offset order,
+within the same batch as the features. The worker (:mod:`stream_ae.pipeline`) and the offline
+tools (``stream-ae score``) both call :func:`judge_rows` on a :class:`Featurized` batch, so
+they publish the same scores and open the same incidents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from stream_ae.entities.alarm import Judged, alarm_threshold
+from stream_ae.entities.spec import AlarmSpec
+from stream_ae.entities.table import NO_TIME
+from stream_ae.features.featurize import Featurized
+from stream_ae.models import AutoencoderDetector
+
+__all__ = ["Alarms", "alarm_threshold", "incident_id", "judge_rows", "model_alarm_threshold"]
+
+
+@dataclass
+class Alarms:
+    """A batch's post-score results, one entry per row of the model input."""
+
+    judged: Judged
+    entity: list[bytes | None]  # each row's entity key
+    threshold: float  # on the published score
+
+    def incident(self, row: int) -> str | None:
+        """The id of the incident row ``row``'s alarm belongs to (None: no alarm, or no incidents)."""
+        at = int(self.judged.incident_ms[row])
+        key = self.entity[row]
+        return incident_id(key, at) if at != NO_TIME and key is not None else None
+
+
+def incident_id(key: bytes, opened_ms: int) -> str:
+    """``<entity>@<opening event time, epoch ms>``: the same in the worker and offline."""
+    return f"{key.decode('utf-8', 'replace')}@{opened_ms}"
+
+
+def judge_rows(feats: Featurized, raw: NDArray[np.float64], threshold: float) -> Alarms:
+    """The post-score stage on a featurized batch whose rows scored ``raw``; ``threshold`` is
+    the alarm threshold on the published score (:func:`alarm_threshold`)."""
+    store = feats.store
+    if store is None or store.spec.alarm is None:
+        raise ValueError("the schema declares no alarm section (entity: alarm:)")
+    n = len(raw)
+    out = Judged(np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.full(n, NO_TIME, dtype=np.int64))
+    entity: list[bytes | None] = [None] * n
+    for group, delta in zip(feats.groups, feats.deltas, strict=True):
+        judged = store.judge(group.events, np.asarray(raw, dtype=np.float64)[group.rows], threshold, delta)
+        rows = group.rows
+        out.published[rows], out.alarm[rows], out.opens[rows] = judged.published, judged.alarm, judged.opens
+        out.incident_ms[rows] = judged.incident_ms
+        for r, key in zip(rows.tolist(), group.events.keys, strict=True):
+            entity[r] = key
+    return Alarms(out, entity, threshold)
+
+
+def model_alarm_threshold(detector: AutoencoderDetector, alarm: AlarmSpec | None) -> float:
+    """What a model's alarms are judged on: the published score's threshold with an alarm
+    section (:func:`alarm_threshold`, at the model's calibrated false-alarm rate), else its
+    calibrated raw threshold."""
+    if alarm is None:
+        return float(detector.threshold_)
+    rate = detector.threshold.rate if detector.threshold is not None else detector.hyper.target_rate
+    return alarm_threshold(alarm, float(detector.threshold_), rate)
