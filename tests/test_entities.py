@@ -23,6 +23,7 @@ SPEC = EntitySpec.from_dict(
             "since_last",
             {"novelty": "country", "capacity": 4},
             {"delta_mean": ["amount", "level"], "rows": 3},
+            {"spread": ["level"], "rows": 4},
         ],
     }
 )
@@ -58,8 +59,11 @@ def reference(spec: EntitySpec, events: list[dict[str, Any]]) -> np.ndarray:
         code = e["country"]
         row.append(float(code != 0 and code not in s["codes"]))
         for j, f in enumerate(("amount", "level")):
-            past = [r[j] for r in s["rows"] if not math.isnan(r[j])]
+            past = [r[j] for r in s["rows"][-3:] if not math.isnan(r[j])]
             row.append(e[f] - sum(past) / len(past) if past and not math.isnan(e[f]) else 0.0)
+        past = [r[1] for r in s["rows"][-4:] if not math.isnan(r[1])]  # spread of level, 4 rows
+        mean = sum(past) / len(past) if past else 0.0
+        row.append(math.sqrt(sum((p - mean) ** 2 for p in past) / len(past)) if len(past) > 1 else 0.0)
         out.append(row)
         # update
         if not fresh:
@@ -81,7 +85,7 @@ def reference(spec: EntitySpec, events: list[dict[str, Any]]) -> np.ndarray:
         else:
             s["w"] *= d
         s["codes"] = ([*s["codes"], code])[-4:]
-        s["rows"] = ([*s["rows"], (e["amount"], e["level"])])[-3:]
+        s["rows"] = ([*s["rows"], (e["amount"], e["level"])])[-4:]
         s["T"], s["n"] = T, s["n"] + 1
         state[e["key"]] = s
     return np.asarray(out)

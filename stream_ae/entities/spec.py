@@ -20,6 +20,8 @@ In the schema file (YAML or JSON, frozen into the model's manifest)::
           capacity: 16
         - delta_mean: [cpu, mem]             # the row minus the mean of its previous rows
           rows: 10
+        - spread: [cpu]                      # the standard deviation of its previous rows
+          rows: 12
       alarm:                 # optional: the post-score stage (stream_ae.entities.alarm)
         likelihood: true     # alarm on the score likelihood, not the raw score
         short: 10            # raw scores in the short-term mean
@@ -48,8 +50,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["count", "sum", "zscore", "since_last", "novelty", "delta_mean"]
-KINDS: tuple[str, ...] = ("count", "sum", "zscore", "since_last", "novelty", "delta_mean")
+Kind = Literal["count", "sum", "zscore", "since_last", "novelty", "delta_mean", "spread"]
+KINDS: tuple[str, ...] = ("count", "sum", "zscore", "since_last", "novelty", "delta_mean", "spread")
+RECENT_ROWS = ("delta_mean", "spread")  # the kinds that keep a ring of the entity's last rows
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PREFIX = "entity."
 OPTIONS = {"kind", "field", "fields", "windows", "half_life", "min_history", "capacity", "rows", "log"}
@@ -84,12 +87,12 @@ class Aggregate:
 
     kind: Kind
     field: str | None = None  # sum, zscore, novelty
-    fields: tuple[str, ...] = ()  # delta_mean
+    fields: tuple[str, ...] = ()  # delta_mean, spread
     windows: tuple[float, ...] = ()  # count, sum (seconds)
     half_life: float = 86_400.0  # zscore (seconds)
     min_history: int = 5  # zscore
     capacity: int = 16  # novelty
-    rows: int = 10  # delta_mean
+    rows: int = 10  # delta_mean, spread
     log: bool = False  # zscore: of the signed log1p of the value (heavy-tailed fields: amounts)
 
     def __post_init__(self) -> None:
@@ -100,8 +103,8 @@ class Aggregate:
             raise ValueError(f"entity feature {self.kind!r} needs a field")
         if self.kind in ("count", "sum") and not self.windows:
             raise ValueError(f"entity feature {self.kind!r} needs windows")
-        if self.kind == "delta_mean" and (not self.fields or self.rows < 1):
-            raise ValueError("entity feature 'delta_mean' needs fields and rows >= 1")
+        if self.kind in RECENT_ROWS and (not self.fields or self.rows < 1):
+            raise ValueError(f"entity feature {self.kind!r} needs fields and rows >= 1")
         if self.kind == "novelty" and not 1 <= self.capacity <= 256:
             raise ValueError("novelty capacity must lie in 1..256")
         if self.kind == "zscore" and (self.half_life <= 0 or self.min_history < 1):
@@ -121,6 +124,8 @@ class Aggregate:
             return [f"{PREFIX}since_last_s"]
         if k == "novelty":
             return [f"{PREFIX}{self.field}_new"]
+        if k == "spread":
+            return [f"{PREFIX}{f}_sd{self.rows}" for f in self.fields]
         return [f"{PREFIX}{f}_delta{self.rows}" for f in self.fields]
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,7 +140,7 @@ class Aggregate:
                 out["log"] = True
         if self.kind == "novelty":
             out["capacity"] = self.capacity
-        if self.kind == "delta_mean":
+        if self.kind in RECENT_ROWS:
             out.update(fields=list(self.fields), rows=self.rows)
         return out
 
@@ -155,7 +160,7 @@ class Aggregate:
             data["kind"] = kind
             if kind == "count":
                 data["windows"] = value
-            elif kind == "delta_mean":
+            elif kind in RECENT_ROWS:
                 data["fields"] = [value] if isinstance(value, str) else value
             elif value is not None and kind != "since_last":
                 data["field"] = value
@@ -239,7 +244,7 @@ class EntitySpec:
         return [name for agg in self.aggregates for name in agg.feature_names()]
 
     def numeric_fields(self) -> list[str]:
-        """The event fields read as numbers (sum, zscore, delta_mean), in first-use order."""
+        """The event fields read as numbers (sum, zscore, delta_mean, spread), in first-use order."""
         out: dict[str, None] = {}
         for agg in self.aggregates:
             if agg.kind in ("sum", "zscore") and agg.field:

@@ -28,13 +28,16 @@ Semantics (README.md, "Entity features"):
   (0 for a missing value).
 * **delta_mean** is the row minus the mean of the entity's previous ``rows`` rows (each field
   over the rows where it is present); 0 without history, as the row itself would give.
+* **spread** is the standard deviation (population) of the entity's previous ``rows`` rows,
+  each field over the rows where it is present; 0 with fewer than two. A metric that gets
+  stuck on one value has a spread of 0, which its history never had.
 
 Results do not depend on where micro-batches split, up to floating-point association: the
 decayed sums are a parallel scan whose association order follows the batch (they agree to
 about 1e-12 relative); the rings (novelty, delta_mean) are exact.
 
 Example:
-    >>> from stream_ae.entities.spec import EntitySpec
+    >>> from stream_ae.entities.spec import RECENT_ROWS, EntitySpec
     >>> from stream_ae.entities.table import EntityTable, row_dtype
     >>> spec = EntitySpec.from_dict({"features": [{"count": ["1h"]}, "since_last"]})
     >>> table = EntityTable(row_dtype(spec))
@@ -52,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_ae.entities.spec import EntitySpec
+from stream_ae.entities.spec import RECENT_ROWS, EntitySpec
 from stream_ae.entities.table import EntityTable, empty_rows
 
 Floats = NDArray[np.float64]
@@ -284,7 +287,7 @@ def _run(
         columns[agg.feature_names()[0]] = np.where(reset, spec.ttl, dt / 1000.0)
 
     # rings: each group's stored recent entries laid out before its events, then windows
-    rings = [a for a in spec.aggregates if a.kind in ("novelty", "delta_mean")]
+    rings = [a for a in spec.aggregates if a.kind in ("novelty", *RECENT_ROWS)]
     if rings:
         seg_rank = np.cumsum(start) - 1
         n_groups = int(seg_rank[-1]) + 1
@@ -298,7 +301,7 @@ def _run(
             same = (hrun[window] == run_id[:, None]) & (H[window] == code[:, None])
             columns[agg.feature_names()[0]] = ((code != 0) & ~same.any(axis=1)).astype(np.float64)
             new[f"codes{i_nov}"][g] = _final_ring(H, hrun, hpos[last_pos], run_id[last_pos], K, empty=0)
-        for i_dm, agg in enumerate(a for a in spec.aggregates if a.kind == "delta_mean"):
+        for i_dm, agg in enumerate(a for a in spec.aggregates if a.kind in RECENT_ROWS):
             K = agg.rows
             rows = np.stack([batch.numbers[f][order] for f in agg.fields], axis=1)  # [n, F]
             ring = prior[f"recent{i_dm}"][seg[group_first]]  # [groups, K, F]
@@ -309,9 +312,14 @@ def _run(
             count = present.sum(axis=1)
             total = np.where(present, past, 0.0).sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                delta = np.where((count > 0) & np.isfinite(rows), rows - total / count, 0.0)
+                mean = total / count
+                if agg.kind == "spread":
+                    dev = np.where(present, past - mean[:, None, :], 0.0)
+                    value = np.where(count > 1, np.sqrt((dev * dev).sum(axis=1) / count), 0.0)
+                else:
+                    value = np.where((count > 0) & np.isfinite(rows), rows - mean, 0.0)
             for j, name in enumerate(agg.feature_names()):
-                columns[name] = delta[:, j]
+                columns[name] = value[:, j]
             new[f"recent{i_dm}"][g] = _final_ring(H, hrun, hpos[last_pos], run_id[last_pos], K, empty=np.nan)
 
     out = np.empty((n, len(columns)))

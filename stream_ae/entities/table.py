@@ -8,7 +8,7 @@ and recent rows. Rows have a fixed size, so a changelog value is a row's bytes a
 reads thousands of them with one ``np.frombuffer``.
 
 Example:
-    >>> from stream_ae.entities.spec import AlarmSpec, EntitySpec
+    >>> from stream_ae.entities.spec import RECENT_ROWS, AlarmSpec, EntitySpec
     >>> table = EntityTable(row_dtype(EntitySpec.from_dict({"features": [{"count": ["1h"]}]})))
     >>> slots = table.insert([b"card-1", b"card-2"])
     >>> table.lookup([b"card-2", b"card-3"]).tolist(), len(table)
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_ae.entities.spec import AlarmSpec, EntitySpec
+from stream_ae.entities.spec import RECENT_ROWS, AlarmSpec, EntitySpec
 
 NO_TIME = np.iinfo(np.int64).min
 
@@ -45,7 +45,7 @@ def row_dtype(spec: EntitySpec) -> np.dtype:
     ]
     for i, agg in enumerate(a for a in spec.aggregates if a.kind == "novelty"):
         fields.append((f"codes{i}", "<u4", (agg.capacity,)))  # the last events' codes, oldest first; 0 empty
-    for i, agg in enumerate(a for a in spec.aggregates if a.kind == "delta_mean"):
+    for i, agg in enumerate(a for a in spec.aggregates if a.kind in RECENT_ROWS):
         fields.append((f"recent{i}", "<f8", (agg.rows, len(agg.fields))))  # last rows, oldest first; NaN empty
     if spec.alarm is not None:
         fields += post_score_fields(spec.alarm)

@@ -474,8 +474,10 @@ def evaluate(
     streams: Annotated[
         bool,
         typer.Option(
-            help="score the SMD machines as streams by the Numenta Anomaly Benchmark's rules (probation, windows, "
-            "early-detection reward, one threshold per profile); writes streams.json"
+            help="metric streams: the synthetic host metrics (faults found, time to detection, false incidents "
+            "per host and week, with the post-score stage and with raw scores; host_metrics.json/.png), then the "
+            "SMD machines as streams by the Numenta Anomaly Benchmark's rules (probation, windows, early-detection "
+            "reward, one threshold per profile; streams.json) when DATA_DIR holds them"
         ),
     ] = False,
     contamination: Annotated[
@@ -500,13 +502,28 @@ def evaluate(
         raise typer.BadParameter("--options must be a JSON object")
     if streams:
         from trainer.evaluate import BASELINES, detector_factory
+        from trainer.host_metrics import evaluate_host_metrics
         from trainer.nab import evaluate_smd_streams
 
+        out.mkdir(parents=True, exist_ok=True)
+        for seed in (int(s) for s in seeds.split(",")):
+            hosts = evaluate_host_metrics(seed=seed, plot=out / f"host_metrics_{seed}.png")
+            (out / f"host_metrics_{seed}.json").write_text(json.dumps(hosts, indent=2))
+            for way in ("published", "raw"):
+                r = hosts[way]
+                console.print(
+                    f"host metrics seed {seed}, {way} score: {r['found']}/{hosts['faults']} faults found "
+                    f"({', '.join(f'{k} {v}' for k, v in r['by_kind'].items())}), median "
+                    f"{r['median_minutes_to_detect']} min to detect, {r['false_incidents_per_host_week']:.2f} false "
+                    f"incidents per host and week; NAB standard {hosts['nab_standard'][way]:.1f}"
+                )
+        if not (data_dir / "smd").exists():
+            console.print(f"[yellow]{data_dir / 'smd'} not found: the SMD streams are skipped[/]")
+            return
         methods = {v: detector_factory(v, device="cpu", **hyper) for v in variants.split(",")}
         if baselines:
             methods.update({k: BASELINES[k] for k in ("iforest", "pca")})
         table = evaluate_smd_streams(data_dir, methods)
-        out.mkdir(parents=True, exist_ok=True)
         (out / "streams.json").write_text(json.dumps(table, indent=2))
         for method, profiles in table.items():
             cells = ", ".join(f"{p} {v['score']:.1f}" for p, v in profiles.items())
