@@ -781,8 +781,22 @@ def demo(
             "the events sent that minute, by the producer's labels"
         ),
     ] = False,
+    stream: Annotated[
+        str, typer.Option(help="card: payments with frauds and analyst verdicts; metrics: host metrics with faults")
+    ] = "card",
+    hosts: Annotated[int, typer.Option(help="--stream metrics: simulated hosts")] = 30,
+    speed: Annotated[float, typer.Option(help="--stream metrics: simulated seconds per second")] = 1440.0,
+    faults_per_host_week: Annotated[float, typer.Option(help="--stream metrics: injected faults")] = 1.0,
 ) -> None:
-    """Local broker, initial model, worker, trainer and a producer, with a live view."""
+    """Local broker, initial model, worker, trainer and a producer, with a live view. With
+    ``--stream metrics``: host metrics with injected faults, incidents against faults."""
+    if stream == "metrics":
+        from stream_ae.tools.metric_demo import run_metric_demo
+
+        run_metric_demo(home / "metrics", hosts, speed, faults_per_host_week, duration or None)
+        return
+    if stream != "card":
+        raise typer.BadParameter(f"--stream is card or metrics, not {stream!r}")
     from stream_ae.tools.demo import run_demo
 
     run_demo(home, rate, anomaly_rate, duration or None, report)

@@ -183,6 +183,7 @@ class Demo:
         self.registry = Registry(home / "models")
         self.metrics_port, self.web_port, self.trainer_port = free_port(), free_port(), free_port()
         self.children: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []  # of the children, for the closing line
         self.tally = Tally()
         self.chargebacks = Chargebacks()
         self.prometheus: LocalPrometheus | None = None
@@ -212,15 +213,19 @@ class Demo:
             start_new_session=True,
         )
         self.children.append(proc)
+        self.names.append(name)
 
-    def setup(self) -> None:
-        say = self.console.print
+    def start_broker(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         with self.console.status("starting Kafka (first run: Maven resolves the broker's jars)…"):
             if self.broker.running_pid() is not None:
                 self.broker.stop()
             self.broker.start()
-        say(f"[green]✓[/] Kafka at {self.broker.bootstrap_servers}")
+        self.console.print(f"[green]✓[/] Kafka at {self.broker.bootstrap_servers}")
+
+    def setup(self) -> None:
+        say = self.console.print
+        self.start_broker()
         asyncio.run(
             ensure_topics(
                 {"bootstrap_servers": self.broker.bootstrap_servers},
@@ -239,18 +244,24 @@ class Demo:
         self.spawn("worker", "worker")
         self.spawn("trainer", "trainer")
         say(f"[green]✓[/] worker and trainer started (logs in {self.home})")
-        if prometheus_available():
-            targets = {
-                "stream-ae-worker": [f"127.0.0.1:{self.metrics_port}"],
-                "stream-ae-trainer": [f"127.0.0.1:{self.trainer_port}"],
-            }
-            try:
-                self.prometheus = LocalPrometheus(self.home / "prometheus", targets).start()
-                say(f"[green]✓[/] Prometheus at {self.prometheus.url} with the alert rules of deploy/prometheus")
-            except PrometheusError as exc:
-                say(f"[yellow]Prometheus did not start ({exc}); the demo runs without it[/]")
-        else:
+        self.start_prometheus()
+
+    def start_prometheus(self) -> None:
+        """Prometheus with the project's alert rules, scraping the worker and the trainer, when
+        Debian's ``prometheus`` is installed."""
+        say = self.console.print
+        if not prometheus_available():
             say("[yellow]Prometheus is not installed: no alerts in this demo (Debian: apt-get install prometheus)[/]")
+            return
+        targets = {
+            "stream-ae-worker": [f"127.0.0.1:{self.metrics_port}"],
+            "stream-ae-trainer": [f"127.0.0.1:{self.trainer_port}"],
+        }
+        try:
+            self.prometheus = LocalPrometheus(self.home / "prometheus", targets).start()
+            say(f"[green]✓[/] Prometheus at {self.prometheus.url} with the alert rules of deploy/prometheus")
+        except PrometheusError as exc:
+            say(f"[yellow]Prometheus did not start ({exc}); the demo runs without it[/]")
 
     def view(self, elapsed: float) -> Table:
         m = _scrape(self.metrics_port)
@@ -369,7 +380,7 @@ class Demo:
             if self.prometheus is not None:
                 self.prometheus.stop()
             self.broker.stop(timeout_s=5.0)
-        stopped = "producer, worker, trainer, " + ("Prometheus and " if self.prometheus else "") + "Kafka"
+        stopped = ", ".join(["producer", *self.names]) + ", " + ("Prometheus and " if self.prometheus else "") + "Kafka"
         self.console.print(f"[green]✓[/] stopped the {stopped} in {time.monotonic() - started:.1f} s")
 
     def kill_all(self) -> None:
