@@ -93,7 +93,7 @@ def process_batch(
 
     def judge(raw: NDArray[np.float64]) -> NDArray[np.bool_]:
         nonlocal alarms
-        alarms = judge_rows(feats, raw, model.alarm_threshold)
+        alarms = judge_rows(feats, raw, model.loaded.detector)
         return alarms.judged.alarm
 
     t0 = time.perf_counter()

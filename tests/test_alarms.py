@@ -172,3 +172,13 @@ def test_the_declaration_round_trips_with_one_fingerprint() -> None:
     spec = EntitySpec(base.field, base.ttl, base.max_entities, base.aggregates, AlarmSpec(half_life=5, cooldown=3600))
     assert EntitySpec.from_dict(spec.to_dict()).fingerprint() == spec.fingerprint() == base.fingerprint()
     assert base.alarm == AlarmSpec(half_life=5.0, cooldown=3600.0)
+
+
+def test_the_published_score_does_not_depend_on_the_unit_of_the_raw_score() -> None:
+    """The stage holds raw scores in units of the model's raw threshold; a refreshed model with
+    scores twice as large continues each entity's history instead of alarming on the jump."""
+    raw = np.random.default_rng(4).gamma(3.0, 1.0, 800)
+    t = np.arange(800) * 1000
+    a = judge_one(AlarmSpec(), raw, t, threshold=3.0)[0].published
+    b = judge_one(AlarmSpec(), raw * 7.5, t, threshold=3.0)[0].published
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream_ae.alarms.stage import judge_rows, model_alarm_threshold
+from stream_ae.alarms.stage import judge_rows
 from stream_ae.entities.store import EntityStore
 from stream_ae.features.featurize import RecordMeta, entity_features, featurize_file
 from stream_ae.kafka.admin import ensure_topics
@@ -54,7 +54,7 @@ def offline_alarms(fitted: FittedModel, events: list[dict[str, Any]]) -> tuple[d
     alarms = judge_rows(
         feats,
         fitted.detector.score_samples(feats.batch.X),
-        model_alarm_threshold(fitted.detector, fitted.encoder.schema.entity.alarm),
+        fitted.detector,
     )
     ids = [events[i]["id"] for i in feats.batch.ok.tolist()]
     published = dict(zip(ids, alarms.judged.published.tolist(), strict=True))

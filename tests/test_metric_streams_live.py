@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_ae.alarms.stage import judge_rows, model_alarm_threshold
+from stream_ae.alarms.stage import judge_rows
 from stream_ae.features.featurize import featurize_file
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.lifecycle.registry import Registry
@@ -78,7 +78,7 @@ def test_a_constant_stream_stays_quiet_and_a_returning_host_warms_up_again(
     alarms = judge_rows(
         feats,
         fitted.detector.score_samples(feats.batch.X),
-        model_alarm_threshold(fitted.detector, METRICS_SCHEMA.entity.alarm),
+        fitted.detector,
     )
     offline = {
         events[i]["id"]: p for i, p in zip(feats.batch.ok.tolist(), alarms.judged.published.tolist(), strict=True)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_ae.alarms.stage import judge_rows, model_alarm_threshold
+from stream_ae.alarms.stage import judge_rows
 from stream_ae.entities.alarm import opening_alarms
 from stream_ae.features.featurize import featurize_file
 from stream_ae.tools.metrics_stream import FAULT_KINDS, METRICS_SCHEMA, Fault, HostMetrics
@@ -62,8 +62,7 @@ def evaluate_host_metrics(
     events = train + test
     feats = featurize_file(fitted.encoder, events)
     raw = fitted.detector.score_samples(feats.batch.X)
-    alarm_spec = METRICS_SCHEMA.entity.alarm
-    alarms = judge_rows(feats, raw, model_alarm_threshold(fitted.detector, alarm_spec))
+    alarms = judge_rows(feats, raw, fitted.detector)
     ok = feats.batch.ok
     tested = ok >= len(train)
     ts = np.asarray([events[i]["ts"] for i in ok.tolist()], dtype=np.float64)

@@ -45,17 +45,25 @@ def incident_id(key: bytes, opened_ms: int) -> str:
     return f"{key.decode('utf-8', 'replace')}@{opened_ms}"
 
 
-def judge_rows(feats: Featurized, raw: NDArray[np.float64], threshold: float) -> Alarms:
-    """The post-score stage on a featurized batch whose rows scored ``raw``; ``threshold`` is
-    the alarm threshold on the published score (:func:`alarm_threshold`)."""
+def judge_rows(feats: Featurized, raw: NDArray[np.float64], detector: AutoencoderDetector) -> Alarms:
+    """The post-score stage on a featurized batch whose rows ``detector`` scored ``raw``.
+
+    With ``likelihood`` the entity state holds the raw scores in units of the model's
+    calibrated raw threshold: the published score does not depend on the unit, and a refreshed
+    model (another scale of raw scores) continues each entity's history where the old one left
+    it instead of starting an alarm storm."""
     store = feats.store
     if store is None or store.spec.alarm is None:
         raise ValueError("the schema declares no alarm section (entity: alarm:)")
+    alarm = store.spec.alarm
+    threshold = model_alarm_threshold(detector, alarm)
+    unit = float(detector.threshold_) if alarm.likelihood and detector.threshold_ > 0 else 1.0
     n = len(raw)
     out = Judged(np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.full(n, NO_TIME, dtype=np.int64))
     entity: list[bytes | None] = [None] * n
+    values = np.asarray(raw, dtype=np.float64) / unit
     for group, delta in zip(feats.groups, feats.deltas, strict=True):
-        judged = store.judge(group.events, np.asarray(raw, dtype=np.float64)[group.rows], threshold, delta)
+        judged = store.judge(group.events, values[group.rows], threshold, delta)
         rows = group.rows
         out.published[rows], out.alarm[rows], out.opens[rows] = judged.published, judged.alarm, judged.opens
         out.incident_ms[rows] = judged.incident_ms

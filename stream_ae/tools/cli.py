@@ -319,7 +319,7 @@ def score(
     import numpy as np
 
     loaded = _load_model(model, device)
-    from stream_ae.alarms.stage import judge_rows, model_alarm_threshold
+    from stream_ae.alarms.stage import judge_rows
 
     rows, X, feats, labels = _model_input(loaded, input, key_field, label_column)
     events = feats is not None
@@ -329,7 +329,7 @@ def score(
     entity = loaded.encoder.schema.entity if loaded.encoder is not None else None
     alarms = None
     if events and entity is not None and entity.alarm is not None:  # the worker's post-score stage
-        alarms = judge_rows(feats, scores, model_alarm_threshold(loaded.detector, entity.alarm))
+        alarms = judge_rows(feats, scores, loaded.detector)
         flags = alarms.judged.alarm
         header += ["published", "incident"]
     if reconstruct:
