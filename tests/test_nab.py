@@ -80,10 +80,13 @@ def test_evaluate_streams_scores_each_machine_as_a_stream(tmp_path) -> None:  # 
         app,
         [
             "evaluate", "--streams", "--data-dir", str(tmp_path), "--out", str(out), "--variants", "ae",
-            "--options", '{"max_steps": 30, "min_steps": 30}',
+            "--options", '{"max_steps": 30, "min_steps": 30}', "--seeds", "0",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    hosts = json.loads((out / "host_metrics_0.json").read_text())
+    assert hosts["faults"] > 0 and set(hosts["published"]) >= {"found", "false_incidents_per_host_week"}
+    assert (out / "host_metrics_0.png").stat().st_size > 10_000, "the plot of a few hosts and their alarms"
     table = json.loads((out / "streams.json").read_text())
     ways = ("", "+cooldown", "+likelihood+cooldown")
     assert set(table) == {f"{m}{v}" for m in ("ae", "iforest", "pca") for v in ways}

@@ -19,8 +19,8 @@ Protocol (one run per seed):
 
 Example:
     >>> report = evaluate_host_metrics(hosts=3, train_hours=24, test_days=2, seed=0, max_steps=50)
-    >>> sorted(report)[:3], report["faults"] >= 0
-    (['false_incidents_per_host_week', 'faults', 'found'], True)
+    >>> sorted(report["published"]), report["faults"] >= 0
+    (['by_kind', 'false_incidents_per_host_week', 'found', 'found_share', 'median_minutes_to_detect'], True)
 """
 
 from __future__ import annotations

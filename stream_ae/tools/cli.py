@@ -507,7 +507,7 @@ def evaluate(
 
         out.mkdir(parents=True, exist_ok=True)
         for seed in (int(s) for s in seeds.split(",")):
-            hosts = evaluate_host_metrics(seed=seed, plot=out / f"host_metrics_{seed}.png")
+            hosts = evaluate_host_metrics(seed=seed, plot=out / f"host_metrics_{seed}.png", **hyper)
             (out / f"host_metrics_{seed}.json").write_text(json.dumps(hosts, indent=2))
             for way in ("published", "raw"):
                 r = hosts[way]
