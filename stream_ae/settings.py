@@ -1,7 +1,8 @@
 """One typed settings object for every stream-ae process, read from ``STREAM_AE_*``.
 
 Every knob has one name: the field ``batch_max_size`` is ``STREAM_AE_BATCH_MAX_SIZE`` in the
-environment and appears under that name in README.md. An optional env file is read when
+environment. Each field's docstring is its description, from which the settings reference
+(``docs/reference/settings.md``) is generated. An optional env file is read when
 ``STREAM_AE_ENV_FILE`` names one (environment variables win over the file).
 
 Example:
@@ -30,93 +31,142 @@ class Settings(BaseSettings):
     """Configuration of the worker, the trainer and the CLI."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STREAM_AE_", env_file=os.environ.get("STREAM_AE_ENV_FILE"), extra="ignore"
+        env_prefix="STREAM_AE_",
+        env_file=os.environ.get("STREAM_AE_ENV_FILE"),
+        extra="ignore",
+        use_attribute_docstrings=True,  # each field's docstring is its description (docs/reference/settings.md)
     )
 
     # Kafka connection
     bootstrap_servers: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, comma-separated."""
     security_protocol: SecurityProtocol = "PLAINTEXT"
+    """``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``."""
     ssl_cafile: Path | None = None
+    """PEM file of the certificate authority (SSL)."""
     ssl_certfile: Path | None = None
+    """PEM file of the client certificate (SSL)."""
     ssl_keyfile: Path | None = None
+    """PEM file of the client key (SSL)."""
     sasl_mechanism: SaslMechanism | None = None
+    """``PLAIN`` (when SASL and unset), ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``."""
     sasl_username: str | None = None
+    """SASL user."""
     sasl_password: SecretStr | None = None
+    """SASL password: a secret, never logged or exported."""
 
     # topics and group
     input_topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["events"])
+    """Input topics, comma-separated (one topic with entity features)."""
     output_topic: str = "anomalies"
+    """Anomaly records (``stream-ae.anomaly/2``)."""
     dead_letter_topic: str = "events.dlq"
+    """Dead letters (``stream-ae.dead-letter/1``): every record that could not be scored, with the reason."""
     scores_topic: str | None = None
-    # incident records (stream-ae.incident/1), written when the model's schema declares an
-    # alarm cooldown (entity: alarm: cooldown:)
+    """Optional: a ``stream-ae.score/1`` record for every scored event."""
     incidents_topic: str = "incidents"
+    """Incident records (``stream-ae.incident/1``), written when the model's schema declares an alarm cooldown."""
     control_topic: str = "stream-ae.models"
-    # analysts' verdicts (compacted, keyed by event id; stream-ae.verdict/1); the trainer learns
-    # from them. None: no feedback
+    """Compacted: model announcements and drift reports."""
     feedback_topic: str | None = "stream-ae.feedback"
+    """Compacted, keyed by event id: analysts' verdicts (``stream-ae.verdict/1``) the trainer learns from; empty
+    turns feedback off."""
     group_id: str = "stream-ae-worker"
-    session_timeout_ms: int = Field(10_000, ge=6_000)  # how fast a dead worker's partitions move
+    """The workers' consumer group (not the app id: Faust uses that group)."""
+    session_timeout_ms: int = Field(10_000, ge=6_000)
+    """How soon a dead worker's partitions move to the others (at least 6000)."""
     app_id: str = "stream-ae"
-    # the entity state's changelog (compacted, one partition per input partition); None:
-    # "<app_id>-entity-changelog"
+    """The Faust app id."""
     entity_changelog_topic: str | None = None
-    # Faust's own state (its table and app-data folder, empty with the in-memory store); kept
-    # out of the working directory, which may be read-only in a container
+    """The entity state's compacted changelog, one partition per input partition; unset:
+    ``<app id>-entity-changelog``."""
     state_dir: Path = Path(tempfile.gettempdir()) / "stream-ae"
-    # stable per worker instance (pod name): the exactly-once producer's transactional id, so
-    # a restarted instance fences its dead predecessor and aborts its open transaction
+    """Faust's own state folder (``<state dir>/<app id>``), out of the working directory, which may be read-only
+    in a container."""
     instance_id: str = Field(default_factory=socket.gethostname)
+    """Stable per worker instance (the pod name; default: the host name): the exactly-once producer's
+    transactional id, so a restarted instance fences its dead predecessor."""
 
     # hot path
     batch_max_size: int = Field(2048, ge=1)
+    """Records in a micro-batch at most."""
     batch_max_wait_ms: int = Field(50, ge=0)
+    """How long a fetch waits to fill a batch."""
     max_message_bytes: int = Field(1_048_576, ge=64)
+    """Larger input records are dead-lettered as ``oversized``."""
     top_k_features: int = Field(3, ge=0)
-    scores_include_code: bool = False  # each all-scores record carries the event's latent code
+    """Fields named in each anomaly record, with their observed and expected values."""
+    scores_include_code: bool = False
+    """Each all-scores record carries the event's latent code (``code``; the VAE's posterior mean)."""
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """``at_least_once``, or ``exactly_once`` (Kafka transactions)."""
     device: Device = "auto"
-    # the worker's torch intra-op threads (and BLAS threads): 1 leaves the other cores to its
-    # event loop, the broker and the trainer on a shared host
+    """The worker's device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``."""
     torch_threads: int = Field(1, ge=1)
+    """The worker's torch intra-op threads (and BLAS threads): one leaves the other cores to its event loop, the
+    broker and the trainer on a shared host."""
     torch_interop_threads: int = Field(1, ge=1)
+    """The worker's torch inter-op threads."""
 
     # model registry
     model_dir: Path = Path("models")
-    model_version: str | None = None  # pin a version; None follows the registry's latest
+    """The model registry's root folder."""
+    model_version: str | None = None
+    """Pin a model version; unset, the worker follows the registry's LATEST and the announcements."""
 
     # observability
     metrics_host: str = "127.0.0.1"
+    """Where the worker serves ``/metrics``."""
     metrics_port: int = 9108
+    """The worker's ``/metrics`` port."""
     web_host: str = "127.0.0.1"
+    """Where the worker serves ``/healthz`` (Faust's web server)."""
     web_port: int = 6066
+    """The worker's ``/healthz`` port."""
     log_level: str = "INFO"
+    """Log level of every process."""
 
     # trainer
     trainer_interval_s: float = Field(900.0, gt=0)
+    """Seconds between scheduled retrains."""
     trainer_window_events: int = Field(50_000, ge=100)
-    # events read before the window only to warm the entity state (not trained on; no effect
-    # without entity features)
+    """The newest events the trainer reads per run."""
     trainer_warmup_events: int = Field(10_000, ge=0)
+    """Events read before the window only to warm the entity state (not trained on; no effect without entity
+    features)."""
     trainer_exclude_anomalies: bool = True
+    """Leave out of training what the champion flags."""
     trainer_warm_start: bool = True
-    trainer_max_steps: int = Field(1500, ge=10)  # optimiser steps per refresh (the training budget)
-    # the share of labelled events held back from training for the gate's labelled precision
-    # and recall (none with fewer than five labels)
+    """Start the challenger from the champion's weights."""
+    trainer_max_steps: int = Field(1500, ge=10)
+    """Optimiser steps per refresh at most (the training budget)."""
     trainer_feedback_holdout: float = Field(0.3, ge=0.0, lt=1.0)
-    # the trainer's device: the CPU by default, leaving the GPU to the workers on a shared host
+    """Share of the labelled events held back from training for the gate's labelled precision and recall (none
+    with fewer than five labels)."""
     trainer_device: Device = "cpu"
-    trainer_bf16: bool = False  # bf16 autocast for the networks' layers while training (for CUDA)
-    trainer_threads: int | None = Field(None, ge=1)  # None: half the cores
-    trainer_nice: int = Field(10, ge=0, le=19)  # scheduling priority below the worker's
+    """The trainer's device: ``cpu`` leaves the GPU to the workers; ``auto`` or ``cuda`` trains on it."""
+    trainer_bf16: bool = False
+    """bf16 autocast for the networks' layers while training (for CUDA; the exact parts stay float32)."""
+    trainer_threads: int | None = Field(None, ge=1)
+    """The trainer's torch (and BLAS) threads; unset: half the cores."""
+    trainer_nice: int = Field(10, ge=0, le=19)
+    """The trainer's scheduling priority below the worker's (0-19, as ``nice``)."""
     trainer_metrics_port: int = 9109
+    """The trainer's ``/metrics`` port."""
     trainer_min_interval_s: float = Field(60.0, ge=0)
+    """No two trainer runs closer than this (drift storms); a stop ends the wait."""
     drift_report_interval_s: float = Field(30.0, gt=0)
+    """At most one drift report per interval."""
     registry_keep: int = Field(5, ge=1)
+    """Model versions kept in the registry."""
     drift_psi_threshold: float = Field(0.25, gt=0)
+    """PSI of recent scores against the calibration that triggers a retrain."""
     drift_window_events: int = Field(20_000, ge=100)
+    """Scores in the drift window."""
     target_false_alarm_rate: float = Field(0.001, gt=0, lt=0.5)
+    """The trainer's calibration target: the share of normal events above the threshold."""
     variant: str = "ncae"
+    """The trainer's model variant."""
 
     @field_validator("input_topics", mode="before")
     @classmethod

@@ -199,6 +199,48 @@ def anomaly_schema(record: dict[str, Any]) -> dict[str, Any]:
     return ANOMALY_SCHEMA_V1 if record.get("schema") == ANOMALY_SCHEMA_V1_ID else ANOMALY_SCHEMA
 
 
+DEAD_LETTER_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": DEAD_LETTER_SCHEMA_ID,
+    "type": "object",
+    "required": [
+        "schema",
+        "reason",
+        "detail",
+        "source",
+        "key",
+        "dead_lettered_at",
+        "original_b64",
+        "original_size",
+        "original_truncated",
+    ],
+    "properties": {
+        "schema": {"const": DEAD_LETTER_SCHEMA_ID},
+        "reason": {"type": "string", "description": "why: schema_*, entity_*, not_json, oversized, ..."},
+        "detail": {"type": "string", "description": "what exactly, at most 500 characters"},
+        "source": SOURCE_SCHEMA,
+        "key": {"type": ["string", "null"]},
+        "dead_lettered_at": {"type": "number", "description": "epoch seconds"},
+        "original_b64": {"type": ["string", "null"], "description": "the original bytes, base64 (a prefix when cut)"},
+        "original_size": {"type": "integer"},
+        "original_truncated": {"type": "boolean"},
+    },
+}
+
+SCORE_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SCORE_SCHEMA_ID,
+    "type": "object",
+    "required": ["source", "score", "model_version"],
+    "properties": {
+        "source": SOURCE_SCHEMA,
+        "score": {"type": "number", "description": "the model's raw score"},
+        "published": {"type": "number", "description": "the post-score stage's published score (alarm section)"},
+        "code": {"type": "array", "items": {"type": "number"}, "description": "with STREAM_AE_SCORES_INCLUDE_CODE"},
+        "model_version": {"type": "string"},
+    },
+}
+
 MAX_KEY_BYTES = 4096  # a longer input key is shown cut to its first 256 bytes (and never reused as a key)
 
 

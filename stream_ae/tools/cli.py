@@ -125,6 +125,9 @@ def train(
     device: str = "auto",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast for the layers (for CUDA)")] = False,
     schema: Annotated[Path | None, typer.Option(help="feature schema (.json/.yaml); inferred if absent")] = None,
+    schema_out: Annotated[
+        Path | None, typer.Option(help="write the schema the model uses (inferred or given) to this .json/.yaml file")
+    ] = None,
     key_field: Annotated[
         str | None, typer.Option(help="the field that stands for the Kafka record key (entities keyed by it)")
     ] = None,
@@ -202,11 +205,20 @@ def train(
     if fitted.encoder is not None:
         for notice in fitted.encoder.notices:
             console.print(f"[yellow]note:[/] {notice}")
-        if schema is None:  # show what was guessed, in the form --schema takes
-            import json
+        import json
 
-            console.print("schema (inferred; save it as a .json file, edit it, and pass it with --schema):")
-            console.print_json(json.dumps(fitted.encoder.schema.to_dict()))
+        used = json.dumps(fitted.encoder.schema.to_dict(), indent=2)
+        if schema_out is not None:
+            if schema_out.suffix in (".yaml", ".yml"):
+                import yaml
+
+                schema_out.write_text(yaml.safe_dump(fitted.encoder.schema.to_dict(), sort_keys=False))
+            else:
+                schema_out.write_text(used + "\n")
+            console.print(f"schema written to {schema_out}: edit it and pass it back with --schema")
+        elif schema is None:  # show what was guessed, in the form --schema takes
+            console.print("schema (inferred; --schema-out FILE saves it; edit it and pass it with --schema):")
+            console.print_json(used)
     known = fitted.detector.labels_
     if known is not None:
         console.print(
@@ -606,6 +618,9 @@ def trainer(
     from trainer.service import TrainerService
 
     logging.basicConfig(level=settings.log_level, format="[%(asctime)s] [trainer] %(levelname)s %(message)s")
+    from stream_ae.operation.logs import quiet_retriable_kafka_errors
+
+    quiet_retriable_kafka_errors()
     service = TrainerService(settings)
     if once:
         result = asyncio.run(service.run_once("manual"))
@@ -638,6 +653,7 @@ def produce(
         ),
     ] = None,
     key_field: Annotated[str | None, typer.Option(help="with --from: the field that keys each record")] = "card",
+    partitions: Annotated[int, typer.Option(help="partitions of the topic when it does not exist yet")] = 4,
 ) -> None:
     """Send synthetic card transactions with injected frauds, or replay an event file (a demo, a
     load test: `stream-ae synthesize` writes one), to TOPIC on STREAM_AE_BOOTSTRAP_SERVERS."""
@@ -651,6 +667,9 @@ def produce(
     kw = settings.kafka_client_kwargs()
     topic = topic or settings.input_topics[0]
     console.print(f"sending to topic {topic!r} on {settings.bootstrap_servers}")
+    from stream_ae.kafka.admin import ensure_topics
+
+    asyncio.run(ensure_topics(kw, {topic: partitions}))  # made here, not by auto-creation with its warning
     if from_file is not None:
         if not from_file.is_file():
             raise typer.BadParameter(f"{from_file} is not a file")
@@ -669,6 +688,27 @@ def produce(
     _run_until_signal(
         lambda stop: stream_forever(kw, topic, rate=rate, anomaly_rate=anomaly_rate, seed=seed, stop=stop)
     )
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="the topic to read: anomalies, incidents, events.dlq, ...")],
+    count: Annotated[int, typer.Option(help="print the last COUNT records (0: all)")] = 10,
+    wait_s: Annotated[float, typer.Option(help="stop once the topic has been quiet this long")] = 2.0,
+) -> None:
+    """Print a topic's records as JSON lines, oldest first (read-committed, from the start, no
+    consumer group): what a worker wrote, without a Kafka client of your own."""
+    import asyncio
+
+    from stream_ae.settings import Settings
+    from stream_ae.tools.audit import read_all
+
+    settings = Settings()
+    records = asyncio.run(read_all(settings.bootstrap_servers, [topic], idle_s=wait_s, timeout_s=max(wait_s, 30.0)))
+    shown = records[-count:] if count else records
+    for r in shown:
+        typer.echo((r.value or b"null").decode("utf-8", "replace"))
+    console.print(f"[dim]{len(shown)} of {len(records)} records of {topic}[/]", highlight=False)
 
 
 @app.command()

@@ -27,6 +27,7 @@ from mode import Service
 from stream_ae.entities.store import EntityStore
 from stream_ae.kafka.admin import ensure_topics, partition_counts, topic_max_message_bytes
 from stream_ae.kafka.publisher import BatchPublisher
+from stream_ae.operation.logs import quiet_retriable_kafka_errors
 from stream_ae.operation.metrics import WorkerMetrics
 from stream_ae.output.route import Topics
 from stream_ae.pipeline import ActiveModel
@@ -47,6 +48,7 @@ class BatchWorker(Service):
 
     def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None, **kwargs: Any) -> None:
         self.settings = settings
+        quiet_retriable_kafka_errors()
         self.metrics = metrics or WorkerMetrics()
         self._hot = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-ae-hot")
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-ae-loader")
