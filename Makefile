@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # three share this 2-core machine's CPU well (docs/development.md has the measurements)
 TEST_WORKERS ?= 3
 
-.PHONY: install test test-fast lint demo evaluate bench clean
+.PHONY: install test test-fast lint docs demo evaluate bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "stream-ae needs Python 3.11+"'
@@ -22,9 +22,16 @@ lint: install
 	$(BIN)/ruff check stream_ae trainer tests bench
 	$(BIN)/mypy stream_ae trainer
 
+# The documentation site: the references regenerated from the code, then a strict build
+# (a broken link or page fails). `mkdocs serve` shows it locally.
+docs: install
+	$(BIN)/python -m stream_ae.tools.docgen docs/reference
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d site
+
 # pytest exits 5 when it collects no test: that is not a failure of the suite's code.
 # Everything: lint, then every test and doctest, each xdist worker with its own local broker.
 test: lint
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d $$(mktemp -d)
 	$(BIN)/pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 # The inner loop: no broker, no Prometheus, no model trained for more than a few seconds.
@@ -48,4 +55,4 @@ bench: install
 	$(BIN)/python -m bench.synthesis
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -12,7 +12,7 @@
    reads 0; then the all-scores topic is audited for lost and duplicated events.
 
 The test suite runs this with small figures (``tests/test_faults.py``); this command is the
-longer soak whose figures README.md reports. ``--batch`` is the worker's
+longer soak whose figures docs/benchmarks/figures.md reports. ``--batch`` is the worker's
 ``STREAM_AE_BATCH_MAX_SIZE``: a small value lowers the worker's capacity so that one Python
 producer on a small machine can outrun it.
 """

@@ -1,6 +1,6 @@
 """Degenerate training data: constant columns, few distinct rows, extreme magnitudes.
 
-Every outcome is the documented one (README.md, "Degenerate training data"): ``fit`` succeeds
+Every outcome is the documented one (docs/concepts/model.md, "Degenerate training data"): ``fit`` succeeds
 with finite scores and a finite threshold, or raises :class:`DegenerateDataError` naming the
 reason; the threshold never crashes; the trainer rejects such a window and keeps its champion.
 """

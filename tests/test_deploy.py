@@ -88,13 +88,3 @@ def test_kubernetes_manifests_validate_strictly() -> None:
     service = yaml.safe_load((DEPLOY / "k8s/service.yaml").read_text())
     ports = {p["name"] for p in service["spec"]["ports"]}
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
-
-
-def test_readme_documents_every_setting() -> None:
-    """An operator configures by README.md's table: a setting missing there is one nobody finds."""
-    from stream_ae.settings import Settings
-
-    readme = (ROOT / "README.md").read_text()
-    names = [f"STREAM_AE_{field.upper()}" for field in Settings.model_fields]
-    missing = [name for name in names if f"`{name}`" not in readme]
-    assert not missing, f"settings not in README.md: {missing}"

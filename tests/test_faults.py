@@ -2,7 +2,7 @@
 crashes, SIGKILL in both guarantees, are ``tests/test_entity_state.py``'s: they check every
 score and the entity state too.)
 
-Each test prints its loss/duplication figures (``-s`` shows them; README.md lists them).
+Each test prints its loss/duplication figures (``-s`` shows them; docs/benchmarks/figures.md lists them).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ windows through it (:mod:`stream_ae.entities.replay`), so a model is trained and
 same features. It is vectorised: numpy over the whole batch, grouped by entity; the only
 per-event work is a dict look-up mapping each key to its group (C-level ``map``).
 
-Semantics (README.md, "Entity features"):
+Semantics (docs/concepts/entity-features.md):
 
 * **Before the update.** An event's features describe its entity's history *before* the
   event: it never sees itself.

@@ -47,8 +47,8 @@ DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
     # through tight clusters of anomalies in contaminated training data), plus half its tail
     # score (how extreme each value is) and a quarter of its noise-contrastive density estimate
     # (the joint view). On the ADBench sets each part adds to the other two; the references' own
-    # -log q and the reconstruction error do not (README.md, "Ablations" and "What else was
-    # tried"). ``score_weights`` changes the mix.
+    # -log q and the reconstruction error do not (docs/benchmarks/evaluation.md, "Ablations", and
+    # docs/concepts/model.md). ``score_weights`` changes the mix.
     "ncae": {"neighbour": 1.0, "density": 0.25, "tail": 0.5},
 }
 
@@ -61,7 +61,7 @@ DEFAULT_NET_OPTIONS: dict[str, dict[str, Any]] = {
     # two telescoping chains of four steps: feature-swap waymarks to the product of the marginals
     # and interpolations to a fitted Gaussian; 32 neighbour samples of 64 rows (k = 2); no
     # trimming, which taught the heads that rare legitimate behaviour (travel abroad in the
-    # synthetic card stream) is anomalous (README.md)
+    # synthetic card stream) is anomalous (docs/concepts/model.md)
     "ncae": {
         "reference": "marginal+gaussian",
         "bridges": 4,

@@ -19,7 +19,7 @@ lives in the model's safetensors and scores on the device like the rest of the n
 
 It answers "how unusual is each value alone", which a density does not: a value between two
 modes has a low density but is not extreme. On the ADBench sets marginal extremes carry
-many of the labelled anomalies (cardio, mammography, pendigits; README.md, "Evaluation").
+many of the labelled anomalies (cardio, mammography, pendigits; docs/benchmarks/evaluation.md).
 
 Example:
     >>> import torch

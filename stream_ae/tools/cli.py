@@ -96,7 +96,7 @@ def kafka_status(data_dir: KafkaDir = DEFAULT_KAFKA_DIR) -> None:
 
 @app.command()
 def worker() -> None:
-    """Run the streaming worker (configured by STREAM_AE_* variables; see README.md)."""
+    """Run the streaming worker (configured by STREAM_AE_* variables: docs/reference/settings.md)."""
     import sys
 
     from stream_ae.operation.runtime import limit_threads

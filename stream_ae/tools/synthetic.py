@@ -56,7 +56,7 @@ CARD_FIELDS = (
 )
 # Velocity (payments in the last 10 minutes, time since the card's last payment) and first use
 # of a country by the card. Chosen on this stream, by burst recall against the other frauds'
-# (README.md, "Entity features"): the amount's z-score against the card's own history drowned
+# (docs/concepts/entity-features.md): the amount's z-score against the card's own history drowned
 # the bursts (a card's amounts mix categories, so its normal z-scores run past 3), and counts
 # over several windows repeat one signal, which lifts the normal tail of the score.
 CARD_ENTITY = EntitySpec.from_dict(
