@@ -24,6 +24,7 @@ SPEC = EntitySpec.from_dict(
             {"novelty": "country", "capacity": 4},
             {"delta_mean": ["amount", "level"], "rows": 3},
             {"spread": ["level"], "rows": 4},
+            {"seasonal": ["amount", "level"], "period": "1h", "buckets": 6},
         ],
     }
 )
@@ -39,7 +40,7 @@ def reference(spec: EntitySpec, events: list[dict[str, Any]]) -> np.ndarray:
         t = e["t"]
         fresh = s is None or max(t, s["T"]) - s["T"] > ttl
         if fresh:
-            s = {"T": t, "n": 0, "c": {}, "w": 0.0, "m": 0.0, "v": 0.0, "codes": [], "rows": []}
+            s = {"T": t, "n": 0, "c": {}, "w": 0.0, "m": 0.0, "v": 0.0, "codes": [], "rows": [], "season": {}}
             dt = None
         else:
             assert s is not None
@@ -64,6 +65,11 @@ def reference(spec: EntitySpec, events: list[dict[str, Any]]) -> np.ndarray:
         past = [r[1] for r in s["rows"][-4:] if not math.isnan(r[1])]  # spread of level, 4 rows
         mean = sum(past) / len(past) if past else 0.0
         row.append(math.sqrt(sum((p - mean) ** 2 for p in past) / len(past)) if len(past) > 1 else 0.0)
+        bucket = T // 600_000  # seasonal: 10-minute buckets of a 1-hour period
+        ago = s["season"].get(bucket - 6)
+        for j, f in enumerate(("amount", "level")):
+            ok = ago is not None and ago[2 * j + 1] > 0 and not math.isnan(e[f])
+            row.append(e[f] - ago[2 * j] / ago[2 * j + 1] if ok else 0.0)  # type: ignore[index]
         out.append(row)
         # update
         if not fresh:
@@ -86,6 +92,11 @@ def reference(spec: EntitySpec, events: list[dict[str, Any]]) -> np.ndarray:
             s["w"] *= d
         s["codes"] = ([*s["codes"], code])[-4:]
         s["rows"] = ([*s["rows"], (e["amount"], e["level"])])[-4:]
+        acc = s["season"].setdefault(bucket, [0.0, 0.0, 0.0, 0.0])
+        for j, f in enumerate(("amount", "level")):
+            if not math.isnan(e[f]):
+                acc[2 * j] += e[f]
+                acc[2 * j + 1] += 1
         s["T"], s["n"] = T, s["n"] + 1
         state[e["key"]] = s
     return np.asarray(out)

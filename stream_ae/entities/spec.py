@@ -22,6 +22,9 @@ In the schema file (YAML or JSON, frozen into the model's manifest)::
           rows: 10
         - spread: [cpu]                      # the standard deviation of its previous rows
           rows: 12
+        - seasonal: [cpu]                    # the row minus the entity's mean one period ago
+          period: 1d                         # (same hour-of-day bucket, yesterday)
+          buckets: 24
       alarm:                 # optional: the post-score stage (stream_ae.entities.alarm)
         likelihood: true     # alarm on the score likelihood, not the raw score
         short: 10            # raw scores in the short-term mean
@@ -50,12 +53,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["count", "sum", "zscore", "since_last", "novelty", "delta_mean", "spread"]
-KINDS: tuple[str, ...] = ("count", "sum", "zscore", "since_last", "novelty", "delta_mean", "spread")
+Kind = Literal["count", "sum", "zscore", "since_last", "novelty", "delta_mean", "spread", "seasonal"]
+KINDS: tuple[str, ...] = ("count", "sum", "zscore", "since_last", "novelty", "delta_mean", "spread", "seasonal")
 RECENT_ROWS = ("delta_mean", "spread")  # the kinds that keep a ring of the entity's last rows
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PREFIX = "entity."
-OPTIONS = {"kind", "field", "fields", "windows", "half_life", "min_history", "capacity", "rows", "log"}
+OPTIONS = {
+    "kind", "field", "fields", "windows", "half_life", "min_history", "capacity", "rows", "log", "period", "buckets"
+}  # fmt: skip
 
 
 def seconds(value: Any) -> float:
@@ -87,13 +92,15 @@ class Aggregate:
 
     kind: Kind
     field: str | None = None  # sum, zscore, novelty
-    fields: tuple[str, ...] = ()  # delta_mean, spread
+    fields: tuple[str, ...] = ()  # delta_mean, spread, seasonal
     windows: tuple[float, ...] = ()  # count, sum (seconds)
     half_life: float = 86_400.0  # zscore (seconds)
     min_history: int = 5  # zscore
     capacity: int = 16  # novelty
     rows: int = 10  # delta_mean, spread
     log: bool = False  # zscore: of the signed log1p of the value (heavy-tailed fields: amounts)
+    period: float = 86_400.0  # seasonal (seconds)
+    buckets: int = 24  # seasonal: time-of-period buckets
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -105,6 +112,8 @@ class Aggregate:
             raise ValueError(f"entity feature {self.kind!r} needs windows")
         if self.kind in RECENT_ROWS and (not self.fields or self.rows < 1):
             raise ValueError(f"entity feature {self.kind!r} needs fields and rows >= 1")
+        if self.kind == "seasonal" and (not self.fields or not 1 <= self.buckets <= 1024 or self.period <= 0):
+            raise ValueError("entity feature 'seasonal' needs fields, a positive period and 1..1024 buckets")
         if self.kind == "novelty" and not 1 <= self.capacity <= 256:
             raise ValueError("novelty capacity must lie in 1..256")
         if self.kind == "zscore" and (self.half_life <= 0 or self.min_history < 1):
@@ -126,6 +135,8 @@ class Aggregate:
             return [f"{PREFIX}{self.field}_new"]
         if k == "spread":
             return [f"{PREFIX}{f}_sd{self.rows}" for f in self.fields]
+        if k == "seasonal":
+            return [f"{PREFIX}{f}_season{label(self.period)}" for f in self.fields]
         return [f"{PREFIX}{f}_delta{self.rows}" for f in self.fields]
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +153,8 @@ class Aggregate:
             out["capacity"] = self.capacity
         if self.kind in RECENT_ROWS:
             out.update(fields=list(self.fields), rows=self.rows)
+        if self.kind == "seasonal":
+            out.update(fields=list(self.fields), period=float(self.period), buckets=int(self.buckets))
         return out
 
     @classmethod
@@ -160,7 +173,7 @@ class Aggregate:
             data["kind"] = kind
             if kind == "count":
                 data["windows"] = value
-            elif kind in RECENT_ROWS:
+            elif kind in (*RECENT_ROWS, "seasonal"):
                 data["fields"] = [value] if isinstance(value, str) else value
             elif value is not None and kind != "since_last":
                 data["field"] = value
@@ -171,6 +184,8 @@ class Aggregate:
             data["windows"] = tuple(seconds(w) for w in data["windows"])
         if "half_life" in data:
             data["half_life"] = seconds(data["half_life"])
+        if "period" in data:
+            data["period"] = seconds(data["period"])
         if "fields" in data:
             data["fields"] = tuple(data["fields"])
         return cls(**data)
@@ -244,7 +259,7 @@ class EntitySpec:
         return [name for agg in self.aggregates for name in agg.feature_names()]
 
     def numeric_fields(self) -> list[str]:
-        """The event fields read as numbers (sum, zscore, delta_mean, spread), in first-use order."""
+        """The event fields read as numbers (sum, zscore, delta_mean, spread, seasonal), in first-use order."""
         out: dict[str, None] = {}
         for agg in self.aggregates:
             if agg.kind in ("sum", "zscore") and agg.field:

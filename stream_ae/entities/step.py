@@ -28,6 +28,10 @@ Semantics (docs/concepts/entity-features.md):
   (0 for a missing value).
 * **delta_mean** is the row minus the mean of the entity's previous ``rows`` rows (each field
   over the rows where it is present); 0 without history, as the row itself would give.
+* **seasonal** is the row minus the entity's mean of the same time-of-period bucket one
+  ``period`` ago (``buckets`` buckets a period: with a day and 24, the same hour yesterday).
+  Gaps: when the entity has no value in that bucket one period ago (it was idle, new, or
+  started afresh after its TTL), the feature is 0, as a row with no history would give.
 * **spread** is the standard deviation (population) of the entity's previous ``rows`` rows,
   each field over the rows where it is present; 0 with fewer than two. A metric that gets
   stuck on one value has a spread of 0, which its history never had.
@@ -37,7 +41,7 @@ decayed sums are a parallel scan whose association order follows the batch (they
 about 1e-12 relative); the rings (novelty, delta_mean) are exact.
 
 Example:
-    >>> from stream_ae.entities.spec import RECENT_ROWS, EntitySpec
+    >>> from stream_ae.entities.spec import RECENT_ROWS, Aggregate, EntitySpec
     >>> from stream_ae.entities.table import EntityTable, row_dtype
     >>> spec = EntitySpec.from_dict({"features": [{"count": ["1h"]}, "since_last"]})
     >>> table = EntityTable(row_dtype(spec))
@@ -55,8 +59,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_ae.entities.spec import RECENT_ROWS, EntitySpec
-from stream_ae.entities.table import EntityTable, empty_rows
+from stream_ae.entities.spec import RECENT_ROWS, Aggregate, EntitySpec
+from stream_ae.entities.table import NO_BUCKET, EntityTable, empty_rows
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -322,9 +326,97 @@ def _run(
                 columns[name] = value[:, j]
             new[f"recent{i_dm}"][g] = _final_ring(H, hrun, hpos[last_pos], run_id[last_pos], K, empty=np.nan)
 
+    # seasonal: the row minus the entity's mean of the same time-of-period bucket one period ago
+    for i_s, agg in enumerate(a for a in spec.aggregates if a.kind == "seasonal"):
+        columns_s, rows_s = _seasonal(agg, prior, seg, start, carry, run_id, T + base, batch, order, is_last, i_s)
+        columns.update(columns_s)
+        for name, value in rows_s.items():
+            new[name][g] = value
+
     out = np.empty((n, len(columns)))
     out[order] = np.stack([columns[name] for name in spec.feature_names()], axis=1)
     return out, new
+
+
+def _seasonal(
+    agg: Aggregate,
+    prior: NDArray[np.void],
+    seg: Ints,
+    start: NDArray[np.bool_],
+    carry: NDArray[np.bool_],
+    run_id: Ints,
+    t_ms: Ints,
+    batch: EntityBatch,
+    order: Ints,
+    is_last: NDArray[np.bool_],
+    index: int,
+) -> tuple[dict[str, Floats], dict[str, NDArray[np.generic]]]:
+    """The ``seasonal`` aggregate (module docstring) for grouped events; returns its feature
+    columns and the groups' new bucket rings (for the groups' last events, in group order)."""
+    B = agg.buckets
+    width = max(1, round(agg.period * 1000 / B))
+    x = np.stack([batch.numbers[f][order] for f in agg.fields], axis=1)  # [n, F]
+    finite = np.isfinite(x)
+    xv = np.where(finite, x, 0.0)
+    b = t_ms // width  # absolute bucket of each event
+    stamp_p = prior[f"season{index}_stamp"]  # [entities, B]: the stored rings
+    cur_p = prior[f"season{index}_cur"]  # [entities, B, F, 2]
+    prev_p = prior[f"season{index}_prev"]
+    group_start = np.maximum.accumulate(np.where(start, np.arange(len(seg)), 0))
+    stored = (run_id == run_id[group_start]) & carry[group_start]  # in a run that continues the ring
+    # the batch's sums and counts per (run, bucket); runs and buckets never decrease within a group
+    key = run_id * (np.int64(1) << np.int64(40)) + (b - b.min())
+    uniq, inv = np.unique(key, return_inverse=True)
+    sums = np.zeros((len(uniq), x.shape[1]))
+    counts = np.zeros((len(uniq), x.shape[1]))
+    np.add.at(sums, inv, xv)
+    np.add.at(counts, inv, finite.astype(np.float64))
+    want = key - B  # the same run's bucket one period ago
+    at = np.clip(np.searchsorted(uniq, want), 0, len(uniq) - 1)
+    hit = (uniq[at] == want)[:, None]
+    s_sum, s_cnt = np.where(hit, sums[at], 0.0), np.where(hit, counts[at], 0.0)
+    slot = b % B
+    st = stamp_p[seg, slot]
+    # from the ring: the slot's bucket when it is the one a period ago, or the bucket before it
+    # when the slot already holds this period's (begun in an earlier batch)
+    ring = np.where((stored & (st == b - B))[:, None, None], cur_p[seg, slot], 0.0)
+    ring += np.where((stored & (st == b))[:, None, None], prev_p[seg, slot], 0.0)
+    s_sum, s_cnt = s_sum + ring[:, :, 0], s_cnt + ring[:, :, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where((s_cnt > 0) & finite, x - s_sum / s_cnt, 0.0)
+    columns = {name: value[:, j] for j, name in enumerate(agg.feature_names())}
+
+    # the new ring of each group: per slot, the latest bucket of the group's last run, and the
+    # bucket one period before it
+    last_pos = np.flatnonzero(is_last)
+    stamp = stamp_p[seg[last_pos]].copy()  # [groups, B]
+    cur = cur_p[seg[last_pos]].copy()
+    prev = prev_p[seg[last_pos]].copy()
+    keep = stored[last_pos]  # the group's last run continues the stored ring
+    stamp[~keep] = NO_BUCKET
+    cur[~keep] = 0.0
+    prev[~keep] = 0.0
+    group_of = np.cumsum(start) - 1  # group number of each event, in group order
+    in_last = run_id == run_id[last_pos][group_of]
+    take = np.flatnonzero(in_last)[np.unique(key[in_last], return_index=True)[1]]  # each (run, bucket) once
+    for e in take.tolist():  # the last runs' buckets, ascending per group: a few per entity and batch
+        gi, bk = int(group_of[e]), int(b[e])
+        k = int(inv[e])
+        s = bk % B
+        before = stamp[gi, s]
+        if before == bk:  # the stored bucket continues into this batch
+            cur[gi, s, :, 0] += sums[k]
+            cur[gi, s, :, 1] += counts[k]
+            continue
+        if before == bk - B:
+            prev[gi, s] = cur[gi, s]
+        else:
+            prev[gi, s] = 0.0
+        stamp[gi, s] = bk
+        cur[gi, s, :, 0] = sums[k]
+        cur[gi, s, :, 1] = counts[k]
+    names = (f"season{index}_stamp", f"season{index}_cur", f"season{index}_prev")
+    return columns, dict(zip(names, (stamp, cur, prev), strict=True))
 
 
 def _signed_log(x: Floats, on: bool) -> Floats:

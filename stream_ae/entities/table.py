@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from stream_ae.entities.spec import RECENT_ROWS, AlarmSpec, EntitySpec
 
 NO_TIME = np.iinfo(np.int64).min
+NO_BUCKET = np.iinfo(np.int64).min // 2  # far from any bucket, and safe to subtract a period from
 
 
 def row_dtype(spec: EntitySpec) -> np.dtype:
@@ -47,6 +48,11 @@ def row_dtype(spec: EntitySpec) -> np.dtype:
         fields.append((f"codes{i}", "<u4", (agg.capacity,)))  # the last events' codes, oldest first; 0 empty
     for i, agg in enumerate(a for a in spec.aggregates if a.kind in RECENT_ROWS):
         fields.append((f"recent{i}", "<f8", (agg.rows, len(agg.fields))))  # last rows, oldest first; NaN empty
+    for i, agg in enumerate(a for a in spec.aggregates if a.kind == "seasonal"):
+        B, F = agg.buckets, len(agg.fields)
+        fields.append((f"season{i}_stamp", "<i8", (B,)))  # each slot's latest bucket (NO_BUCKET: none)
+        fields.append((f"season{i}_cur", "<f8", (B, F, 2)))  # its sum and count per field
+        fields.append((f"season{i}_prev", "<f8", (B, F, 2)))  # the bucket one period before it
     if spec.alarm is not None:
         fields += post_score_fields(spec.alarm)
     return np.dtype(fields)
@@ -73,6 +79,8 @@ def empty_rows(dtype: np.dtype, n: int) -> NDArray[np.void]:
             rows[name] = np.nan
         elif name in ("last_alarm_ms", "incident_ms"):
             rows[name] = NO_TIME
+        elif name.startswith("season") and name.endswith("_stamp"):
+            rows[name] = NO_BUCKET
     return rows
 
 
