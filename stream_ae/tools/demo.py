@@ -177,6 +177,7 @@ class Demo:
         self.home = home
         self.report = report
         self.report_lines: list[MinuteFigures] = []
+        self.report_versions: list[str] = []  # the model in use at each closed minute
         self.rate, self.anomaly_rate = rate, anomaly_rate
         self.console = console
         self.broker = LocalKafka(home / "kafka", die_with_parent=True)
@@ -344,10 +345,42 @@ class Demo:
         """Print (and append to ``<home>/report.txt``) the figures of the next closed minute."""
         figures = self.tally.minute(len(self.report_lines))
         self.report_lines.append(figures)
-        line = figures.line(TARGET_RATE, _model_version(_scrape(self.metrics_port)))
+        version = _model_version(_scrape(self.metrics_port))
+        self.report_versions.append(version)
+        line = figures.line(TARGET_RATE, version)
         live.console.print(line, soft_wrap=True)  # one line, whatever the terminal width
         with (self.home / "report.txt").open("a") as fh:
             fh.write(line + "\n")
+
+    def report_plot(self, path: Path) -> None:
+        """The minutes' live false-alarm rate (against the target's 0.5-2x band), recall and
+        precision, with each model refresh marked: ``<home>/report.png``."""
+        if not self.report_lines:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        minutes = [f.minute + 1 for f in self.report_lines]
+        fig, (far, pr) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+        far.axhspan(0.5, 2.0, color="tab:green", alpha=0.12, label="0.5-2x the target")
+        far.plot(minutes, [f.false_alarm_rate / TARGET_RATE for f in self.report_lines], "o-", label="live rate")
+        far.set_ylabel("false-alarm rate / target")
+        pr.plot(minutes, [f.recall for f in self.report_lines], "o-", label="recall")
+        pr.plot(minutes, [f.precision for f in self.report_lines], "s-", label="precision")
+        pr.set_ylim(0, 1.02)
+        pr.set_xlabel("minute of the demo")
+        for i in range(1, len(self.report_versions)):
+            if self.report_versions[i] != self.report_versions[i - 1]:
+                for ax in (far, pr):
+                    ax.axvline(minutes[i] - 0.5, color="0.5", ls="--", lw=1)
+                far.text(minutes[i] - 0.45, far.get_ylim()[1] * 0.95, "new model", fontsize=7, va="top")
+        far.legend(fontsize=8)
+        pr.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
 
     def report_summary(self) -> str:
         """The minutes after the first two against the demo's promise: the false-alarm rate in
@@ -415,4 +448,6 @@ def run_demo(home: Path, rate: float, anomaly_rate: float, duration: float | Non
         console.print(summary, soft_wrap=True)
         with (home / "report.txt").open("a") as fh:
             fh.write(summary + "\n")
+        with contextlib.suppress(ImportError):  # matplotlib is an extra (eval)
+            demo.report_plot(home / "report.png")
     return demo.tally
