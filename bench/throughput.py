@@ -2,6 +2,7 @@
 
     python -m bench.throughput                                  # its own local broker
     python -m bench.throughput --events 150000 --sweep --variants ncae,ae --java
+    python -m bench.throughput --events 60000 --sweep --variants ncae,ae --plot throughput.png
 
 A topic (4 partitions) is pre-filled with N synthetic card transactions (200-300 bytes of
 JSON). Then, in the same run and on the same records, each of these drains it completely:
@@ -246,7 +247,9 @@ def main() -> None:
     ap.add_argument("--variants", default="ncae", help="the workers' models, comma-separated (ncae, ae, ...)")
     ap.add_argument("--java", action="store_true", help="add Kafka's own perf tools as a reference")
     ap.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency run")
+    ap.add_argument("--plot", type=Path, help="also draw throughput against batch size and the latency percentiles")
     args = ap.parse_args()
+    rows: list[tuple[int, int, dict[str, float]]] = []
     variants = args.variants.split(",")
     with bench_environment(args.bootstrap, "stream-ae-bench-", variant=variants[0]) as env:
         bootstrap, work = env.bootstrap, env.work
@@ -264,9 +267,12 @@ def main() -> None:
             each = raw_passthrough(bootstrap, topic, args.events, batch, batched=False)
             batched = raw_passthrough(bootstrap, topic, args.events, batch, batched=True)
             line = f"batch {batch:5d} wait {wait:3d} ms: raw per record {each:9,.0f} | raw batched {batched:9,.0f}"
+            rates = {"raw per record": each, "raw batched": batched}
             for v in variants:
                 w = worker_throughput(bootstrap, registries[v], topic, args.events, batch, wait, work / "worker.log")
                 line += f" | worker {v} {w:9,.0f} ({w / each:.2f} / {w / batched:.2f})"
+                rates[f"worker {v}"] = w
+            rows.append((batch, wait, rates))
             print(line + " ev/s (worker / raw per record, / raw batched)")
         lat = latency(bootstrap, env.registry, f"{topic}-lat", 2048, 50, args.rate, work / "worker.log")
         if len(lat):
@@ -275,6 +281,38 @@ def main() -> None:
                 f"{len(lat)} anomaly records: "
                 f"p50 {np.percentile(lat, 50) * 1000:.1f} ms, p99 {np.percentile(lat, 99) * 1000:.1f} ms"
             )
+        if args.plot is not None:
+            plot(args.plot, rows, lat, args.rate, variants[0])
+            print(f"plot: {args.plot}")
+
+
+def plot(path: Path, rows: list[tuple[int, int, dict[str, float]]], lat: np.ndarray, rate: float, variant: str) -> None:
+    """Events/s against the batch size (one line per path, at the longest wait), and the
+    end-to-end latency percentiles of the latency run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (tp, lp) = plt.subplots(1, 2, figsize=(11, 4))
+    wait = max(w for _, w, _ in rows)
+    chosen = sorted((b, r) for b, w, r in rows if w == wait)
+    for name in chosen[0][1]:
+        tp.plot([b for b, _ in chosen], [r[name] for _, r in chosen], "o-", label=name)
+    tp.set_xscale("log", base=2)
+    tp.set_xlabel(f"batch size (wait {wait} ms)")
+    tp.set_ylabel("events/s")
+    tp.set_title("throughput, one broker, 4 partitions")
+    tp.legend(fontsize=8)
+    if len(lat):
+        levels = [50, 90, 99, 99.9]
+        lp.bar([f"p{q:g}" for q in levels], [float(np.percentile(lat, q)) * 1000 for q in levels], color="tab:blue")
+        lp.set_ylabel("ms, record timestamp to anomaly record")
+        lp.set_title(f"latency at {rate:,.0f} events/s ({variant}, batch 2048)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
