@@ -31,3 +31,22 @@ def test_the_score_likelihood_finds_the_faults_raw_scores_miss_without_flooding(
     assert published["found_share"] >= 0.6, published
     assert published["found"] >= 2 * raw["found"], "the per-host likelihood sees what one raw threshold cannot"
     assert published["false_incidents_per_host_week"] <= 1.5
+
+
+def test_the_metric_demo_judges_alarms_and_incidents_against_the_injected_faults() -> None:
+    """The live view's arithmetic: an alarm inside a fault (or its hour after) finds it, once,
+    with its time to detection; an incident outside every fault is a false one."""
+    from stream_ae.tools.metric_demo import FaultTally
+    from stream_ae.tools.metrics_stream import Fault
+
+    t0 = 1_764_547_200.0
+    tally = FaultTally(hosts=2, sim_start=t0, sim_now=t0 + 7 * 86_400)
+    tally.faults = [Fault("host-000", "spike", t0 + 3600, t0 + 3900), Fault("host-001", "stuck", t0 + 7200, t0 + 9000)]
+    tally.on_alarm("host-000", t0 + 3600 + 300)
+    tally.on_alarm("host-000", t0 + 3600 + 600)  # the same fault again: its first alarm counts
+    tally.on_alarm("host-001", t0 + 3600)  # another host's fault window: no
+    tally.on_incident("host-000", t0 + 3900)
+    tally.on_incident("host-001", t0 + 86_400)  # outside every fault
+    s = tally.summary()
+    assert (s["faults_closed"], s["found"], s["median_minutes_to_detect"]) == (2, 1, 5.0)
+    assert s["incidents"] == 2 and s["false_incidents_per_host_week"] == 0.5

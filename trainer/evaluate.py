@@ -206,7 +206,11 @@ def calibration_figures(model: Scorer, y: NDArray[Any], s: NDArray[Any]) -> dict
     out = {}
     for rate in CALIBRATION_RATES:
         t = Threshold.fit(cal, rate, method=method).value  # type: ignore[arg-type]
-        out[str(rate)] = {"false_alarm_rate": float((s[y == 0] > t).mean()), "recall": float((s[y == 1] > t).mean())}
+        out[str(rate)] = {
+            "false_alarm_rate": float((s[y == 0] > t).mean()),
+            "recall": float((s[y == 1] > t).mean()),
+            "threshold": float(t),
+        }
     return out
 
 
@@ -391,6 +395,7 @@ def write_report(
     summary: dict[str, Any],
     curves: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]] | None = None,
     codes: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]] | None = None,
+    thresholds: dict[tuple[str, str], float] | None = None,
 ) -> None:
     """``report.json``, ``report.md`` and, given curves, ROC/PR and histogram PNGs; given the
     test rows' latent codes, ``<set>-codes.png``: their 2-D PCA projection coloured by label."""
@@ -451,7 +456,7 @@ def write_report(
         lines.append("")
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     if curves:
-        _plot_curves(out_dir, curves)
+        _plot_curves(out_dir, curves, thresholds or {})
     if codes:
         _plot_codes(out_dir, codes)
 
@@ -484,7 +489,11 @@ def _plot_codes(out_dir: Path, codes: dict[tuple[str, str], tuple[NDArray[Any], 
         plt.close(fig)
 
 
-def _plot_curves(out_dir: Path, curves: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]]) -> None:
+def _plot_curves(
+    out_dir: Path,
+    curves: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]],
+    thresholds: dict[tuple[str, str], float],
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -503,6 +512,9 @@ def _plot_curves(out_dir: Path, curves: dict[tuple[str, str], tuple[NDArray[Any]
             if method.startswith("ncae"):
                 axes[2].hist(s[y == 0], bins=60, alpha=0.6, density=True, label="normal")
                 axes[2].hist(s[y == 1], bins=60, alpha=0.6, density=True, label="anomaly")
+                t = thresholds.get((d, method))
+                if t is not None:
+                    axes[2].axvline(t, color="k", ls="--", lw=1, label="threshold at 1 % (calibrated in training)")
         axes[0].set(title=f"{ds}: ROC", xlabel="false positive rate", ylabel="true positive rate")
         axes[1].set(title=f"{ds}: precision-recall", xlabel="recall", ylabel="precision")
         axes[2].set(title=f"{ds}: ncae scores", xlabel="score")
@@ -533,11 +545,14 @@ def run_evaluation(
     if baselines:
         methods.update(BASELINES)
     curves: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]] = {}
+    thresholds: dict[tuple[str, str], float] = {}
 
     def on_result(r: TabularResult, y: NDArray[Any], s: NDArray[Any]) -> None:
         say(f"{r.dataset:12s} seed {r.seed} {r.method:8s} ROC {r.roc_auc:.3f} PR {r.pr_auc:.3f} ({r.fit_seconds:.1f}s)")
         if r.seed == seeds[0]:
             curves[(r.dataset, r.method)] = (y, s)
+            if "0.01" in r.calibration:
+                thresholds[(r.dataset, r.method)] = r.calibration["0.01"]["threshold"]
 
     codes: dict[tuple[str, str], tuple[NDArray[Any], NDArray[Any]]] = {}
 
@@ -567,7 +582,7 @@ def run_evaluation(
             }
             for m in methods
         }
-    write_report(out_dir, summary, curves, codes)
+    write_report(out_dir, summary, curves, codes, thresholds)
     for m, per in table.items():
         say(f"MEAN {m:8s} ROC {per['mean']['roc_auc']:.3f} PR {per['mean']['pr_auc']:.3f}")
     if "bar_best_of_iforest_ecod" in summary:
