@@ -4,6 +4,7 @@ post-score stage makes of them against raw scores (the protocol of trainer.host_
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stream_ae.tools.metrics_stream import FAULT_KINDS, HostMetrics
 from trainer.host_metrics import evaluate_host_metrics
@@ -22,6 +23,7 @@ def test_hosts_differ_and_faults_are_labelled() -> None:
         assert len(rows) and all(events[r]["host"] == f.host and f.start <= events[r]["ts"] <= f.end for r in rows)
 
 
+@pytest.mark.slow  # trains a model on 10,000 rows and scores 30,000
 def test_the_score_likelihood_finds_the_faults_raw_scores_miss_without_flooding() -> None:
     """12 hosts, three days of training, a week with about three faults per host."""
     report = evaluate_host_metrics(hosts=12, train_hours=72, test_days=7, seed=1, faults_per_host_week=3.0)
