@@ -46,7 +46,7 @@ import torch
 from numpy.typing import NDArray
 
 from stream_ae.entities.spec import AlarmSpec
-from stream_ae.entities.step import _SEGMENT, _final_ring, _layout, _scan
+from stream_ae.entities.step import _SEGMENT, _final_ring, _layout, _scan, group_runs
 from stream_ae.entities.table import NO_TIME, empty_rows, post_score_fields
 
 Floats = NDArray[np.float64]
@@ -74,9 +74,6 @@ class Judged:
     opens: Bools
     incident_ms: Ints
 
-    def take(self, index: Ints) -> Judged:
-        return Judged(self.published[index], self.alarm[index], self.opens[index], self.incident_ms[index])
-
 
 def judge(
     spec: AlarmSpec,
@@ -97,40 +94,17 @@ def judge(
     if n == 0:
         empty_i = np.zeros(0, dtype=np.int64)
         return Judged(np.zeros(0), np.zeros(0, bool), np.zeros(0, bool), empty_i), new
-    order = np.argsort(inv, kind="stable")
-    seg = inv[order]
+    judged_before = held & (prior["alarm_seen"] > 0)
+    runs = group_runs(inv, times_ms, judged_before, prior["alarm_ms"], ttl_ms)
+    order, seg, start, idx, span = runs.order, runs.seg, runs.start, runs.idx, runs.span
+    T, base, reset, carry, run_start, run_id = runs.T, runs.base, runs.reset, runs.carry, runs.run_start, runs.run_id
     r = np.asarray(raw, dtype=np.float64)[order]
-    start = np.ones(n, dtype=bool)
-    start[1:] = seg[1:] != seg[:-1]
-    is_last = np.ones(n, dtype=bool)
-    is_last[:-1] = start[1:]
-    idx = np.arange(n)
-    seg_start = np.maximum.accumulate(np.where(start, idx, 0))
-    span = int((idx - seg_start).max()) + 1
-
-    # effective time (never backwards) and runs: a gap longer than the ttl starts afresh
-    t = np.asarray(times_ms, dtype=np.int64)[order]
-    base = int(t.min()) - ttl_ms - 1
-    has = held[seg] & (prior["alarm_seen"][seg] > 0)
-    prior_rel = np.where(has, np.maximum(prior["alarm_ms"][seg] - base, 0), 0)
-    running = np.maximum.accumulate(seg * _SEGMENT + (t - base)) - seg * _SEGMENT
-    T = np.maximum(running, prior_rel)
-    prev_T = np.empty(n, dtype=np.int64)
-    prev_T[1:] = T[:-1]
-    prev_T[start] = prior_rel[start]
-    reset = (start & ~has) | (T - prev_T > ttl_ms)
-    carry = start & ~reset
-    run_start = np.maximum.accumulate(np.where(start | reset, idx, 0))
-    run_id = np.cumsum(start | reset)
     seen = idx - run_start + 1 + np.where(carry[run_start], prior["alarm_seen"][seg], 0)
     eligible = seen > spec.warmup
 
     # the short-term mean: the last ``short`` raw scores of the run, the stored ones first
     K = spec.short
-    seg_rank = np.cumsum(start) - 1
-    group_first = np.flatnonzero(start)
-    ring = prior["lk_ring"][seg[group_first]]
-    H, hrun, hpos = _layout(r, ring, K, seg_rank, group_first, run_id, carry, len(group_first), empty=np.nan)
+    H, hrun, hpos = _layout(r, prior["lk_ring"][runs.g], K, runs, empty=np.nan)
     window = hpos[:, None] - K + 1 + np.arange(K)[None, :]
     past = np.where(hrun[window] == run_id[:, None], H[window], np.nan)
     present = np.isfinite(past)
@@ -145,14 +119,14 @@ def judge(
     b[carry] += a[carry] * m0[carry]
     a[start] = 0.0
     mean = _scan(a[:, None], b[:, None], span)[:, 0]
-    mean_before = _before(mean, start, carry, m0)
+    mean_before = runs.before(mean, m0)
     delta = short - mean_before
     a = 1.0 - alpha
     b = a * alpha * delta * delta
     b[carry] += a[carry] * v0[carry]
     a[start] = 0.0
     var = _scan(a[:, None], b[:, None], span)[:, 0]
-    var_before = _before(var, start, carry, v0)
+    var_before = runs.before(var, v0)
 
     if spec.likelihood:
         z = (short - mean_before) / np.sqrt(np.maximum(var_before, 1e-12))
@@ -173,8 +147,7 @@ def judge(
     incident = np.where(opened >= 0, opened + base, np.where(known, prior_incident, NO_TIME))
     incident = np.where(alarm & (cooldown_ms is not None), incident, NO_TIME)
 
-    last_pos = np.flatnonzero(is_last)
-    g = seg[last_pos]
+    last_pos, g = runs.last_pos, runs.g
     new["alarm_ms"][g] = T[last_pos] + base
     new["alarm_seen"][g] = seen[last_pos]
     new["lk_ring"][g] = _final_ring(H, hrun, hpos[last_pos], run_id[last_pos], K, empty=np.nan)
@@ -221,16 +194,6 @@ def opening_alarms(flags: Bools, cooldown: int) -> Bools:
     start[:1] = True
     zeros = np.zeros(n, dtype=np.int64)
     return _incidents(np.asarray(flags, bool), np.arange(n, dtype=np.int64), zeros, start, zeros - 1, cooldown)[0]
-
-
-def _before(values: Floats, start: Bools, carry: Bools, stored: Floats) -> Floats:
-    """Each event's value before it: the previous event's in its group, the stored one at a
-    group's first event when it continues the state (0 at a fresh start, never read)."""
-    out = np.zeros_like(values)
-    out[1:] = values[:-1]
-    out[start] = 0.0
-    out[carry] = stored[carry]
-    return out
 
 
 def _segmented_max(values: Ints, seg: Ints) -> Ints:

@@ -153,6 +153,96 @@ def _first_last(inv: Ints, offsets: Ints, groups: int) -> tuple[Ints, Ints]:
     return first, last
 
 
+@dataclass
+class Runs:
+    """A batch's events grouped by entity and cut into runs, as every batch function reads
+    them: ``order`` takes batch positions to grouped ones (offset order within a group);
+    ``seg`` is each grouped event's entity; ``T`` its effective time (never backwards per
+    entity) relative to ``base``; a run starts afresh at an entity without state or after a
+    gap longer than the TTL (``reset``); ``carry`` marks a group's first event when it
+    continues the stored state; ``last_pos`` and ``g`` are each group's last event and entity."""
+
+    order: Ints
+    seg: Ints
+    start: NDArray[np.bool_]
+    idx: Ints
+    seg_start: Ints
+    span: int
+    base: int
+    T: Ints
+    dt: Ints
+    reset: NDArray[np.bool_]
+    carry: NDArray[np.bool_]
+    run_start: Ints
+    run_id: Ints
+    last_pos: Ints
+    g: Ints
+
+    @property
+    def rank(self) -> Ints:
+        """Each grouped event's group number (0, 1, ... in group order)."""
+        return np.cumsum(self.start) - 1
+
+    @property
+    def first(self) -> Ints:
+        """Each group's first event."""
+        return np.flatnonzero(self.start)
+
+    def before(self, values: Floats, stored: Floats, decay: Floats | None = None) -> Floats:
+        """Each event's (decayed) value of its entity's earlier events: the previous row of its
+        group, or the stored state at a group's first event that continues it (0 at a fresh
+        start)."""
+        out = np.zeros_like(values)
+        prev = ~self.start
+        out[prev] = values[np.flatnonzero(prev) - 1]
+        out[self.carry] = stored[self.carry]
+        return out * decay if decay is not None else out
+
+
+def group_runs(inv: Ints, times_ms: Ints, held: NDArray[np.bool_], prior_ms: Ints, ttl_ms: int) -> Runs:
+    """:class:`Runs` of a non-empty batch: ``inv[i]`` is event i's entity, an index into
+    ``held`` (it has state) and ``prior_ms`` (its stored effective time)."""
+    n = len(inv)
+    order = np.argsort(inv, kind="stable")  # grouped by entity, offset order within
+    seg = inv[order]
+    start = np.ones(n, dtype=bool)
+    start[1:] = seg[1:] != seg[:-1]
+    is_last = np.ones(n, dtype=bool)
+    is_last[:-1] = start[1:]
+    idx = np.arange(n)
+    seg_start = np.maximum.accumulate(np.where(start, idx, 0))
+    # effective time: never backwards within an entity (segmented running maximum, exact in int64)
+    t = np.asarray(times_ms, dtype=np.int64)[order]
+    base = int(t.min()) - ttl_ms - 1
+    has = held[seg]
+    prior_rel = np.where(has, np.maximum(prior_ms[seg] - base, 0), 0)  # older than a TTL: 0, so a reset
+    running = np.maximum.accumulate(seg * _SEGMENT + (t - base)) - seg * _SEGMENT
+    T = np.maximum(running, prior_rel)
+    prev_T = np.empty(n, dtype=np.int64)
+    prev_T[1:] = T[:-1]
+    prev_T[start] = prior_rel[start]
+    dt = T - prev_T
+    reset = (start & ~has) | (dt > ttl_ms)
+    last_pos = np.flatnonzero(is_last)
+    return Runs(
+        order=order,
+        seg=seg,
+        start=start,
+        idx=idx,
+        seg_start=seg_start,
+        span=int((idx - seg_start).max()) + 1,
+        base=base,
+        T=T,
+        dt=dt,
+        reset=reset,
+        carry=start & ~reset,
+        run_start=np.maximum.accumulate(np.where(start | reset, idx, 0)),
+        run_id=np.cumsum(start | reset),
+        last_pos=last_pos,
+        g=seg[last_pos],
+    )
+
+
 def _scan(a: Floats, b: Floats, span: int) -> Floats:
     """Inclusive scan of ``v_i = a_i * v_{i-1} + b_i`` down the rows (Hillis-Steele, log2
     steps). A row with ``a = 0`` starts afresh, so independent groups can share one pass;
@@ -173,50 +263,19 @@ def _run(
 ) -> tuple[Floats, NDArray[np.void]]:
     """The sequential semantics of the module docstring, computed for all groups at once."""
     n = len(inv)
-    order = np.argsort(inv, kind="stable")  # grouped by entity, offset order within
-    seg = inv[order]
-    start = np.ones(n, dtype=bool)
-    start[1:] = seg[1:] != seg[:-1]
-    is_last = np.ones(n, dtype=bool)
-    is_last[:-1] = start[1:]
-    idx = np.arange(n)
-    seg_start = np.maximum.accumulate(np.where(start, idx, 0))
-    span = int((idx - seg_start).max()) + 1
     ttl_ms = round(spec.ttl * 1000)
-
-    # effective time: never backwards within an entity (segmented running maximum, exact in int64)
-    t = batch.times_ms[order].astype(np.int64)
-    base = int(t.min()) - ttl_ms - 1
-    has = held[seg]
-    prior_rel = np.where(has, np.maximum(prior["last_ms"][seg] - base, 0), 0)  # older than a TTL: 0, so a reset
-    running = np.maximum.accumulate(seg * _SEGMENT + (t - base)) - seg * _SEGMENT
-    T = np.maximum(running, prior_rel)
-    prev_T = np.empty(n, dtype=np.int64)
-    prev_T[1:] = T[:-1]
-    prev_T[start] = prior_rel[start]
-    dt = T - prev_T
-    reset = (start & ~has) | (dt > ttl_ms)
-    carry = start & ~reset  # the group's first event continues the stored state
-    run_start = np.maximum.accumulate(np.where(start | reset, idx, 0))
+    r = group_runs(inv, batch.times_ms, held, prior["last_ms"], ttl_ms)
+    order, seg, start, idx, seg_start, span = r.order, r.seg, r.start, r.idx, r.seg_start, r.span
+    T, base, dt, reset, carry, run_start, run_id = r.T, r.base, r.dt, r.reset, r.carry, r.run_start, r.run_id
     n_before = idx - run_start + np.where(carry[run_start], prior["n"][seg], 0)
     run_id = np.cumsum(start | reset)
 
     columns: dict[str, Floats] = {}
     new = empty_rows(prior.dtype, len(prior))
-    last_pos = np.flatnonzero(is_last)
-    g = seg[last_pos]  # the unique entity each group's last event belongs to
+    last_pos, g = r.last_pos, r.g
     new["last_ms"][g] = T[last_pos] + base
     new["last_offset"][g] = batch.offsets[order][last_pos]
     new["n"][g] = n_before[last_pos] + 1
-
-    def before_of(values: Floats, decay: Floats, stored: Floats) -> Floats:
-        """Each event's decayed value of its entity's earlier events: from the previous row
-        of its group, or from the stored state at a group's first event."""
-        out = np.zeros_like(values)
-        prev = ~start
-        out[prev] = decay[prev] * values[np.flatnonzero(prev) - 1]
-        out[carry] = decay[carry] * stored[carry]
-        return out
 
     # decayed window counts and sums: one scan over every window
     count_w = [w for a in spec.aggregates if a.kind == "count" for w in a.windows]
@@ -235,7 +294,7 @@ def _run(
         a = decay.copy()
         a[start] = 0.0
         values = _scan(a, b, span)
-        before = before_of(values, decay, stored)
+        before = r.before(values, stored, decay)
         before[np.abs(before) < NEGLIGIBLE] = 0.0  # what has decayed away is gone, not 1e-40 (a clean zero to scale)
         k = 0
         for agg in (a for a in spec.aggregates if a.kind == "count"):
@@ -269,7 +328,7 @@ def _run(
         a = d3.copy()
         a[start] = 0.0
         values = _scan(a, b, span)
-        before = before_of(values, d3, stored)
+        before = r.before(values, stored, d3)
         Z = len(zs)
         wb, s1, s2 = before[:, :Z], before[:, Z : 2 * Z], before[:, 2 * Z :]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -293,14 +352,11 @@ def _run(
     # rings: each group's stored recent entries laid out before its events, then windows
     rings = [a for a in spec.aggregates if a.kind in ("novelty", *RECENT_ROWS)]
     if rings:
-        seg_rank = np.cumsum(start) - 1
-        n_groups = int(seg_rank[-1]) + 1
-        group_first = np.flatnonzero(start)
         for i_nov, agg in enumerate(a for a in spec.aggregates if a.kind == "novelty"):
             K = agg.capacity
             code = batch.codes[agg.field or ""][order]
-            ring = prior[f"codes{i_nov}"][seg[group_first]]  # [groups, K]
-            H, hrun, hpos = _layout(code, ring, K, seg_rank, group_first, run_id, carry, n_groups, empty=0)
+            ring = prior[f"codes{i_nov}"][g]  # [groups, K]
+            H, hrun, hpos = _layout(code, ring, K, r, empty=0)
             window = hpos[:, None] - K + np.arange(K)[None, :]
             same = (hrun[window] == run_id[:, None]) & (H[window] == code[:, None])
             columns[agg.feature_names()[0]] = ((code != 0) & ~same.any(axis=1)).astype(np.float64)
@@ -308,8 +364,8 @@ def _run(
         for i_dm, agg in enumerate(a for a in spec.aggregates if a.kind in RECENT_ROWS):
             K = agg.rows
             rows = np.stack([batch.numbers[f][order] for f in agg.fields], axis=1)  # [n, F]
-            ring = prior[f"recent{i_dm}"][seg[group_first]]  # [groups, K, F]
-            H, hrun, hpos = _layout(rows, ring, K, seg_rank, group_first, run_id, carry, n_groups, empty=np.nan)
+            ring = prior[f"recent{i_dm}"][g]  # [groups, K, F]
+            H, hrun, hpos = _layout(rows, ring, K, r, empty=np.nan)
             window = hpos[:, None] - K + np.arange(K)[None, :]
             past = np.where((hrun[window] == run_id[:, None])[:, :, None], H[window], np.nan)  # [n, K, F]
             present = np.isfinite(past)
@@ -328,7 +384,7 @@ def _run(
 
     # seasonal: the row minus the entity's mean of the same time-of-period bucket one period ago
     for i_s, agg in enumerate(a for a in spec.aggregates if a.kind == "seasonal"):
-        columns_s, rows_s = _seasonal(agg, prior, seg, start, carry, run_id, T + base, batch, order, is_last, i_s)
+        columns_s, rows_s = _seasonal(agg, prior, r, batch, i_s)
         columns.update(columns_s)
         for name, value in rows_s.items():
             new[name][g] = value
@@ -339,31 +395,21 @@ def _run(
 
 
 def _seasonal(
-    agg: Aggregate,
-    prior: NDArray[np.void],
-    seg: Ints,
-    start: NDArray[np.bool_],
-    carry: NDArray[np.bool_],
-    run_id: Ints,
-    t_ms: Ints,
-    batch: EntityBatch,
-    order: Ints,
-    is_last: NDArray[np.bool_],
-    index: int,
+    agg: Aggregate, prior: NDArray[np.void], r: Runs, batch: EntityBatch, index: int
 ) -> tuple[dict[str, Floats], dict[str, NDArray[np.generic]]]:
     """The ``seasonal`` aggregate (module docstring) for grouped events; returns its feature
     columns and the groups' new bucket rings (for the groups' last events, in group order)."""
     B = agg.buckets
     width = max(1, round(agg.period * 1000 / B))
-    x = np.stack([batch.numbers[f][order] for f in agg.fields], axis=1)  # [n, F]
+    seg, run_id = r.seg, r.run_id
+    x = np.stack([batch.numbers[f][r.order] for f in agg.fields], axis=1)  # [n, F]
     finite = np.isfinite(x)
     xv = np.where(finite, x, 0.0)
-    b = t_ms // width  # absolute bucket of each event
+    b = (r.T + r.base) // width  # absolute bucket of each event
     stamp_p = prior[f"season{index}_stamp"]  # [entities, B]: the stored rings
     cur_p = prior[f"season{index}_cur"]  # [entities, B, F, 2]
     prev_p = prior[f"season{index}_prev"]
-    group_start = np.maximum.accumulate(np.where(start, np.arange(len(seg)), 0))
-    stored = (run_id == run_id[group_start]) & carry[group_start]  # in a run that continues the ring
+    stored = (run_id == run_id[r.seg_start]) & r.carry[r.seg_start]  # in a run that continues the ring
     # the batch's sums and counts per (run, bucket); runs and buckets never decrease within a group
     key = run_id * (np.int64(1) << np.int64(40)) + (b - b.min())
     uniq, inv = np.unique(key, return_inverse=True)
@@ -388,15 +434,15 @@ def _seasonal(
 
     # the new ring of each group: per slot, the latest bucket of the group's last run, and the
     # bucket one period before it
-    last_pos = np.flatnonzero(is_last)
-    stamp = stamp_p[seg[last_pos]].copy()  # [groups, B]
-    cur = cur_p[seg[last_pos]].copy()
-    prev = prev_p[seg[last_pos]].copy()
+    last_pos = r.last_pos
+    stamp = stamp_p[r.g].copy()  # [groups, B]
+    cur = cur_p[r.g].copy()
+    prev = prev_p[r.g].copy()
     keep = stored[last_pos]  # the group's last run continues the stored ring
     stamp[~keep] = NO_BUCKET
     cur[~keep] = 0.0
     prev[~keep] = 0.0
-    group_of = np.cumsum(start) - 1  # group number of each event, in group order
+    group_of = r.rank
     in_last = run_id == run_id[last_pos][group_of]
     take = np.flatnonzero(in_last)[np.unique(key[in_last], return_index=True)[1]]  # each (run, bucket) once
     for e in take.tolist():  # the last runs' buckets, ascending per group: a few per entity and batch
@@ -424,28 +470,22 @@ def _signed_log(x: Floats, on: bool) -> Floats:
 
 
 def _layout(
-    values: NDArray[np.generic],
-    ring: NDArray[np.generic],
-    K: int,
-    seg_rank: Ints,
-    group_first: Ints,
-    run_id: Ints,
-    carry: NDArray[np.bool_],
-    n_groups: int,
-    empty: float,
+    values: NDArray[np.generic], ring: NDArray[np.generic], K: int, r: Runs, empty: float
 ) -> tuple[NDArray[np.generic], Ints, Ints]:
-    """Each group's ``K`` stored entries followed by its events, in one array: ``(H, run of each
-    entry, position of each event in H)``. Stored entries belong to the group's first run
-    when it continues the state, to no run (-1) otherwise."""
+    """Each group's ``K`` stored entries (``ring``, one row per group) followed by its events,
+    in one array: ``(H, run of each entry, position of each event in H)``. Stored entries
+    belong to the group's first run when it continues the state, to no run (-1) otherwise."""
     n = len(values)
-    hpos = np.arange(n) + (seg_rank + 1) * K
+    first = r.first
+    n_groups = len(first)
+    hpos = np.arange(n) + (r.rank + 1) * K
     H = np.full((n + n_groups * K, *values.shape[1:]), empty, dtype=values.dtype)
     H[hpos] = values
     hrun = np.full(n + n_groups * K, -1, dtype=np.int64)
-    hrun[hpos] = run_id
-    stored = (group_first + np.arange(n_groups) * K)[:, None] + np.arange(K)[None, :]  # [groups, K]
+    hrun[hpos] = r.run_id
+    stored = (first + np.arange(n_groups) * K)[:, None] + np.arange(K)[None, :]  # [groups, K]
     H[stored] = ring
-    hrun[stored] = np.where(carry[group_first], run_id[group_first], -1)[:, None]
+    hrun[stored] = np.where(r.carry[first], r.run_id[first], -1)[:, None]
     return H, hrun, hpos
 
 
