@@ -129,13 +129,13 @@ def process_batch(
                 router.incident(
                     rec,
                     incident_id=incident,
-                    entity=incident.rsplit("@", 1)[0],
+                    entity=alarms.entity(j),
                     opened_at=int(alarms.judged.incident_ms[j]) / 1000.0,
-                    cooldown_s=float(model.alarm.cooldown or 0.0) if model.alarm is not None else 0.0,
+                    cooldown_s=alarms.cooldown_s,
                     event_id=ident,
                     score=score,
                     raw_score=raw,
-                    threshold=model.alarm_threshold,
+                    threshold=alarms.threshold,
                     model_version=model.version,
                 )
         published = router.anomaly(

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from stream_ae.entities.alarm import Judged, alarm_threshold
 from stream_ae.entities.spec import AlarmSpec
 from stream_ae.entities.table import NO_TIME
-from stream_ae.features.featurize import Featurized
+from stream_ae.features.featurize import EntityRows, Featurized
 from stream_ae.models import AutoencoderDetector
 
 __all__ = ["Alarms", "alarm_threshold", "incident_id", "judge_rows", "model_alarm_threshold"]
@@ -27,22 +27,30 @@ __all__ = ["Alarms", "alarm_threshold", "incident_id", "judge_rows", "model_alar
 
 @dataclass
 class Alarms:
-    """A batch's post-score results, one entry per row of the model input."""
+    """A batch's post-score results, one entry per row of the model input; each row's entity
+    is read from the partition group it came in (``groups[group_of[row]]``, at ``position``)."""
 
     judged: Judged
-    entity: list[bytes | None]  # each row's entity key
     threshold: float  # on the published score
+    cooldown_s: float  # 0: no incidents
+    groups: list[EntityRows]
+    group_of: NDArray[np.int64]
+    position: NDArray[np.int64]
+
+    def entity(self, row: int) -> str:
+        """Row ``row``'s entity, as text."""
+        key = self.groups[int(self.group_of[row])].events.keys[int(self.position[row])]
+        return key.decode("utf-8", "replace")
 
     def incident(self, row: int) -> str | None:
         """The id of the incident row ``row``'s alarm belongs to (None: no alarm, or no incidents)."""
         at = int(self.judged.incident_ms[row])
-        key = self.entity[row]
-        return incident_id(key, at) if at != NO_TIME and key is not None else None
+        return incident_id(self.entity(row), at) if at != NO_TIME else None
 
 
-def incident_id(key: bytes, opened_ms: int) -> str:
+def incident_id(entity: str, opened_ms: int) -> str:
     """``<entity>@<opening event time, epoch ms>``: the same in the worker and offline."""
-    return f"{key.decode('utf-8', 'replace')}@{opened_ms}"
+    return f"{entity}@{opened_ms}"
 
 
 def judge_rows(feats: Featurized, raw: NDArray[np.float64], detector: AutoencoderDetector) -> Alarms:
@@ -60,16 +68,16 @@ def judge_rows(feats: Featurized, raw: NDArray[np.float64], detector: Autoencode
     unit = float(detector.threshold_) if alarm.likelihood and detector.threshold_ > 0 else 1.0
     n = len(raw)
     out = Judged(np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.full(n, NO_TIME, dtype=np.int64))
-    entity: list[bytes | None] = [None] * n
+    group_of = np.zeros(n, dtype=np.int64)
+    position = np.zeros(n, dtype=np.int64)
     values = np.asarray(raw, dtype=np.float64) / unit
-    for group, delta in zip(feats.groups, feats.deltas, strict=True):
+    for gi, (group, delta) in enumerate(zip(feats.groups, feats.deltas, strict=True)):
         judged = store.judge(group.events, values[group.rows], threshold, delta)
         rows = group.rows
         out.published[rows], out.alarm[rows], out.opens[rows] = judged.published, judged.alarm, judged.opens
         out.incident_ms[rows] = judged.incident_ms
-        for r, key in zip(rows.tolist(), group.events.keys, strict=True):
-            entity[r] = key
-    return Alarms(out, entity, threshold)
+        group_of[rows], position[rows] = gi, np.arange(len(rows))
+    return Alarms(out, threshold, alarm.cooldown or 0.0, feats.groups, group_of, position)
 
 
 def model_alarm_threshold(detector: AutoencoderDetector, alarm: AlarmSpec | None) -> float:

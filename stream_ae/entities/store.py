@@ -162,11 +162,8 @@ class EntityStore:
                 judged.opens[:] = False
             else:
                 table.rows[slots[held]] = rows[held]
-                at = {k: i for i, k in enumerate(delta.keys) if delta.post_held[i]}
-                for j, key in enumerate(uniq):
-                    i = at.get(key)
-                    if i is not None:
-                        delta.post[i] = rows[j]
+                now = table.lookup(delta.keys)  # the after rows are the table's, post-score fields included
+                delta.post[now >= 0] = table.rows[now[now >= 0]]
             out.published[mine], out.alarm[mine], out.opens[mine] = judged.published, judged.alarm, judged.opens
             out.incident_ms[mine] = judged.incident_ms
         self._expire(delta.partition, table, delta)
