@@ -161,7 +161,7 @@ def _model_version(metrics: dict[str, float]) -> str:
     return next((k.split('version="')[1].split('"')[0] for k in metrics if k.startswith("stream_ae_model_info")), "-")
 
 
-def _scrape(port: int) -> dict[str, float]:
+def scrape_port(port: int) -> dict[str, float]:
     try:
         return scrape(f"http://127.0.0.1:{port}/metrics", timeout_s=1.0)
     except OSError:
@@ -189,6 +189,7 @@ class Demo:
         self.chargebacks = Chargebacks()
         self.prometheus: LocalPrometheus | None = None
         self.last_anomaly = ""  # the newest anomaly record's top fields, as an analyst reads them
+        self._verdicts: AIOKafkaProducer | None = None  # the chargebacks' producer, while the demo runs
 
     def env(self) -> dict[str, str]:
         return {
@@ -265,7 +266,7 @@ class Demo:
             say(f"[yellow]Prometheus did not start ({exc}); the demo runs without it[/]")
 
     def view(self, elapsed: float) -> Table:
-        m = _scrape(self.metrics_port)
+        m = scrape_port(self.metrics_port)
         precision, recall = self.tally.precision_recall()
         scored = m.get("stream_ae_events_scored_total", 0.0)
         version = _model_version(m)
@@ -277,7 +278,7 @@ class Demo:
         t.add_row("precision / recall", f"{precision:.3f} / {recall:.3f}")
         sent = self.chargebacks.sent
         t.add_row("verdicts sent (fraud / false alarm)", f"{sent['anomaly']:,} / {sent['normal']:,}")
-        tm = _scrape(self.trainer_port)
+        tm = scrape_port(self.trainer_port)
         labelled = tm.get('stream_ae_trainer_labelled_precision{model="challenger"}', float("nan"))
         t.add_row("labelled precision (trainer)", "-" if labelled != labelled else f"{labelled:.3f}")
         t.add_row("last anomaly", self.last_anomaly or "-")
@@ -292,60 +293,92 @@ class Demo:
             t.add_row("alerts firing", ", ".join(self.prometheus.firing()) or "none")
         return t
 
+    # the live loop: one for every demo; a demo says what it produces, watches and does per poll
+    watched: tuple[str, ...] = ("anomalies",)
+    watch_from = "latest"
+
+    async def start_streams(self, kw: dict[str, Any], stop: asyncio.Event) -> list[asyncio.Task[Any]]:
+        """Start the producer (and whatever else feeds the stack); their tasks end after ``stop``."""
+        self._verdicts = AIOKafkaProducer(**kw, acks="all")
+        await self._verdicts.start()
+        producer = stream_forever(
+            kw,
+            "events",
+            rate=self.rate,
+            anomaly_rate=self.anomaly_rate,
+            seed=100,
+            on_block=self.tally.on_block,
+            stop=stop,
+        )
+        return [asyncio.create_task(producer)]
+
+    def on_record(self, topic: str, record: dict[str, Any]) -> None:
+        """One record of a watched topic."""
+        self.tally.flagged.add(str(record.get("event_id")))
+        self.last_anomaly = describe(record.get("top_features") or [])
+        label = self.tally.labels.get(str(record.get("event_id")))
+        self.chargebacks.consider(record, label, time.time())
+
+    async def after_poll(self, live: Live, elapsed: float) -> None:
+        """After each poll of the watched topics: verdicts that are due, a report line a minute."""
+        assert self._verdicts is not None
+        for v in self.chargebacks.due(time.time()):
+            await self._verdicts.send(FEEDBACK_TOPIC, verdict_bytes(v), key=v["event_id"].encode())
+        if self.report and elapsed >= (len(self.report_lines) + 1) * 60 + REPORT_SETTLE_S:
+            self._report_minute(live)
+
+    async def stop_streams(self) -> None:
+        if self._verdicts is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._verdicts.stop(), 5)
+
     async def run(self, duration: float | None) -> None:
+        """The live view until Ctrl-C or ``duration``: poll the watched topics, update the view."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         kw = {"bootstrap_servers": self.broker.bootstrap_servers}
-        producer = asyncio.create_task(
-            stream_forever(
-                kw,
-                "events",
-                rate=self.rate,
-                anomaly_rate=self.anomaly_rate,
-                seed=100,
-                on_block=self.tally.on_block,
-                stop=stop,
-            )
-        )
-        consumer = AIOKafkaConsumer("anomalies", **kw, group_id=None, auto_offset_reset="latest")
+        tasks = await self.start_streams(kw, stop)
+        consumer = AIOKafkaConsumer(*self.watched, **kw, group_id=None, auto_offset_reset=self.watch_from)
         await consumer.start()
-        verdicts = AIOKafkaProducer(**kw, acks="all")
-        await verdicts.start()
-        start = self.tally.started = time.monotonic()
+        start = self.tally.started = time.monotonic()  # the report's minutes count from here
         try:
             with Live(self.view(0.0), console=self.console, refresh_per_second=2) as live:
                 while not stop.is_set():
                     got = await consumer.getmany(timeout_ms=500)
-                    for msgs in got.values():
+                    for tp, msgs in got.items():
                         for msg in msgs:
-                            record = orjson.loads(msg.value or b"{}")
-                            self.tally.flagged.add(str(record.get("event_id")))
-                            self.last_anomaly = describe(record.get("top_features") or [])
-                            label = self.tally.labels.get(str(record.get("event_id")))
-                            self.chargebacks.consider(record, label, time.time())
-                    for v in self.chargebacks.due(time.time()):
-                        await verdicts.send(FEEDBACK_TOPIC, verdict_bytes(v), key=v["event_id"].encode())
+                            self.on_record(tp.topic, orjson.loads(msg.value or b"{}"))
                     elapsed = time.monotonic() - start
-                    if self.report and elapsed >= (len(self.report_lines) + 1) * 60 + REPORT_SETTLE_S:
-                        self._report_minute(live)
+                    await self.after_poll(live, elapsed)
                     live.update(self.view(elapsed))
                     if duration and elapsed > duration:
                         stop.set()
         finally:
             stop.set()
             await consumer.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(verdicts.stop(), 5)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer, 10)
+            await self.stop_streams()
+            for task in tasks:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 10)
+
+    def play(self, duration: float | None) -> None:
+        """Set up, run the live view, and always tear down (Ctrl-C while setting up included)."""
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # no connection chatter in the live view
+        try:
+            self.setup()
+            asyncio.run(self.run(duration))
+        except KeyboardInterrupt:  # Ctrl-C while setting up: stop what has started
+            pass
+        finally:
+            self.teardown()
 
     def _report_minute(self, live: Live) -> None:
         """Print (and append to ``<home>/report.txt``) the figures of the next closed minute."""
         figures = self.tally.minute(len(self.report_lines))
         self.report_lines.append(figures)
-        version = _model_version(_scrape(self.metrics_port))
+        version = _model_version(scrape_port(self.metrics_port))
         self.report_versions.append(version)
         line = figures.line(TARGET_RATE, version)
         live.console.print(line, soft_wrap=True)  # one line, whatever the terminal width
@@ -429,14 +462,7 @@ class Demo:
 def run_demo(home: Path, rate: float, anomaly_rate: float, duration: float | None, report: bool = False) -> Tally:
     console = Console()
     demo = Demo(home, rate, anomaly_rate, console, report)
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # no connection chatter in the live view
-    try:
-        demo.setup()
-        asyncio.run(demo.run(duration))
-    except KeyboardInterrupt:  # Ctrl-C while setting up: stop what has started
-        pass
-    finally:
-        demo.teardown()
+    demo.play(duration)
     precision, recall = demo.tally.precision_recall()
     console.print(
         f"sent {demo.tally.sent:,} events, {demo.tally.injected} frauds; {len(demo.tally.flagged)} anomalies "

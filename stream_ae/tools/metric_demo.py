@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import signal
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from stream_ae.kafka.admin import ensure_topics
-from stream_ae.tools.demo import Demo, _scrape
+from stream_ae.tools.demo import Demo, scrape_port
 from stream_ae.tools.metrics_stream import METRICS_SCHEMA, Fault, HostMetrics
 from stream_ae.tools.produce import encode_events, make_producer, send_with
 
@@ -133,7 +129,7 @@ class MetricDemo(Demo):
         self.start_prometheus()
 
     def view(self, elapsed: float) -> Table:
-        m = _scrape(self.metrics_port)
+        m = scrape_port(self.metrics_port)
         s = self.faults.summary()
         day = (self.faults.sim_now - self.faults.sim_start) / 86_400.0
         t = Table(title="stream-ae metric demo (Ctrl-C stops everything)", show_header=False, min_width=64)
@@ -170,36 +166,23 @@ class MetricDemo(Demo):
         finally:
             await producer.stop()
 
-    async def run(self, duration: float | None) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        kw = {"bootstrap_servers": self.broker.bootstrap_servers}
-        producer = asyncio.create_task(self.produce(stop))
-        consumer = AIOKafkaConsumer(ANOMALIES, INCIDENTS, **kw, group_id=None, auto_offset_reset="earliest")
-        await consumer.start()
-        start = time.monotonic()
-        try:
-            with Live(self.view(0.0), console=self.console, refresh_per_second=2) as live:
-                while not stop.is_set():
-                    got = await consumer.getmany(timeout_ms=500)
-                    for tp, msgs in got.items():
-                        for msg in msgs:
-                            r = orjson.loads(msg.value or b"{}")
-                            if tp.topic == INCIDENTS:
-                                self.faults.on_incident(r["entity"], r["opened_at"])
-                            else:
-                                self.faults.on_alarm(str(r["event"]["host"]), float(r["event"]["ts"]))
-                    elapsed = time.monotonic() - start
-                    live.update(self.view(elapsed))
-                    if duration and elapsed > duration:
-                        stop.set()
-        finally:
-            stop.set()
-            await consumer.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer, 10)
+    watched = (ANOMALIES, INCIDENTS)
+    watch_from = "earliest"
+
+    async def start_streams(self, kw: dict[str, Any], stop: asyncio.Event) -> list[asyncio.Task[Any]]:
+        return [asyncio.create_task(self.produce(stop))]
+
+    def on_record(self, topic: str, record: dict[str, Any]) -> None:
+        if topic == INCIDENTS:
+            self.faults.on_incident(record["entity"], record["opened_at"])
+        else:
+            self.faults.on_alarm(str(record["event"]["host"]), float(record["event"]["ts"]))
+
+    async def after_poll(self, live: Live, elapsed: float) -> None:
+        return None
+
+    async def stop_streams(self) -> None:
+        return None
 
 
 def run_metric_demo(
@@ -207,14 +190,7 @@ def run_metric_demo(
 ) -> FaultTally:
     console = Console()
     demo = MetricDemo(home, hosts, speed, faults_per_host_week, console)
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    try:
-        demo.setup()
-        asyncio.run(demo.run(duration))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        demo.teardown()
+    demo.play(duration)
     s = demo.faults.summary()
     console.print(
         f"report: {s['found']} of {s['faults_closed']} faults found (median {s['median_minutes_to_detect']} simulated "
