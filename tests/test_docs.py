@@ -49,8 +49,8 @@ def test_metrics_named_in_the_docs_exist() -> None:
     exported = set(re.findall(r"`(stream_ae_[a-z_]+)`", (DOCS / "reference" / "metrics.md").read_text()))
     for page in [*(DOCS / "runbooks").glob("*.md"), *(DOCS / "concepts").glob("*.md")]:
         named = set(re.findall(r"\b(stream_ae_[a-z_]+)\b", page.read_text()))
+        # a histogram's series (_bucket, _sum, _count) count as its name
         unknown = {n for n in named if n not in exported and not any(n.startswith(e + "_") for e in exported)}
-        unknown = {n for n in unknown if not any(e.startswith(n) for e in exported)}
         assert not unknown, f"{page.name} names metrics no process exports: {sorted(unknown)}"
 
 

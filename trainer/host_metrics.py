@@ -120,15 +120,19 @@ def _found(
     return sum(sum(v) for v in hits.values()), minutes, by_kind
 
 
+def _cooldown_rows(ts: NDArray[np.float64]) -> int:
+    """The schema's alarm cooldown in rows of a host's stream (rows as time, as NAB counts)."""
+    assert METRICS_SCHEMA.entity is not None and METRICS_SCHEMA.entity.alarm is not None
+    step = float(np.median(np.diff(ts))) if len(ts) > 1 else 1.0
+    return round((METRICS_SCHEMA.entity.alarm.cooldown or 0.0) / step)
+
+
 def _opens_per_host(alarm: NDArray[np.bool_], host: NDArray[np.str_], ts: NDArray[np.float64]) -> NDArray[np.bool_]:
     """Incidents from raw alarms by the same rule and cooldown as the post-score stage."""
-    assert METRICS_SCHEMA.entity is not None and METRICS_SCHEMA.entity.alarm is not None
-    cooldown = METRICS_SCHEMA.entity.alarm.cooldown or 0.0
     out = np.zeros(len(alarm), dtype=bool)
     for h in np.unique(host):
         rows = np.flatnonzero(host == h)
-        step = float(np.median(np.diff(ts[rows]))) if len(rows) > 1 else 1.0
-        out[rows] = opening_alarms(alarm[rows], round(cooldown / step))
+        out[rows] = opening_alarms(alarm[rows], _cooldown_rows(ts[rows]))
     return out
 
 
@@ -141,7 +145,6 @@ def _nab(
     tested: NDArray[np.bool_],
 ) -> dict[str, float]:
     """Each host's test period as a NAB stream: windows around each fault's start."""
-    assert METRICS_SCHEMA.entity is not None and METRICS_SCHEMA.entity.alarm is not None
     out: dict[str, float] = {}
     for name, scores in (("published", published), ("raw", raw)):
         streams = []
@@ -151,11 +154,9 @@ def _nab(
             for f in faults:
                 if f.host == h:
                     y |= (ts[rows] >= f.start) & (ts[rows] <= f.end)
-            step = float(np.median(np.diff(ts[rows])))
-            cooldown = round((METRICS_SCHEMA.entity.alarm.cooldown or 0.0) / step)
             windows = windows_for(len(rows), anomaly_starts(y))
             if windows:
-                streams.append(Stream(str(h), scores[rows], windows, cooldown))
+                streams.append(Stream(str(h), scores[rows], windows, _cooldown_rows(ts[rows])))
         out[name] = corpus_score(streams, PROFILES["standard"])[0] if streams else float("nan")
     return out
 

@@ -119,14 +119,10 @@ ANOMALY_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "raw_score": {"type": "number", "description": "the model's score, when score is the published one"},
+        "incident_id": {"type": "string", "description": "the incident this alarm opened or joined"},
     },
 }
-
-
-ANOMALY_SCHEMA["properties"].update(
-    raw_score={"type": "number", "description": "the model's score, when score is the published score likelihood"},
-    incident_id={"type": "string", "description": "the incident this alarm opened or joined"},
-)
 
 INCIDENT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
