@@ -70,3 +70,32 @@ def test_a_model_trained_on_two_days_does_not_flag_the_weekdays_it_never_saw(mon
     print(f"flagged of twelve later days at a 1 % target: {flagged:.2%}; with day-of-week features {with_weekdays:.2%}")
     assert flagged <= 0.03, flagged
     assert with_weekdays >= 0.3, with_weekdays
+
+
+def test_a_training_period_shorter_than_a_day_drops_hour_of_day_and_the_model_holds_its_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Twelve hours of one-minute rows (a 750-row probation of a minutely series) cannot
+    teach hour-of-day: the features are dropped, and the next day and a half of a steady
+    series is not flooded with alarms; kept, the hours never seen flood."""
+    rng = np.random.default_rng(5)
+    t = START + 60 * np.arange(2880)
+    events = [{"ts": int(a), "value": float(b)} for a, b in zip(t, 50 + rng.normal(0, 2, len(t)), strict=True)]
+    train, later = events[:720], events[720:]
+
+    def fitted_and_flagged() -> tuple[list[str], list[str], float]:
+        fitted = fit_events(train, device="cpu", seed=0, target_rate=0.01, max_steps=400)
+        assert fitted.encoder is not None
+        X = featurize_file(fitted.encoder, later).batch.X
+        share = float((fitted.detector.score_samples(X) > fitted.detector.threshold_).mean())
+        return fitted.encoder.feature_names, fitted.encoder.notices, share
+
+    names, notices, flagged = fitted_and_flagged()
+    assert not any(n.startswith(("ts.hour", "ts.dow")) for n in names)
+    assert notices and "less than a day" in notices[0]
+    monkeypatch.setattr(encoder_module, "MIN_HOUR_SPAN_S", 0.0)  # hour-of-day features kept
+    kept_names, _, with_hours = fitted_and_flagged()
+    assert any(n.startswith("ts.hour") for n in kept_names)
+    print(f"flagged of the next 36 hours at a 1 % target: {flagged:.2%}; with hour-of-day features {with_hours:.2%}")
+    assert flagged <= 0.03, flagged
+    assert with_hours >= 0.2, with_hours

@@ -10,9 +10,10 @@ A :class:`FeatureSchema` declares the fields (``numeric``, ``categorical``, ``bo
   or a stable CRC32 hash into ``hash_buckets`` buckets for high cardinality;
 * boolean: 0/1;
 * timestamp (epoch seconds or milliseconds, or ISO-8601): optional cyclic hour-of-day and,
-  separately, day-of-week (``weekday``), which fitting drops when the training data spans less
-  than a week; inference recognises RFC 3339 strings, and epoch values under a time-like
-  name, as timestamps (:func:`looks_like_time`) and makes the first one the ``time_field``;
+  separately, day-of-week (``weekday``); fitting drops day-of-week when the training data
+  spans less than a week, and hour-of-day too when it spans less than a day; inference
+  recognises RFC 3339 strings, and epoch values under a time-like name, as timestamps
+  (:func:`looks_like_time`) and makes the first one the ``time_field``;
 * an optional field adds a ``<name>__missing`` indicator and is imputed (median / unknown).
 
 Bad input never yields garbage: :meth:`FeatureEncoder.encode` returns the rows it could
@@ -77,7 +78,8 @@ class FieldSpec:
     hash_buckets: int = 0  # > 0: hash categoricals instead of a vocabulary
     cyclic: bool = True  # timestamps: add hour-of-day sin-cos (and day-of-week: ``weekday``)
     # timestamps (with ``cyclic``): add day-of-week sin-cos too; dropped at fit when the
-    # training data spans less than a week (:data:`MIN_WEEKDAY_SPAN_S`)
+    # training data spans less than a week (:data:`MIN_WEEKDAY_SPAN_S`), and the hour-of-day
+    # with them when it spans less than a day (:data:`MIN_HOUR_SPAN_S`)
     weekday: bool = True
 
     @property
@@ -247,6 +249,8 @@ def looks_like_time(name: str, values: Sequence[Any]) -> bool:
 
 # the shortest training period that can teach day-of-week features: a week
 MIN_WEEKDAY_SPAN_S = 7 * 86400.0
+# the shortest training period that can teach hour-of-day features: a day
+MIN_HOUR_SPAN_S = 86400.0
 
 
 @dataclass
@@ -369,7 +373,7 @@ class FeatureEncoder:
         keep[list(bad)] = False
         if not keep.any():
             raise ValueError("no event of the sample could be encoded")
-        self._drop_unseen_weekdays(cols, keep)
+        self._drop_unseen_calendar(cols, keep)
         for spec in self.schema.fields:
             raw, missing = cols[spec.name]
             rows = keep & ~missing
@@ -393,26 +397,37 @@ class FeatureEncoder:
         }
         return self
 
-    def _drop_unseen_weekdays(self, cols: dict[str, Any], keep: NDArray[np.bool_]) -> None:
-        """Day-of-week features of a timestamp whose training values span less than a week
-        are dropped (the schema changes, and :attr:`notices` says so): a model that never saw
-        a Saturday flags every Saturday."""
+    def _drop_unseen_calendar(self, cols: dict[str, Any], keep: NDArray[np.bool_]) -> None:
+        """Calendar features that the training period cannot teach are dropped (the schema
+        changes, and :attr:`notices` says so): day-of-week when the timestamp's training
+        values span less than a week, hour-of-day as well when they span less than a day. A
+        model that never saw a Saturday flags every Saturday; one trained on twelve hours of a
+        series flags the other twelve."""
         self.notices = []
         fields = list(self.schema.fields)
         for i, spec in enumerate(fields):
-            if spec.calendar_columns != 4:  # not a timestamp with day-of-week features
+            if not spec.calendar_columns:  # not a timestamp with calendar features
                 continue
             raw, missing = cols[spec.name]
             t = np.asarray(raw)[keep & ~missing]
             span = float(np.nanmax(t) - np.nanmin(t)) if len(t) else 0.0
-            if span < MIN_WEEKDAY_SPAN_S:
+            if span < MIN_HOUR_SPAN_S:
+                fields[i] = replace(spec, cyclic=False, weekday=False)
+                self.notices.append(
+                    f"calendar features of {spec.name!r} dropped: the training data spans {span / 3600:.1f} hours, "
+                    "less than a day (a model would flag every hour of the day it never saw); train on a day or "
+                    "more to keep hour-of-day features, a week or more for day-of-week"
+                )
+            elif spec.weekday and span < MIN_WEEKDAY_SPAN_S:
                 fields[i] = replace(spec, weekday=False)
                 self.notices.append(
                     f"day-of-week features of {spec.name!r} dropped: the training data spans {span / 86400:.1f} days, "
                     "less than a week (a model would flag every weekday it never saw); train on a week or more "
                     "to keep them"
                 )
-                log.warning("%s", self.notices[-1])
+            else:
+                continue
+            log.warning("%s", self.notices[-1])
         if fields != list(self.schema.fields):
             self.schema = replace(self.schema, fields=tuple(fields))
 
