@@ -93,3 +93,7 @@ def test_evaluate_streams_scores_each_machine_as_a_stream(tmp_path) -> None:  # 
     assert set(table["ae"]) == set(PROFILES)
     assert all(0.0 <= v["score"] <= 100.0 for per in table.values() for v in per.values())
     assert table["pca"]["standard"]["score"] > 50, "a step fault of 12 standard deviations is found early"
+    series = json.loads((out / "smd_series.json").read_text())
+    assert set(series) == {"raw", "raw+cooldown", "likelihood+cooldown", "incidents"}
+    assert all(0.0 <= v["score"] <= 100.0 for per in series.values() for v in per.values())
+    assert series["incidents"]["standard"]["score"] > 30, "each metric's step is an incident at the product's threshold"

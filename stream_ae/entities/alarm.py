@@ -4,7 +4,7 @@ state the entity store holds (the same rows, the same changelog, the same restor
 
 Declared in the schema's entity section (:class:`~stream_ae.entities.spec.AlarmSpec`)::
 
-    alarm: {likelihood: true, short: 10, half_life: 500, warmup: 100, cooldown: 1h}
+    alarm: {likelihood: true, short: 3, half_life: 500, warmup: 100, cooldown: 1h}
 
 Semantics, per entity, in event order (the offline tools replay files through the same
 function, so ``stream-ae score`` gives the worker's values):

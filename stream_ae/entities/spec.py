@@ -27,7 +27,7 @@ In the schema file (YAML or JSON, frozen into the model's manifest)::
           buckets: 24
       alarm:                 # optional: the post-score stage (stream_ae.entities.alarm)
         likelihood: true     # alarm on the score likelihood, not the raw score
-        short: 10            # raw scores in the short-term mean
+        short: 3             # raw scores in the short-term mean
         half_life: 500       # events: the memory of the entity's long-term score distribution
         warmup: 100          # an entity's first events never alarm
         cooldown: 1h         # alarms this close to the entity's previous one join its incident
@@ -197,7 +197,7 @@ class AlarmSpec:
     :mod:`stream_ae.entities.alarm`). ``cooldown`` None: no incidents."""
 
     likelihood: bool = True
-    short: int = 10
+    short: int = 3  # a mean of more lags and dilutes a spike: NAB rewards the earliest detection
     half_life: float = 500.0  # events
     warmup: int = 100  # events
     cooldown: float | None = None  # seconds
@@ -227,7 +227,7 @@ class AlarmSpec:
         cooldown = data.get("cooldown")
         return cls(
             likelihood=bool(data.get("likelihood", True)),
-            short=int(data.get("short", 10)),
+            short=int(data.get("short", 3)),
             half_life=float(data.get("half_life", 500.0)),
             warmup=int(data.get("warmup", 100)),
             cooldown=seconds(cooldown) if cooldown is not None else None,

@@ -489,7 +489,8 @@ def evaluate(
             help="metric streams: the synthetic host metrics (faults found, time to detection, false incidents "
             "per host and week, with the post-score stage and with raw scores; host_metrics.json/.png), then the "
             "SMD machines as streams by the Numenta Anomaly Benchmark's rules (probation, windows, early-detection "
-            "reward, one threshold per profile; streams.json) when DATA_DIR holds them"
+            "reward, one threshold per profile; streams.json) when DATA_DIR holds them, and each SMD metric as a "
+            "univariate stream trained on its probation only, the held-out corpus's protocol (smd_series.json)"
         ),
     ] = False,
     contamination: Annotated[
@@ -540,6 +541,14 @@ def evaluate(
         for method, profiles in table.items():
             cells = ", ".join(f"{p} {v['score']:.1f}" for p, v in profiles.items())
             console.print(f"NAB score, SMD machines as streams, {method}: {cells}")
+        from trainer.univariate import evaluate_smd_series
+
+        variant = variants.split(",")[0]
+        series = evaluate_smd_series(data_dir, seed=int(seeds.split(",")[0]), variant=variant, **hyper)
+        (out / "smd_series.json").write_text(json.dumps(series, indent=2))
+        for way, profiles in series.items():
+            cells = ", ".join(f"{p} {v['score']:.1f}" for p, v in profiles.items())
+            console.print(f"NAB score, SMD metrics as univariate streams, {variant} {way}: {cells}")
         return
     if contamination:
         from trainer.contamination import SETS, sweep, write_sweep_report
