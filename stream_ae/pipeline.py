@@ -125,19 +125,6 @@ def process_batch(
         score, incident = raw, None
         if alarms is not None:
             score, incident = float(alarms.judged.published[j]), alarms.incident(j)
-            if alarms.judged.opens[j] and incident is not None:
-                router.incident(
-                    rec,
-                    incident_id=incident,
-                    entity=alarms.entity(j),
-                    opened_at=int(alarms.judged.incident_ms[j]) / 1000.0,
-                    cooldown_s=alarms.cooldown_s,
-                    event_id=ident,
-                    score=score,
-                    raw_score=raw,
-                    threshold=alarms.threshold,
-                    model_version=model.version,
-                )
         published = router.anomaly(
             rec,
             event,
@@ -152,6 +139,22 @@ def process_batch(
         )
         if published:
             anomaly_times.append(rec.timestamp / 1000.0)
+    if alarms is not None:
+        for change in alarms.changes():
+            j = change.row
+            i = int(batch.ok[j])
+            event_id = events[i].get(id_field) if id_field else None
+            rec = kept[i]
+            router.incident(
+                rec,
+                change,
+                event_id=str(event_id) if event_id is not None else f"{rec.topic}:{rec.partition}:{rec.offset}",
+                cooldown_s=alarms.cooldown_s,
+                score=float(alarms.judged.published[j]),
+                raw_score=float(result.scores[j]),
+                threshold=alarms.threshold,
+                model_version=model.version,
+            )
     routed.n_anomalies = len(anomaly_times)
     routed.event_times = np.asarray(anomaly_times)
     scored = kept if len(batch.ok) == len(kept) else [kept[i] for i in batch.ok.tolist()]

@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     scores_topic: str | None = None
     """Optional: a ``stream-ae.score/1`` record for every scored event."""
     incidents_topic: str = "incidents"
-    """Incident records (``stream-ae.incident/1``), written when the model's schema declares an alarm cooldown."""
+    """Incident records (``stream-ae.incident/2``: opened, updated, closed), keyed by incident id; created
+    compacted. Written when the model's schema declares an alarm cooldown."""
     control_topic: str = "stream-ae.models"
     """Compacted: model announcements and drift reports."""
     feedback_topic: str | None = "stream-ae.feedback"

@@ -23,18 +23,37 @@ from stream_ae.entities.store import EntityStore
 from stream_ae.entities.table import NO_TIME
 
 
-def reference(spec: AlarmSpec, ttl_ms: int, keys: list[bytes], times: list[int], raw: list[float], threshold: float):
-    """The module docstring's semantics, one event at a time."""
+def reference(
+    spec: AlarmSpec,
+    ttl_ms: int,
+    keys: list[bytes],
+    times: list[int],
+    raw: list[float],
+    threshold: float,
+    with_closures: bool = False,
+):
+    """The module docstring's semantics, one event at a time; each alarm's incident tally so
+    far; with ``with_closures`` also the incidents closed (entity, opened, closed at, alarms,
+    peak) by the entity's first event after the cooldown, and the incidents still open."""
     state: dict[bytes, dict] = {}
+    closures: set[tuple[bytes, int, int, int, float]] = set()
     out = []
     half = 1.0 - 0.5 ** (1.0 / spec.half_life)
     for key, t, r in zip(keys, times, raw, strict=True):
         st = state.get(key)
         if st is None:
             st = state[key] = {"T": t, "seen": 0, "ring": [], "mean": 0.0, "var": 0.0, "last": None, "inc": None}
+            st.update(count=0, peak=0.0, closed=False)
         elif max(t, st["T"]) - st["T"] > ttl_ms:
             st.update(seen=0, ring=[], mean=0.0, var=0.0)
-        st["T"] = T = max(t, st["T"])
+        T = max(t, st["T"])
+        if (
+            spec.cooldown is not None and st["inc"] is not None and not st["closed"]
+            and T - st["last"] > spec.cooldown * 1000
+        ):  # fmt: skip
+            st["closed"] = True
+            closures.add((key, st["inc"], st["last"] + round(spec.cooldown * 1000), st["count"], round(st["peak"], 6)))
+        st["T"] = T
         st["seen"] += 1
         st["ring"] = (st["ring"] + [r])[-spec.short :]
         s = sum(st["ring"]) / len(st["ring"])
@@ -59,19 +78,27 @@ def reference(spec: AlarmSpec, ttl_ms: int, keys: list[bytes], times: list[int],
         if alarm and spec.cooldown is not None:
             if st["last"] is None or T - st["last"] > spec.cooldown * 1000:
                 opens, st["inc"] = True, T
+                st.update(count=0, peak=published, closed=False)
             incident = st["inc"]
+            st["count"] += 1
+            st["peak"] = max(st["peak"], published)
         if alarm:
             st["last"] = T
-        out.append((published, alarm, opens, incident))
+        tally = (st["count"], st["peak"]) if incident != NO_TIME else (0, 0.0)
+        out.append((published, alarm, opens, incident, *tally))
+    if with_closures:
+        still_open = {(k, st["inc"]) for k, st in state.items() if st["inc"] is not None and not st["closed"]}
+        return out, closures, still_open
     return out
 
 
-def through_store(spec: EntitySpec, keys, times, raw, threshold, splits, restore_at=None):
+def through_store(spec: EntitySpec, keys, times, raw, threshold, splits, restore_at=None, with_closures=False):
     """The store's process-then-judge, batch by batch; with ``restore_at`` the state is
     rebuilt from the changelog records after that batch, as a restarted worker would."""
     store = EntityStore(spec)
     log: dict[bytes, bytes | None] = {}
     out = []
+    closures: list[tuple] = []
     bounds = [0, *splits, len(keys)]
     for b, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         batch = EntityBatch(keys[lo:hi], np.asarray(times[lo:hi]), np.arange(lo, hi), {}, {})
@@ -83,8 +110,16 @@ def through_store(spec: EntitySpec, keys, times, raw, threshold, splits, restore
             restored = EntityStore(spec)
             restored.load(0, *decode_latest(spec, store.dtype, log, committed=hi))
             store = restored
-        out += list(zip(judged.published, judged.alarm, judged.opens, judged.incident_ms, strict=True))
-    return out
+        out += list(
+            zip(
+                judged.published, judged.alarm, judged.opens, judged.incident_ms, judged.incident_alarms,
+                judged.incident_peak, strict=True,
+            )
+        )  # fmt: skip
+        for c in judged.closures:
+            key = c.key if c.key is not None else keys[lo + c.row]
+            closures.append((key, c.opened_ms, c.closed_ms, c.alarms, round(c.peak, 6), c.expired))
+    return (out, closures) if with_closures else out
 
 
 def events(seed: int, n: int = 3000, entities: int = 7):
@@ -107,15 +142,23 @@ def test_the_batch_function_is_the_event_by_event_semantics_in_any_split(seed: i
     spec = EntitySpec(spec.field, spec.ttl, spec.max_entities, spec.aggregates, alarm)
     keys, times, raw = events(seed)
     threshold = 3.0 if likelihood else 2.5
-    want = reference(alarm, 300_000, keys, times, raw, threshold)
+    want, closed, still_open = reference(alarm, 300_000, keys, times, raw, threshold, with_closures=True)
     rng = np.random.default_rng(seed + 10)
     for splits, restore_at in (([], None), (sorted(rng.choice(3000, 40, replace=False).tolist()), 7)):
-        got = through_store(spec, keys, times, raw, threshold, splits, restore_at)
+        got, got_closed = through_store(spec, keys, times, raw, threshold, splits, restore_at, with_closures=True)
         np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], rtol=1e-7, atol=1e-9)
         assert [bool(g[1]) for g in got] == [w[1] for w in want]
         assert [bool(g[2]) for g in got] == [w[2] for w in want]
         assert [int(g[3]) for g in got] == [w[3] for w in want]
-    assert sum(w[2] for w in want) >= 5, "the data open incidents"
+        assert [int(g[4]) for g in got] == [w[4] for w in want], "each alarm's incident tally"
+        np.testing.assert_allclose([g[5] for g in got], [w[5] for w in want], rtol=1e-7, atol=1e-9)
+        # each incident closes once: at its entity's first event after the cooldown, or when
+        # the entity's state expires first (then the same closing; never for one that is open)
+        as_found = [c[:5] for c in got_closed]
+        assert len(as_found) == len(set(as_found)), "closed once"
+        assert closed <= set(as_found)
+        assert all(c[5] and (c[0], c[1]) in still_open for c in got_closed if c[:5] not in closed)
+    assert sum(w[2] for w in want) >= 5 and len(closed) >= 5, "the data open and close incidents"
 
 
 def test_a_jump_alarms_for_a_quiet_entity_not_for_a_noisy_one() -> None:
@@ -182,3 +225,67 @@ def test_the_published_score_does_not_depend_on_the_unit_of_the_raw_score() -> N
     a = judge_one(AlarmSpec(), raw, t, threshold=3.0)[0].published
     b = judge_one(AlarmSpec(), raw * 7.5, t, threshold=3.0)[0].published
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+def _host_spec(ttl: str, cooldown: float) -> EntitySpec:
+    base = EntitySpec.from_dict({"ttl": ttl, "features": ["since_last"]})
+    return EntitySpec(
+        base.field,
+        base.ttl,
+        base.max_entities,
+        base.aggregates,
+        AlarmSpec(likelihood=False, warmup=0, cooldown=cooldown),
+    )
+
+
+def _through_stage(spec: EntitySpec, keys: list[bytes], times: list[int], raw: list[float], splits: list[int]):
+    """The stage's incident changes, batch by batch, as the worker writes them."""
+    from stream_ae.alarms.stage import Alarms
+    from stream_ae.features.featurize import EntityRows
+
+    store, changes = EntityStore(spec), []
+    for lo, hi in itertools.pairwise([0, *splits, len(keys)]):
+        batch = EntityBatch(keys[lo:hi], np.asarray(times[lo:hi]), np.arange(lo, hi), {}, {})
+        _, delta = store.process(0, batch)
+        judged = store.judge(batch, np.asarray(raw[lo:hi]), 5.0, delta)
+        n = hi - lo
+        alarms = Alarms(
+            judged, 5.0, spec.alarm.cooldown, [EntityRows(0, np.arange(n), batch)], np.zeros(n, np.int64), np.arange(n)
+        )
+        changes += [(c.incident_id, c.status, c.event_ms, c.alarms, c.peak_score, lo + c.row) for c in alarms.changes()]
+    return changes
+
+
+def test_an_incident_opens_is_updated_once_per_batch_and_closes_at_the_first_event_after_its_cooldown() -> None:
+    """What the incidents topic gets: the opening, one update per batch that adds alarms (the
+    tally so far), and the closing at the host's first event a cooldown after its latest alarm."""
+    spec = _host_spec("1d", cooldown=60)
+    times = [0, 1000, 2000, 3000, 4000] + [10_000 * k for k in range(1, 11)]
+    raw = [9.0, 7.0, 8.0, 12.0, 6.0] + [1.0] * 10
+    one = _through_stage(spec, [b"h"] * 15, times, raw, [])
+    assert one == [
+        ("h@0", "opened", 0, 1, 9.0, 0),
+        ("h@0", "closed", 64_000, 5, 12.0, 11),  # at the event at 70 s; the closing carries the tally
+    ], "an update that the same batch's closing supersedes is not written"
+    split = _through_stage(spec, [b"h"] * 15, times, raw, [2, 4, 9])
+    assert [c[1:] for c in split] == [
+        ("opened", 0, 1, 9.0, 0),
+        ("updated", 1000, 2, 9.0, 1),
+        ("updated", 3000, 4, 12.0, 3),
+        ("updated", 4000, 5, 12.0, 4),
+        ("closed", 64_000, 5, 12.0, 11),
+    ], "one update per batch that adds alarms; the closing is the same whatever the split"
+
+
+def test_an_incident_of_a_host_that_goes_silent_closes_when_its_state_expires() -> None:
+    spec = _host_spec("5m", cooldown=60)
+    keys = [b"a", b"a"] + [b"b"] * 40
+    times = [0, 1000] + [10_000 * k for k in range(1, 41)]  # b's clock runs on; a's state expires
+    raw = [9.0, 9.0] + [1.0] * 40
+    changes = _through_stage(spec, keys, times, raw, [10, 20, 30])
+    assert [c[:5] for c in changes] == [
+        ("a@0", "opened", 0, 1, 9.0),
+        ("a@0", "updated", 1000, 2, 9.0),
+        ("a@0", "closed", 61_000, 2, 9.0),
+    ]
+    assert changes[-1][5] >= 31, "found once the partition's time passed a's ttl"

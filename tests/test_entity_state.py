@@ -46,9 +46,12 @@ def offline_scores(fitted: FittedModel, events: list[dict[str, Any]]) -> dict[st
     return {events[i]["id"]: float(s) for i, s in zip(feats.batch.ok.tolist(), scores.tolist(), strict=True)}
 
 
-def offline_alarms(fitted: FittedModel, events: list[dict[str, Any]]) -> tuple[dict[str, float], set[str], EntityStore]:
+def offline_alarms(
+    fitted: FittedModel, events: list[dict[str, Any]]
+) -> tuple[dict[str, float], dict[str, tuple[str, int, float]], EntityStore]:
     """The post-score stage offline (``stream-ae score``'s path): each event's published score,
-    the incidents opened, and the entity store after the replay."""
+    each incident's final state (closed or not, alarms, peak: what the compacted incidents
+    topic holds), and the entity store after the replay."""
     assert fitted.encoder is not None and fitted.encoder.schema.entity is not None
     feats = featurize_file(fitted.encoder, events)
     alarms = judge_rows(
@@ -58,9 +61,13 @@ def offline_alarms(fitted: FittedModel, events: list[dict[str, Any]]) -> tuple[d
     )
     ids = [events[i]["id"] for i in feats.batch.ok.tolist()]
     published = dict(zip(ids, alarms.judged.published.tolist(), strict=True))
-    opened = {alarms.incident(int(j)) or "" for j in np.flatnonzero(alarms.judged.opens)}
+    final = {c.incident_id: _final(c.status, c.alarms, c.peak_score) for c in alarms.changes()}
     assert feats.store is not None
-    return published, opened, feats.store
+    return published, final, feats.store
+
+
+def _final(status: str, alarms: int, peak: float) -> tuple[str, int, float]:
+    return ("closed" if status == "closed" else "open", alarms, peak)
 
 
 def worker_scores(
@@ -182,12 +189,13 @@ def changelog_state(
 
 def assert_same_state(got: dict[bytes, np.void], want: dict[bytes, np.void]) -> None:
     """Every row the same, but the last applied offset: a partition's offset in the worker, the
-    row number in the replayed file. The post-score state (``lk_*``) follows the model's
-    float32 scores, which move in the 7th digit with the batch they were computed in."""
+    row number in the replayed file. The post-score state (``lk_*`` and an incident's peak
+    published score) follows the model's float32 scores, which move in the 7th digit with the
+    batch they were computed in."""
     assert set(got) == set(want), "the same cards"
     for key, row in want.items():
         for name in set(row.dtype.names or ()) - {"last_offset"}:
-            tol = 1e-5 if name.startswith("lk_") else 1e-9
+            tol = 1e-5 if name.startswith("lk_") or name == "incident_peak" else 1e-9
             np.testing.assert_allclose(got[key][name], row[name], rtol=tol, atol=tol, err_msg=f"{key!r} {name}")
 
 
@@ -230,16 +238,30 @@ def test_state_survives_sigkill_without_loss_or_double_counting(
           f"duplicated {duplicated}; restored {restored} entities")  # fmt: skip
     assert restored > 0, "the last worker restored state written by the killed ones"
     assert_same_scores(got, offline_scores(fitted, events))  # nothing lost, every score (duplicates too) exact
-    published, opened, _ = offline_alarms(fitted, events)
+    published, final, _ = offline_alarms(fitted, events)
     assert_same_scores(worker_scores(bootstrap, topic_name, len(events), field="published"), published)
-    incidents = [orjson.loads(r.value) for r in run(read_all(bootstrap, [f"{topic_name}.incidents"], idle_s=2.0))]
-    for record in incidents:
+    records = run(read_all(bootstrap, [f"{topic_name}.incidents"], idle_s=2.0))
+    incidents = [orjson.loads(r.value) for r in records]
+    for record, raw in zip(incidents, records, strict=True):
         jsonschema.validate(record, INCIDENT_SCHEMA)
-    print(f"[fault] {len(opened)} incidents offline, {len(incidents)} incident records")
-    assert len(opened) >= 20 and {r["incident_id"] for r in incidents} == opened, "the same incidents"
+        assert raw.key == record["incident_id"].encode(), "keyed by the incident: compaction keeps its latest"
+    latest = {r["incident_id"]: _final(r["status"], r["alarms"], r["peak_score"]) for r in incidents}
+    n_closed = sum(v[0] == "closed" for v in final.values())
+    print(f"[fault] {len(final)} incidents offline ({n_closed} closed), {len(incidents)} incident records")
+    assert len(final) >= 20 and n_closed >= 5, "the data open and close incidents"
+
+    def same(a: tuple[str, int, float] | None, b: tuple[str, int, float] | None) -> bool:
+        return a is not None and b is not None and a[:2] == b[:2] and abs(a[2] - b[2]) <= 1e-5 * max(1.0, abs(b[2]))
+
+    differ = {
+        k: (latest.get(k), final.get(k)) for k in set(latest) | set(final) if not same(latest.get(k), final.get(k))
+    }
+    assert not differ, f"each incident's latest record (status, alarms, peak) is the offline replay's: {differ}"
+    opened = [r["incident_id"] for r in incidents if r["status"] == "opened"]
+    assert set(opened) == set(final)
     if guarantee == "exactly_once":
         assert duplicated == 0, "read_committed consumers see each record once"
-        assert len(incidents) == len(opened), "each incident once"
+        assert len(opened) == len(final), "each incident opened once"
     changelog_topic = f"{topic_name}-app-entity-changelog"
     state = changelog_state(bootstrap, changelog_topic, fitted, f"{topic_name}.workers", topic_name)
     assert_same_state(state, replayed_state(fitted, events))

@@ -98,9 +98,7 @@ def score_series(
     probation = probation_rows(n)
     cooldown_rows = max(1, probation // 5)  # quiet for a fifth of the warm-up, as CAD OSE and KNN-CAD
     schema = series_schema(cooldown_rows * STEP_S, hyper.pop("alarm", None))
-    events = [
-        {"ts": SMD_START + STEP_S * i, "value": float(x), "series": name} for i, x in enumerate(values.tolist())
-    ]
+    events = [{"ts": SMD_START + STEP_S * i, "value": float(x), "series": name} for i, x in enumerate(values.tolist())]
     windows = windows_for(n, anomaly_starts(labels))
     try:
         fitted = fit_events(

@@ -39,14 +39,14 @@ Example: one quiet entity, then a jump; the first alarm opens an incident, the n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from stream_ae.entities.spec import AlarmSpec
-from stream_ae.entities.step import _SEGMENT, _final_ring, _layout, _scan, group_runs
+from stream_ae.entities.step import _SEGMENT, Runs, _final_ring, _layout, _scan, group_runs
 from stream_ae.entities.table import NO_TIME, empty_rows, post_score_fields
 
 Floats = NDArray[np.float64]
@@ -67,12 +67,46 @@ def alarm_threshold(spec: AlarmSpec, raw_threshold: float, rate: float) -> float
 class Judged:
     """Per event (in the order given): the published score, whether it alarms, whether the
     alarm opens an incident, and when the incident it belongs to opened (``NO_TIME`` where no
-    alarm)."""
+    alarm); for an alarm, its incident's alarms and peak published score so far
+    (``incident_alarms``, ``incident_peak``). ``closures``: the incidents the events closed."""
 
     published: Floats
     alarm: Bools
     opens: Bools
     incident_ms: Ints
+    incident_alarms: Ints
+    incident_peak: Floats
+    closures: list[Closure] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n: int) -> Judged:
+        """``n`` events that publish 0 and never alarm."""
+        return cls(
+            np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.full(n, NO_TIME, dtype=np.int64),
+            np.zeros(n, dtype=np.int64), np.zeros(n),
+        )  # fmt: skip
+
+    def put(self, rows: Ints, other: Judged) -> None:
+        """Write ``other``'s events at ``rows`` of this one (its closures' rows mapped too)."""
+        for name in ("published", "alarm", "opens", "incident_ms", "incident_alarms", "incident_peak"):
+            getattr(self, name)[rows] = getattr(other, name)
+        self.closures += [replace(c, row=int(rows[c.row])) for c in other.closures]
+
+
+@dataclass(frozen=True)
+class Closure:
+    """An incident that closed: found at the entity's first event more than ``cooldown``
+    after its latest alarm (``row``, that event's position), or when the TTL or the capacity
+    bound dropped the entity first (``expired``; ``row`` is then the partition's last event
+    in the batch). ``closed_ms`` is the latest alarm plus the cooldown either way."""
+
+    row: int
+    key: bytes | None  # None: the entity of the event at ``row``
+    opened_ms: int
+    closed_ms: int
+    alarms: int
+    peak: float
+    expired: bool = False
 
 
 def judge(
@@ -92,8 +126,7 @@ def judge(
     n = len(inv)
     new = prior.copy()
     if n == 0:
-        empty_i = np.zeros(0, dtype=np.int64)
-        return Judged(np.zeros(0), np.zeros(0, bool), np.zeros(0, bool), empty_i), new
+        return Judged.empty(0), new
     judged_before = held & (prior["alarm_seen"] > 0)
     runs = group_runs(inv, times_ms, judged_before, prior["alarm_ms"], ttl_ms)
     order, seg, start, idx, span = runs.order, runs.seg, runs.start, runs.idx, runs.span
@@ -147,6 +180,9 @@ def judge(
     incident = np.where(opened >= 0, opened + base, np.where(known, prior_incident, NO_TIME))
     incident = np.where(alarm & (cooldown_ms is not None), incident, NO_TIME)
 
+    closes, closing = _closing(runs, upto, opened, prior, held, cooldown_ms)
+    inc_alarms, inc_peak, closed = _tally(alarm, opens, closes, published, seg, held, prior, new, closing, cooldown_ms)
+
     last_pos, g = runs.last_pos, runs.g
     new["alarm_ms"][g] = T[last_pos] + base
     new["alarm_seen"][g] = seen[last_pos]
@@ -158,9 +194,86 @@ def judge(
     latest_open = opened[last_pos]
     new["incident_ms"][g] = np.where(latest_open >= 0, latest_open + base, prior_incident[last_pos])
 
-    out = Judged(np.empty(n), np.empty(n, bool), np.empty(n, bool), np.empty(n, np.int64))
-    out.published[order], out.alarm[order], out.opens[order], out.incident_ms[order] = published, alarm, opens, incident
+    out = Judged.empty(n)
+    out.put(order, Judged(published, alarm, opens, incident, inc_alarms, inc_peak))
+    out.closures = [replace(c, row=int(order[c.row])) for c in closed]
     return out, new
+
+
+def _closing(
+    runs: Runs, upto: Ints, opened: Ints, prior: NDArray[np.void], held: Bools, cooldown_ms: int | None
+) -> tuple[Bools, tuple[Ints, Ints]]:
+    """Which events close an incident: an entity's first event after its latest alarm's
+    ``cooldown`` ran out, in absolute event time (a group's first event reads the stored
+    latest event and alarm, and a stored incident already closed closes no more). Also, per
+    event, the latest alarm and the latest opening before it."""
+    n = len(upto)
+    prev_alarm = np.full(n, NO_TIME, dtype=np.int64)
+    opened_before = np.full(n, NO_TIME, dtype=np.int64)
+    if cooldown_ms is None:
+        return np.zeros(n, dtype=bool), (prev_alarm, opened_before)
+    seg, start, base = runs.seg, runs.start, runs.base
+    stored = held[seg]
+    prev_alarm[1:] = np.where(upto[:-1] >= 0, upto[:-1] + base, NO_TIME)
+    prev_alarm[start] = NO_TIME
+    in_store = (prev_alarm == NO_TIME) & stored
+    prev_alarm[in_store] = prior["last_alarm_ms"][seg][in_store]
+    prev_event = np.empty(n, dtype=np.int64)  # the entity's previous event
+    prev_event[1:] = runs.T[:-1] + base
+    prev_event[start] = np.where(stored[start], prior["alarm_ms"][seg][start], NO_TIME)
+    opened_before[1:] = np.where(opened[:-1] >= 0, opened[:-1] + base, NO_TIME)
+    opened_before[start] = NO_TIME
+    take = (opened_before == NO_TIME) & stored
+    opened_before[take] = prior["incident_ms"][seg][take]
+    # a stored incident the partition's event time has already closed
+    done = take & (prior["closed_ms"][seg] != NO_TIME)
+    now = runs.T + base
+    known = (prev_alarm != NO_TIME) & (prev_event != NO_TIME) & (opened_before != NO_TIME) & ~done
+    closes = known & (prev_event - prev_alarm <= cooldown_ms) & (now - prev_alarm > cooldown_ms)
+    return closes, (prev_alarm, opened_before)
+
+
+def _tally(
+    alarm: Bools,
+    opens: Bools,
+    closes: Bools,
+    published: Floats,
+    seg: Ints,
+    held: Bools,
+    prior: NDArray[np.void],
+    new: NDArray[np.void],
+    closing: tuple[Ints, Ints],
+    cooldown_ms: int | None,
+) -> tuple[Ints, Floats, list[Closure]]:
+    """Each incident's alarms and peak published score, event by event in grouped order
+    (alarms and closings are rare: a loop over them only), and the closures. Writes each
+    entity's running tally, and whether its latest incident is closed, into ``new``."""
+    n = len(alarm)
+    inc_alarms, inc_peak = np.zeros(n, dtype=np.int64), np.zeros(n)
+    closures: list[Closure] = []
+    prev_alarm, opened_before = closing
+    tally: dict[int, tuple[int, float, int]] = {}  # entity -> alarms, peak, closed at (NO_TIME: open)
+    for i in np.flatnonzero(alarm | closes).tolist():
+        e = int(seg[i])
+        stored = (int(prior["incident_alarms"][e]), float(prior["incident_peak"][e]), int(prior["closed_ms"][e]))
+        count, peak, closed_at = tally.get(e) or (stored if held[e] else (0, 0.0, NO_TIME))
+        if closes[i]:
+            closed_at = int(prev_alarm[i]) + (cooldown_ms or 0)
+            closures.append(Closure(i, None, int(opened_before[i]), closed_at, count, peak))
+        if alarm[i]:
+            p = float(published[i])
+            count, peak = (1, p) if opens[i] else (count + 1, max(peak, p))
+            inc_alarms[i], inc_peak[i] = count, peak
+            if opens[i]:
+                closed_at = NO_TIME
+        tally[e] = (count, peak, closed_at)
+    if tally:
+        touched = np.fromiter(tally, dtype=np.int64, count=len(tally))
+        values = list(tally.values())
+        new["incident_alarms"][touched] = [v[0] for v in values]
+        new["incident_peak"][touched] = [v[1] for v in values]
+        new["closed_ms"][touched] = [v[2] for v in values]
+    return inc_alarms, inc_peak, closures
 
 
 def _incidents(

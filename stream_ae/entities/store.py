@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_ae.entities.alarm import Judged, judge
+from stream_ae.entities.alarm import Closure, Judged, judge
 from stream_ae.entities.spec import EntitySpec
 from stream_ae.entities.step import EntityBatch, step
 from stream_ae.entities.table import NO_TIME, EntityTable, empty_rows, post_score_fields, row_dtype
@@ -66,6 +66,25 @@ class StoreCounts:
 
     evicted: Counter[str] = field(default_factory=Counter)  # reason -> entities
     replayed: int = 0  # events at or before their entity's last applied offset
+
+
+def _closed_by_expiry(keys: list[bytes], rows: NDArray[np.void], cooldown_ms: int, last_row: int) -> list[Closure]:
+    """The open incidents of entities the TTL or the capacity bound dropped: closed, as
+    their next event after the cooldown would have closed them (found after the batch's
+    event ``last_row``)."""
+    open_ = (rows["incident_ms"] != NO_TIME) & (rows["closed_ms"] == NO_TIME) & (rows["last_alarm_ms"] != NO_TIME)
+    return [
+        Closure(
+            last_row,
+            keys[i],
+            int(rows["incident_ms"][i]),
+            int(rows["last_alarm_ms"][i]) + cooldown_ms,
+            int(rows["incident_alarms"][i]),
+            float(rows["incident_peak"][i]),
+            expired=True,
+        )
+        for i in np.flatnonzero(open_).tolist()
+    ]
 
 
 class EntityStore:
@@ -143,7 +162,7 @@ class EntityStore:
         table = self.table(delta.partition)
         ttl_ms = round(self.spec.ttl * 1000)
         n = len(batch)
-        out = Judged(np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.full(n, NO_TIME, dtype=np.int64))
+        out = Judged.empty(n)
         replayed = delta.replayed if len(delta.replayed) == n else np.zeros(n, dtype=bool)
         for again in (True, False):  # re-deliveries first: they precede this batch's new events
             mine = np.flatnonzero(replayed == again)
@@ -158,19 +177,24 @@ class EntityStore:
             prior = empty_rows(self.dtype, len(uniq))
             prior[held] = table.rows[slots[held]]
             judged, rows = judge(alarm, ttl_ms, prior, held, inv, batch.times_ms[mine], raw[mine], threshold)
-            if again:
+            if again:  # judged as it is: it opens or closes nothing a second time
                 judged.opens[:] = False
+                judged.closures = []
             else:
                 table.rows[slots[held]] = rows[held]
                 now = table.lookup(delta.keys)  # the after rows are the table's, post-score fields included
                 delta.post[now >= 0] = table.rows[now[now >= 0]]
-            out.published[mine], out.alarm[mine], out.opens[mine] = judged.published, judged.alarm, judged.opens
-            out.incident_ms[mine] = judged.incident_ms
-        self._expire(delta.partition, table, delta)
+            out.put(mine, judged)
+        gone = self._expire(delta.partition, table, delta)
+        if alarm.cooldown is not None and n and len(gone):
+            out.closures += _closed_by_expiry(gone[0], gone[1], round(alarm.cooldown * 1000), last_row=n - 1)
         return out
 
-    def _expire(self, partition: int, table: EntityTable, delta: PartitionDelta) -> None:
-        """TTL and capacity bounds; what goes is added to ``delta`` (tombstones)."""
+    def _expire(
+        self, partition: int, table: EntityTable, delta: PartitionDelta
+    ) -> tuple[list[bytes], NDArray[np.void]]:
+        """TTL and capacity bounds; what goes is added to ``delta`` (tombstones) and returned
+        (keys and their last rows)."""
         ttl_ms = round(self.spec.ttl * 1000)
         gone: list[tuple[str, NDArray[np.int64]]] = []
         every = max(1000, min(ttl_ms // 100, 60_000))  # sweep at most once per 1 % of the TTL of event time
@@ -187,9 +211,13 @@ class EntityStore:
             n = min(len(held), excess + int(self.spec.max_entities * (1 - EVICT_TO)))
             oldest = held[np.argpartition(table.rows["last_ms"][held], n - 1)[:n]] if n < len(held) else held
             gone.append(("capacity", oldest))
+        all_keys: list[bytes] = []
+        all_rows = [empty_rows(self.dtype, 0)]
         for reason, slots in gone:
             rows = table.rows[slots].copy()
             keys = table.delete(slots)
+            all_keys += keys
+            all_rows.append(rows)
             self.counts.evicted[reason] += len(keys)
             k = len(keys)
             delta.keys += keys
@@ -199,6 +227,7 @@ class EntityStore:
             delta.post_held = np.concatenate([delta.post_held, np.zeros(k, dtype=bool)])
             delta.first_offsets = np.concatenate([delta.first_offsets, rows["last_offset"]])
             delta.last_offsets = np.concatenate([delta.last_offsets, rows["last_offset"]])
+        return all_keys, np.concatenate(all_rows)
 
     def undo(self, deltas: list[PartitionDelta]) -> None:
         """Put back the rows from before ``deltas`` (newest first: pass them in reverse order)."""

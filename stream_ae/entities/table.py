@@ -68,6 +68,9 @@ def post_score_fields(alarm: AlarmSpec) -> list[tuple[str, str] | tuple[str, str
         ("lk_var", "<f8"),
         ("last_alarm_ms", "<i8"),  # effective time of the latest alarm (NO_TIME: none)
         ("incident_ms", "<i8"),  # when the latest incident opened (NO_TIME: none)
+        ("incident_alarms", "<i8"),  # the latest incident's alarms so far
+        ("incident_peak", "<f8"),  # and its highest published score
+        ("closed_ms", "<i8"),  # when the latest incident closed (NO_TIME: open, or none)
     ]
 
 
@@ -77,7 +80,7 @@ def empty_rows(dtype: np.dtype, n: int) -> NDArray[np.void]:
     for name in dtype.names or ():
         if name.startswith("recent") or name == "lk_ring":
             rows[name] = np.nan
-        elif name in ("last_alarm_ms", "incident_ms"):
+        elif name in ("last_alarm_ms", "incident_ms", "closed_ms"):
             rows[name] = NO_TIME
         elif name.startswith("season") and name.endswith("_stamp"):
             rows[name] = NO_BUCKET

@@ -19,16 +19,21 @@ with at-least-once delivery a consumer de-duplicates on ``source`` (or ``event_i
 With an ``alarm`` section in the schema (the post-score stage, :mod:`stream_ae.alarms`) an
 anomaly record also carries ``raw_score`` (the model's score; ``score`` is then the published
 one, the score likelihood, and ``threshold`` the threshold on it) and, with a cooldown,
-``incident_id``. Each incident's opening alarm also writes an incident record, schema
-``stream-ae.incident/1`` (:data:`INCIDENT_SCHEMA`)::
+``incident_id``. Incidents have their own records, schema ``stream-ae.incident/2``
+(:data:`INCIDENT_SCHEMA`), keyed by the incident id on a compacted topic: one when the
+incident opens, one per batch in which later alarms join it (``updated``, the tally so far),
+and one when the entity's first event after ``cooldown_s`` without an alarm closes it::
 
-    {"schema": "stream-ae.incident/1", "incident_id": "host-7@1732350000123", "entity": "host-7",
-     "opened_at": 1732350000.123, "detected_at": 1732350000.456, "cooldown_s": 3600.0,
+    {"schema": "stream-ae.incident/2", "incident_id": "host-7@1732350000123", "entity": "host-7",
+     "status": "opened", "opened_at": 1732350000.123, "event_time": 1732350000.123,
+     "detected_at": 1732350000.456, "cooldown_s": 3600.0, "alarms": 1, "peak_score": 4.2,
      "source": {...}, "event_id": "...", "score": 4.2, "raw_score": 7.1, "threshold": 3.0,
      "model_version": "20261123T120000Z"}
 
-An incident closes when ``cooldown_s`` of the entity's event time passes without an alarm;
-every anomaly record of it names its ``incident_id``.
+``source``, ``event_id``, ``event_time`` and the scores are those of the event the record is
+about: the opening alarm, the batch's latest alarm of the incident, or the closing event.
+Every anomaly record of an incident names its ``incident_id``. Version 1 had no ``status``,
+``alarms``, ``peak_score`` or ``event_time``, and was written at the opening alarm only.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ ANOMALY_SCHEMA_ID = "stream-ae.anomaly/2"
 ANOMALY_SCHEMA_V1_ID = "stream-ae.anomaly/1"
 DEAD_LETTER_SCHEMA_ID = "stream-ae.dead-letter/1"
 SCORE_SCHEMA_ID = "stream-ae.score/1"
-INCIDENT_SCHEMA_ID = "stream-ae.incident/1"
+INCIDENT_SCHEMA_ID = "stream-ae.incident/2"
+INCIDENT_STATUSES = ("opened", "updated", "closed")
 
 ANOMALY_SCHEMA_V1: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -132,8 +138,12 @@ INCIDENT_SCHEMA: dict[str, Any] = {
         "schema",
         "incident_id",
         "entity",
+        "status",
         "opened_at",
+        "event_time",
         "detected_at",
+        "alarms",
+        "peak_score",
         "cooldown_s",
         "source",
         "event_id",
@@ -147,12 +157,20 @@ INCIDENT_SCHEMA: dict[str, Any] = {
         "schema": {"const": INCIDENT_SCHEMA_ID},
         "incident_id": {"type": "string", "description": "<entity>@<opening event time, epoch ms>"},
         "entity": {"type": "string"},
+        "status": {
+            "enum": list(INCIDENT_STATUSES),
+            "description": "opened (its first alarm), updated (later alarms joined it), closed (cooldown_s passed "
+            "without an alarm, seen at the entity's next event)",
+        },
         "opened_at": {"type": "number", "description": "event time of the opening alarm, epoch seconds"},
+        "event_time": {"type": "number", "description": "event time of the event this record is about, epoch seconds"},
         "detected_at": {"type": "number", "description": "epoch seconds"},
         "cooldown_s": {"type": "number", "description": "the incident closes after this long without an alarm"},
+        "alarms": {"type": "integer", "minimum": 1, "description": "alarms in the incident so far"},
+        "peak_score": {"type": "number", "description": "the highest published score of its alarms so far"},
         "source": SOURCE_SCHEMA,
         "event_id": {"type": "string"},
-        "score": {"type": "number", "description": "the published score of the opening alarm"},
+        "score": {"type": "number", "description": "the published score of the event this record is about"},
         "raw_score": {"type": "number"},
         "threshold": {"type": "number"},
         "model_version": {"type": "string"},
@@ -164,9 +182,13 @@ def incident_record(
     *,
     incident_id: str,
     entity: str,
+    status: str,
     opened_at: float,
+    event_time: float,
     detected_at: float,
     cooldown_s: float,
+    alarms: int,
+    peak_score: float,
     source: Source,
     event_id: str,
     score: float,
@@ -178,9 +200,13 @@ def incident_record(
         "schema": INCIDENT_SCHEMA_ID,
         "incident_id": incident_id,
         "entity": entity,
+        "status": status,
         "opened_at": opened_at,
+        "event_time": event_time,
         "detected_at": detected_at,
         "cooldown_s": cooldown_s,
+        "alarms": alarms,
+        "peak_score": peak_score,
         "source": source.as_dict(),
         "event_id": event_id,
         "score": score,

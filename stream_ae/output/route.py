@@ -6,8 +6,8 @@ Routing rules:
 * every event above the threshold: a ``stream-ae.anomaly/2`` record on the output topic,
   keyed by the input record's key (or its coordinates);
 * every record that could not be scored: a ``stream-ae.dead-letter/1`` record with the reason;
-* every alarm that opens an incident (post-score stage with a cooldown): a
-  ``stream-ae.incident/1`` record on the incidents topic, keyed by the entity.
+* every change of an incident (post-score stage with a cooldown: opened, updated, closed): a
+  ``stream-ae.incident/2`` record on the (compacted) incidents topic, keyed by the incident.
 
 Each record fits a record batch of ``Topics.batch_bytes`` (what the output topics accept):
 a dead letter's original is cut to a prefix when it would not, and an anomaly record that
@@ -22,7 +22,7 @@ import operator
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -41,6 +41,9 @@ from stream_ae.output.records import (
     output_key,
     score_records,
 )
+
+if TYPE_CHECKING:
+    from stream_ae.alarms.stage import IncidentChange
 
 
 @dataclass(frozen=True)
@@ -144,16 +147,32 @@ class Router:
         out.values.append(value)
         return True
 
-    def incident(self, rec: RawRecord, **fields: Any) -> None:
-        """An incident's opening record, keyed by its entity (one partition per entity)."""
+    def incident(self, rec: RawRecord, change: IncidentChange, **fields: Any) -> None:
+        """One change of an incident (:meth:`~stream_ae.alarms.stage.Alarms.changes`), keyed by
+        its incident id: the compacted incidents topic keeps each incident's latest record, in
+        order, since an incident's records share a key."""
         if not self.topics.incidents:
             return
         src = Source(rec.topic, rec.partition, rec.offset)
-        value = orjson.dumps(incident_record(source=src, detected_at=self.now, **fields))
+        value = orjson.dumps(
+            incident_record(
+                source=src,
+                detected_at=self.now,
+                incident_id=change.incident_id,
+                entity=change.entity,
+                status=change.status,
+                opened_at=change.opened_ms / 1000.0,
+                event_time=change.event_ms / 1000.0,
+                alarms=change.alarms,
+                peak_score=change.peak_score,
+                **fields,
+            )
+        )
         out = self.routed.to(self.topics.incidents)
-        out.keys.append(str(fields["entity"]).encode()[:MAX_KEY_BYTES])
+        out.keys.append(change.incident_id.encode()[:MAX_KEY_BYTES])
         out.values.append(value)
-        self.routed.n_incidents += 1
+        if change.status == "opened":
+            self.routed.n_incidents += 1
 
     def changelog(self, store: EntityStore, deltas: list[PartitionDelta]) -> None:
         """One changelog record per entity a batch touched (a tombstone per one it dropped), to

@@ -152,9 +152,13 @@ def _examples() -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
     incident = r.incident_record(
         incident_id="host-007@1764547200000",
         entity="host-007",
+        status="opened",
         opened_at=1764547200.0,
+        event_time=1764547200.0,
         detected_at=1764547200.3,
         cooldown_s=7200.0,
+        alarms=1,
+        peak_score=5.2,
         source=Source("metrics", 1, 88),
         event_id="metrics:1:88",
         score=5.2,

@@ -174,7 +174,8 @@ class MetricDemo(Demo):
 
     def on_record(self, topic: str, record: dict[str, Any]) -> None:
         if topic == INCIDENTS:
-            self.faults.on_incident(record["entity"], record["opened_at"])
+            if record["status"] == "opened":  # updates and closings of it follow on the same key
+                self.faults.on_incident(record["entity"], record["opened_at"])
         else:
             self.faults.on_alarm(str(record["event"]["host"]), float(record["event"]["ts"]))
 

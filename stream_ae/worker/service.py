@@ -73,7 +73,7 @@ class BatchWorker(Service):
         s = self.settings
         kw = s.kafka_client_kwargs()
         outputs = {t: 1 for t in self._output_topics()}
-        await ensure_topics(kw, outputs)
+        await ensure_topics(kw, outputs, compacted={s.incidents_topic} if s.incidents_topic else None)
         await ensure_topics(kw, {s.control_topic: 1}, compacted={s.control_topic})
         batch_bytes = await self.output_batch_bytes()
         await self.follower.load_initial(lambda: self.should_stop)
