@@ -126,7 +126,7 @@ def test_score_reconstruct_denoises_and_names_fields(tmp_path: Path) -> None:
     recon = np.stack([table[f"expected{j}"] for j in range(16)], axis=1)  # genfromtxt drops the dot
     assert np.mean((recon - clean[2500:]) ** 2) < 0.8 * np.mean((noisy - clean[2500:]) ** 2)
 
-    events, _ = transactions(2000, seed=3)
+    events = CardStream(seed=3, events_per_day=1_500).next(2000)[0]  # 1.3 days: hour-of-day features are kept
     path = tmp_path / "ev.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     assert runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "m"), "--max-steps", "600",
