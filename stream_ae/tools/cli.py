@@ -301,7 +301,13 @@ def _load_model(model: Path, device: str) -> Any:
 def score(
     model: Annotated[Path, typer.Argument(help="artifact directory")],
     input: Annotated[Path, typer.Argument(help="events (.jsonl) or matrix (.npz/.csv)")],
-    out: Annotated[Path, typer.Option(help="CSV of row, score, anomaly (and expected values)")] = Path("scores.csv"),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="CSV of row, score, anomaly (with an alarm section also published, incident, opens_incident; "
+            "with --reconstruct the expected values)"
+        ),
+    ] = Path("scores.csv"),
     device: str = "auto",
     key_field: Annotated[
         str | None, typer.Option(help="the field that stands for the Kafka record key (entities keyed by it)")
@@ -343,7 +349,7 @@ def score(
     if events and entity is not None and entity.alarm is not None:  # the worker's post-score stage
         alarms = judge_rows(feats, scores, loaded.detector)
         flags = alarms.judged.alarm
-        header += ["published", "incident"]
+        header += ["published", "incident", "opens_incident"]
     if reconstruct:
         R = loaded.detector.reconstruct(X)
         if events:
@@ -357,13 +363,18 @@ def score(
         w = csv.writer(fh)
         w.writerow(header)
         for n, (r, sc, f) in enumerate(zip(rows.tolist(), scores.tolist(), flags.tolist(), strict=True)):
-            judged = [f"{alarms.judged.published[n]:.6f}", alarms.incident(n) or ""] if alarms is not None else []
+            judged = (
+                [f"{alarms.judged.published[n]:.6f}", alarms.incident(n) or "", int(alarms.judged.opens[n])]
+                if alarms is not None
+                else []
+            )
             w.writerow([r, f"{sc:.6f}", int(f), *judged, *(extra[n] if extra is not None else [])])
     console.print(f"{int(flags.sum())} of {len(X)} rows flagged; scores in {out}")
     if alarms is not None:
         console.print(
-            f"{int(alarms.judged.opens.sum())} incidents opened; 'anomaly' is the published score (score likelihood "
-            f"when declared) above {alarms.threshold:.4f}, after each entity's warm-up"
+            f"{int(alarms.judged.opens.sum())} incidents opened ('opens_incident' 1: an entity's first alarm after a "
+            f"quiet cooldown, the detections to count); 'anomaly' is the published score (score likelihood when "
+            f"declared) above {alarms.threshold:.4f}, after each entity's warm-up, every alarm of an incident"
         )
     if labels is not None:
         groups = {"known normals": labels == 0, "unlabelled rows": np.isnan(labels), "known anomalies": labels == 1}
