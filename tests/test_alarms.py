@@ -215,11 +215,14 @@ def test_the_declaration_round_trips_with_one_fingerprint() -> None:
     spec = EntitySpec(base.field, base.ttl, base.max_entities, base.aggregates, AlarmSpec(half_life=5, cooldown=3600))
     assert EntitySpec.from_dict(spec.to_dict()).fingerprint() == spec.fingerprint() == base.fingerprint()
     assert base.alarm == AlarmSpec(half_life=5.0, cooldown=3600.0)
+    assert "calibrated" not in AlarmSpec().to_dict(), "declarations from before the option keep their fingerprint"
+    calibrated = AlarmSpec.from_dict({"calibrated": True})
+    assert calibrated.calibrated and AlarmSpec.from_dict(calibrated.to_dict()) == calibrated
 
 
 def test_the_published_score_does_not_depend_on_the_unit_of_the_raw_score() -> None:
-    """The stage holds raw scores in units of the model's raw threshold; a refreshed model with
-    scores twice as large continues each entity's history instead of alarming on the jump."""
+    """The likelihood is the same for raw scores 7.5 times as large: a refreshed model with
+    another scale continues each entity's history instead of alarming on the jump."""
     raw = np.random.default_rng(4).gamma(3.0, 1.0, 800)
     t = np.arange(800) * 1000
     a = judge_one(AlarmSpec(), raw, t, threshold=3.0)[0].published
@@ -289,3 +292,28 @@ def test_an_incident_of_a_host_that_goes_silent_closes_when_its_state_expires() 
         ("a@0", "closed", 61_000, 2, 9.0),
     ]
     assert changes[-1][5] >= 31, "found once the partition's time passed a's ttl"
+
+
+@pytest.mark.parametrize("tail", ["lognormal", "exponential", "normal"])
+def test_the_likelihood_alarms_at_the_target_rate_whatever_the_raw_scores_tail(tail: str) -> None:
+    """With ``calibrated``, raw scores enter as normal quantiles of the model's calibration
+    distribution (:meth:`Threshold.normal_scores`), and the likelihood alarms at the target
+    rate. In raw units (the default) a heavy-tailed score (a model's usual shape) alarms at
+    10-17 times the target rate, since the likelihood's Gaussian tail is too thin for it."""
+    from stream_ae.scoring.threshold import Threshold
+
+    rng = np.random.default_rng(0)
+    draw = {
+        "lognormal": lambda n: rng.lognormal(0.0, 1.0, n),
+        "exponential": lambda n: rng.exponential(1.0, n),
+        "normal": lambda n: rng.normal(0.0, 1.0, n),
+    }[tail]
+    calibration = Threshold.fit(draw(12_000), 0.001)
+    live = draw(100_000)
+    t = np.arange(len(live)) * 1000
+    rate = judge_one(AlarmSpec(short=3), calibration.normal_scores(live), t, threshold=3.0)[0].alarm.mean()
+    as_raw = judge_one(AlarmSpec(short=3), live / calibration.value, t, threshold=3.0)[0].alarm.mean()
+    print(f"\n[likelihood] {tail}: alarm rate {rate:.5f} at a target of 0.001 (on raw scores {as_raw:.5f})")
+    assert 0.0005 <= rate <= 0.002
+    if tail != "normal":
+        assert as_raw >= 0.005, "the thin Gaussian tail on heavy-tailed raw scores"

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from stream_ae.tools.cli import app
@@ -17,10 +18,16 @@ from stream_ae.tools.cli import app
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "getting-started" / "metric-streams.md"
 
 
-def test_the_guides_univariate_schema_opens_one_incident_at_a_spike(tmp_path: Path) -> None:
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_the_guides_univariate_schema_opens_one_incident_at_a_spike(tmp_path: Path, calibrated: bool) -> None:
+    """With ``calibrated: true`` the alarms outside the fault fall to about the target rate."""
     schema = re.search(r"```yaml\n(.*?)```", GUIDE.read_text(), re.S)
     assert schema is not None, "the guide shows the schema"
-    (tmp_path / "series.yaml").write_text(schema.group(1))
+    text = schema.group(1)
+    if calibrated:
+        text = text.replace("alarm: {cooldown: 2.5h}", "alarm: {cooldown: 2.5h, calibrated: true}")
+        assert "calibrated" in text
+    (tmp_path / "series.yaml").write_text(text)
     rng = np.random.default_rng(0)
     value = rng.normal(10.0, 1.0, 3000)
     value[2000:2040] += 8.0  # a fault of 40 minutes
@@ -40,9 +47,13 @@ def test_the_guides_univariate_schema_opens_one_incident_at_a_spike(tmp_path: Pa
     out = list(csv.DictReader((tmp_path / "s.csv").open()))
     opens = [int(r["row"]) for r in out if r["opens_incident"] == "1"]
     alarms = [int(r["row"]) for r in out if r["anomaly"] == "1"]
-    print(f"\n[univariate] incidents opened at rows {opens}; {len(alarms)} alarms")
+    outside = [r for r in alarms if not 2000 <= r < 2060]
+    print(f"\n[univariate] calibrated {calibrated}: incidents opened at rows {opens}; {len(alarms)} alarms, "
+          f"{len(outside)} outside the fault")  # fmt: skip
     assert any(2000 <= r <= 2005 for r in opens), "the fault opens an incident within minutes"
     assert len([r for r in alarms if 2000 <= r < 2040]) > 1, "every alarm of it is an anomaly row"
-    assert len(opens) <= 8, "about one false incident per 1,000 rows at the default target rate, not one per alarm"
+    assert len(opens) <= 8, "a few false incidents, not one per alarm"
+    if calibrated:
+        assert len(outside) <= 9, "about the target rate (0.1 %) of the 2,940 rows outside the fault"
     inside = {out[r]["incident"] for r in alarms if 2000 <= r < 2040}
     assert len(inside) == 1, "the fault's alarms share one incident"

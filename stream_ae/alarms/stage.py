@@ -115,20 +115,26 @@ def judge_rows(feats: Featurized, raw: NDArray[np.float64], detector: Autoencode
     """The post-score stage on a featurized batch whose rows ``detector`` scored ``raw``.
 
     With ``likelihood`` the entity state holds the raw scores in units of the model's
-    calibrated raw threshold: the published score does not depend on the unit, and a refreshed
-    model (another scale of raw scores) continues each entity's history where the old one left
-    it instead of starting an alarm storm."""
+    calibrated raw threshold, or with ``calibrated`` as standard normal quantiles of the
+    model's calibration distribution (:meth:`~stream_ae.scoring.threshold.Threshold.normal_scores`:
+    the likelihood's Gaussian tail then fits normal traffic, where on heavy-tailed raw scores
+    alarms run at up to ten times the target rate). Either way the published score does not
+    depend on the model's unit, and a refreshed model (another scale of raw scores) continues
+    each entity's history where the old one left it instead of starting an alarm storm."""
     store = feats.store
     if store is None or store.spec.alarm is None:
         raise ValueError("the schema declares no alarm section (entity: alarm:)")
     alarm = store.spec.alarm
     threshold = model_alarm_threshold(detector, alarm)
-    unit = float(detector.threshold_) if alarm.likelihood and detector.threshold_ > 0 else 1.0
     n = len(raw)
     out = Judged.empty(n)
     group_of = np.zeros(n, dtype=np.int64)
     position = np.zeros(n, dtype=np.int64)
-    values = np.asarray(raw, dtype=np.float64) / unit
+    values = np.asarray(raw, dtype=np.float64)
+    if alarm.likelihood and alarm.calibrated and detector.threshold is not None:
+        values = detector.threshold.normal_scores(values)
+    elif alarm.likelihood and detector.threshold_ > 0:
+        values = values / float(detector.threshold_)
     for gi, (group, delta) in enumerate(zip(feats.groups, feats.deltas, strict=True)):
         judged = store.judge(group.events, values[group.rows], threshold, delta)
         rows = group.rows

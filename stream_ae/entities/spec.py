@@ -31,6 +31,7 @@ In the schema file (YAML or JSON, frozen into the model's manifest)::
         half_life: 500       # events: the memory of the entity's long-term score distribution
         warmup: 100          # an entity's first events never alarm
         cooldown: 1h         # alarms this close to the entity's previous one join its incident
+        calibrated: false    # true: raw scores as normal quantiles of the calibration distribution
 
 Durations are seconds, or a number with ``s``, ``m``, ``h`` or ``d``. Each aggregate adds
 numeric features named after it (:meth:`EntitySpec.feature_names`, prefix ``entity.``), which
@@ -201,6 +202,9 @@ class AlarmSpec:
     half_life: float = 500.0  # events
     warmup: int = 100  # events
     cooldown: float | None = None  # seconds
+    # the likelihood on the raw scores as normal quantiles of the model's calibration
+    # distribution: alarms near the target rate, but fewer faults found (docs/design/metric-streams.md)
+    calibrated: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.short <= 1000:
@@ -217,11 +221,13 @@ class AlarmSpec:
             "half_life": float(self.half_life),
             "warmup": int(self.warmup),
             "cooldown": float(self.cooldown) if self.cooldown is not None else None,
+            # only when set: a declaration without it keeps the fingerprint it had before it existed
+            **({"calibrated": True} if self.calibrated else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlarmSpec:
-        unknown = set(data) - {"likelihood", "short", "half_life", "warmup", "cooldown"}
+        unknown = set(data) - {"likelihood", "short", "half_life", "warmup", "cooldown", "calibrated"}
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} in the alarm declaration")
         cooldown = data.get("cooldown")
@@ -231,6 +237,7 @@ class AlarmSpec:
             half_life=float(data.get("half_life", 500.0)),
             warmup=int(data.get("warmup", 100)),
             cooldown=seconds(cooldown) if cooldown is not None else None,
+            calibrated=bool(data.get("calibrated", False)),
         )
 
 

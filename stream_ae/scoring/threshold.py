@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 Method = Literal["quantile", "pot", "auto"]
@@ -112,6 +113,39 @@ class Threshold:
 
     def flag(self, scores: NDArray[Any]) -> NDArray[np.int8]:
         return (np.asarray(scores) > self.value).astype(np.int8)
+
+    def normal_scores(self, scores: NDArray[Any]) -> NDArray[np.float64]:
+        """``scores`` as standard normal quantiles of the calibration distribution: ``z`` with
+        ``P(Z > z)`` the share of calibration scores above the score (the probability integral
+        transform). Up to the 99th percentile the share is read from the stored percentiles;
+        beyond, an exponential tail through the 99th percentile and the threshold (its rate is
+        the share above it), or through the largest calibration score when the threshold lies
+        lower. Normal traffic then scores about N(0, 1) whatever the model's scale and skew,
+        which is what the per-entity score likelihood assumes.
+
+        Example:
+            >>> t = Threshold.fit(np.random.default_rng(0).exponential(size=20_000), 0.001)
+            >>> z = t.normal_scores(np.array([np.log(2.0), t.value]))  # the median, the threshold
+            >>> [round(float(v), 1) for v in z]
+            [0.0, 3.1]
+        """
+        s = np.asarray(scores, dtype=np.float64)
+        q = np.asarray(self.reference_quantiles, dtype=np.float64)
+        if len(q) != len(REFERENCE_QUANTILES) or not np.all(np.isfinite(q)) or q[-1] <= q[0]:
+            return s / self.value if self.value > 0 else s  # no calibration distribution stored
+        q = np.maximum.accumulate(q) + np.arange(len(q)) * 1e-12 * max(1.0, float(np.abs(q).max()))
+        above = 1.0 - np.interp(s, q[:-1], REFERENCE_QUANTILES[:-1])  # share of calibration scores above
+        q99 = q[-2]
+        if self.value > q99 and self.rate < 0.01:
+            x1, p1 = self.value, self.rate
+        else:
+            x1, p1 = q[-1], 1.0 / (self.n_calibration + 1)
+        tail = s > q99
+        if x1 > q99 and p1 < 0.01:
+            above[tail] = 0.01 * (p1 / 0.01) ** ((s[tail] - q99) / (x1 - q99))
+        above = np.clip(above, 1e-15, 1.0 - 1e-15)
+        z: NDArray[np.float64] = -torch.special.ndtri(torch.from_numpy(above)).numpy()
+        return z
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
