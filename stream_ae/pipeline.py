@@ -16,6 +16,7 @@ from __future__ import annotations
 import operator
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -107,6 +108,7 @@ def process_batch(
     routed.scores = result.scores
     id_field = model.encoder.schema.id_field
     anomaly_times: list[float] = []
+    top_of: dict[int, list[dict[str, Any]]] = {}  # flagged row -> its top fields (for the incident records)
     explained = result.explained_rows if result.explained_rows is not None else np.zeros(0, np.int64)
     for j in np.flatnonzero(result.flagged).tolist():
         i = int(batch.ok[j])
@@ -119,6 +121,7 @@ def process_batch(
                 for slot, (f, s) in enumerate(zip(result.top_index[j], result.top_share[j], strict=True))
                 if f >= 0
             ]
+        top_of[j] = top
         event_id = event.get(id_field) if id_field else None
         ident = str(event_id) if event_id is not None else f"{rec.topic}:{rec.partition}:{rec.offset}"
         raw = float(result.scores[j])
@@ -150,6 +153,7 @@ def process_batch(
                 change,
                 event_id=str(event_id) if event_id is not None else f"{rec.topic}:{rec.partition}:{rec.offset}",
                 cooldown_s=alarms.cooldown_s,
+                top_fields=top_of.get(j, []) if change.status != "closed" else [],
                 score=float(alarms.judged.published[j]),
                 raw_score=float(result.scores[j]),
                 threshold=alarms.threshold,

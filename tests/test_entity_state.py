@@ -258,6 +258,8 @@ def test_state_survives_sigkill_without_loss_or_double_counting(
     }
     assert not differ, f"each incident's latest record (status, alarms, peak) is the offline replay's: {differ}"
     opened = [r["incident_id"] for r in incidents if r["status"] == "opened"]
+    assert all(r["top_fields"] for r in incidents if r["status"] != "closed"), "an alarm's record says what moved"
+    assert not any(r["top_fields"] for r in incidents if r["status"] == "closed")
     assert set(opened) == set(final)
     if guarantee == "exactly_once":
         assert duplicated == 0, "read_committed consumers see each record once"

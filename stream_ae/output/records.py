@@ -27,6 +27,7 @@ and one when the entity's first event after ``cooldown_s`` without an alarm clos
     {"schema": "stream-ae.incident/2", "incident_id": "host-7@1732350000123", "entity": "host-7",
      "status": "opened", "opened_at": 1732350000.123, "event_time": 1732350000.123,
      "detected_at": 1732350000.456, "cooldown_s": 3600.0, "alarms": 1, "peak_score": 4.2,
+     "top_fields": [{"field": "cpu", "share": 0.7, "observed": 97.0, "expected": 41.0}],
      "source": {...}, "event_id": "...", "score": 4.2, "raw_score": 7.1, "threshold": 3.0,
      "model_version": "20261123T120000Z"}
 
@@ -144,6 +145,7 @@ INCIDENT_SCHEMA: dict[str, Any] = {
         "detected_at",
         "alarms",
         "peak_score",
+        "top_fields",
         "cooldown_s",
         "source",
         "event_id",
@@ -168,6 +170,11 @@ INCIDENT_SCHEMA: dict[str, Any] = {
         "cooldown_s": {"type": "number", "description": "the incident closes after this long without an alarm"},
         "alarms": {"type": "integer", "minimum": 1, "description": "alarms in the incident so far"},
         "peak_score": {"type": "number", "description": "the highest published score of its alarms so far"},
+        "top_fields": {
+            **ANOMALY_SCHEMA["properties"]["top_features"],
+            "description": "the fields that moved in the alarm this record is about (as in its anomaly record); "
+            "empty for a closing",
+        },
         "source": SOURCE_SCHEMA,
         "event_id": {"type": "string"},
         "score": {"type": "number", "description": "the published score of the event this record is about"},
@@ -189,6 +196,7 @@ def incident_record(
     cooldown_s: float,
     alarms: int,
     peak_score: float,
+    top_fields: list[dict[str, Any]],
     source: Source,
     event_id: str,
     score: float,
@@ -207,6 +215,7 @@ def incident_record(
         "cooldown_s": cooldown_s,
         "alarms": alarms,
         "peak_score": peak_score,
+        "top_fields": top_fields,
         "source": source.as_dict(),
         "event_id": event_id,
         "score": score,

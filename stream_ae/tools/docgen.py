@@ -159,6 +159,7 @@ def _examples() -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
         cooldown_s=7200.0,
         alarms=1,
         peak_score=5.2,
+        top_fields=[{"field": "cpu", "share": 0.74, "observed": 97.5, "expected": 41.2}],
         source=Source("metrics", 1, 88),
         event_id="metrics:1:88",
         score=5.2,
