@@ -10,6 +10,7 @@ import pytest
 from stream_ae.lifecycle.artifacts import ArtifactError
 from stream_ae.lifecycle.registry import Registry
 from stream_ae.models import AutoencoderDetector
+from stream_ae.scoring.threshold import Threshold
 from stream_ae.settings import Settings
 from stream_ae.tools.synthetic import CardStream
 from trainer.service import (
@@ -18,6 +19,7 @@ from trainer.service import (
     allowed_false_alarm_rate,
     compare,
     generated_anomalies,
+    lower_to_champion_volume,
     without_detections,
 )
 
@@ -138,3 +140,48 @@ def test_calibration_leaves_out_only_the_champions_flags_beyond_its_target() -> 
     assert len(kept(0.008)) == len(cal) and len(kept(0.05)) == len(cal)
     unknown = without_detections(cal, rows + 1, champ_rows, scores, 0.97 - 1e-9, 0.01)
     assert len(unknown) == len(cal), "rows the champion could not encode are never judged by it"
+
+
+class _ScoresAsRows:
+    """A challenger whose score of a row is the row's only column (the calibration step's
+    view of a model: its scores and its threshold)."""
+
+    def __init__(self, threshold: Threshold) -> None:
+        self.threshold = threshold
+
+    @property
+    def threshold_(self) -> float:
+        return self.threshold.value
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        return X[:, 0].astype(np.float64)
+
+
+def test_a_challenger_that_ranks_missed_anomalies_on_top_keeps_the_champions_alarm_volume() -> None:
+    """The demo's refreshed threshold (live false-alarm rate 0.33-0.85x the target): the slice
+    left 12 anomalies the champion missed, the challenger trained on verdicts ranks them on
+    top, and the slice's 0.1 % quantile lands on them. Flagging the champion's share of the
+    slice instead (12 false alarms, 48 detections of 12,060 rows) puts the threshold among the
+    normal rows at the target; the slice's quantile stays where it lies lower."""
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=12_000)
+    missed = np.full(12, 10.0)  # the champion missed them; the challenger ranks them on top
+    caught = np.r_[np.full(36, 8.0), rng.normal(size=12)]  # the champion's 48 detections, as the challenger sees them
+    as_came = np.r_[normal, missed, caught][:, None]
+    without = np.r_[normal, missed]  # the slice less the champion's detections
+    challenger = _ScoresAsRows(Threshold.fit(without, 0.001))
+    fresh = rng.normal(size=200_000)
+    before = float((fresh > challenger.threshold_).mean())
+    champion_share = (12 + 48) / len(as_came)
+    assert lower_to_champion_volume(challenger, as_came, champion_share, 0.001)  # type: ignore[arg-type]
+    after = float((fresh > challenger.threshold_).mean())
+    print(
+        f"\n[volume] false-alarm rate at 0.1 %: slice quantile {before:.5f}, champion's volume {after:.5f}"
+    )
+    assert before < 0.0002 and 0.0005 <= after <= 0.002
+    assert challenger.threshold.details["slice_quantile"] > challenger.threshold_
+    assert not lower_to_champion_volume(challenger, as_came, 0.0009, 0.001), "no excess: the champion detects nothing"  # type: ignore[arg-type]
+    assert not lower_to_champion_volume(challenger, as_came, 0.05, 0.001), "drift: the champion is not trusted"  # type: ignore[arg-type]
+    lower = _ScoresAsRows(Threshold.fit(without, 0.001))
+    lower.threshold.value = -10.0
+    assert not lower_to_champion_volume(lower, as_came, champion_share, 0.001), "never raised"  # type: ignore[arg-type]

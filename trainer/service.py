@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -286,6 +287,57 @@ def without_detections(
     return np.delete(cal, drop)
 
 
+def champion_flag_share(
+    cal: NDArray[np.int64],
+    rows: NDArray[np.int64],
+    champ_rows: NDArray[np.int64],
+    champ_scores: NDArray[np.float64],
+    champ_threshold: float,
+) -> float | None:
+    """The share of the slice ``cal`` (as it came) that the champion flags; None when it
+    scored none of it."""
+    if len(champ_rows) == 0:
+        return None
+    ev = rows[cal]
+    pos = np.minimum(np.searchsorted(champ_rows, ev), len(champ_rows) - 1)
+    known = champ_rows[pos] == ev
+    if not known.any():
+        return None
+    return float((champ_scores[pos[known]] > champ_threshold).mean())
+
+
+def lower_to_champion_volume(
+    detector: AutoencoderDetector, X_as_came: NDArray[np.float32], champion_share: float | None, target_rate: float
+) -> bool:
+    """Lower the challenger's threshold, if it lies higher, to where it flags the share of the
+    slice (as it came) that the champion flags. Returns whether it moved.
+
+    Both estimates err on the same side. The slice's quantile at the target, less the
+    champion's detections, still counts the anomalies the champion missed as normal traffic;
+    a challenger that ranks them on top (trained on verdicts, it does) puts its threshold above
+    them, and its live false-alarm rate falls under the target (0.33-0.85x in the demo). A
+    challenger that flags as many rows as the champion, and detects at least as many
+    anomalies, raises no more false alarms than the champion does. So the lower of the two
+    thresholds still keeps the champion's false-alarm rate as a bound, and gives back the
+    alarms the first one withheld. Only a champion whose excess flag share is positive and
+    below :data:`MAX_CONTAMINATION` is trusted for it (the rule of :func:`without_detections`)."""
+    if champion_share is None or detector.threshold is None or len(X_as_came) == 0:
+        return False
+    excess = champion_share - target_rate
+    if excess <= 0 or excess > MAX_CONTAMINATION:
+        return False
+    at_volume = float(np.quantile(detector.score_samples(X_as_came), 1.0 - champion_share))
+    if at_volume >= detector.threshold_:
+        return False
+    log.info(
+        "threshold %.4g lowered to %.4g, where the challenger flags the %.3f%% of the slice the champion flags",
+        detector.threshold_, at_volume, 100 * champion_share,
+    )  # fmt: skip
+    details = {**detector.threshold.details, "slice_quantile": detector.threshold_, "champion_share": champion_share}
+    detector.threshold = dataclasses.replace(detector.threshold, value=at_volume, details=details)
+    return True
+
+
 class TrainerService:
     """The long-running trainer. ``run_once`` is one gated refresh; ``run`` loops."""
 
@@ -421,12 +473,15 @@ class TrainerService:
             return RunResult(None, "degenerate_window", n_events=len(events))
         # calibration and gate both see the traffic as it came, less what the champion flags
         # beyond its own target (its detections; its false alarms stay)
-        hold_as_came = hold
+        hold_as_came, cal_as_came = hold, cal
         if champion is not None and champ_X is not None:
             cut = (champ_rows, champ_scores, champion.detector.threshold_, s.target_false_alarm_rate)
             cal = without_detections(cal, rows, *cut)
             hold = without_detections(hold, rows, *cut)
         detector.recalibrate(X[cal], s.target_false_alarm_rate, method=detector.hyper.threshold_method)  # type: ignore[arg-type]
+        if champion is not None and champ_X is not None:
+            share = champion_flag_share(cal_as_came, rows, champ_rows, champ_scores, champion.detector.threshold_)
+            lower_to_champion_volume(detector, X[cal_as_came], share, s.target_false_alarm_rate)
         fitted = FittedModel(detector, encoder, X[fit_rows])
         chal = gate_figures(detector, X[hold])
         y_back = lab_y[back]
