@@ -173,7 +173,7 @@ def test_a_challenger_that_ranks_missed_anomalies_on_top_keeps_the_champions_ala
     fresh = rng.normal(size=200_000)
     before = float((fresh > challenger.threshold_).mean())
     champion_share = (12 + 48) / len(as_came)
-    assert lower_to_champion_volume(challenger, as_came, champion_share, 0.001)  # type: ignore[arg-type]
+    assert lower_to_champion_volume(challenger, as_came, champion_share, 0.001, without[:, None])  # type: ignore[arg-type]
     after = float((fresh > challenger.threshold_).mean())
     print(
         f"\n[volume] false-alarm rate at 0.1 %: slice quantile {before:.5f}, champion's volume {after:.5f}"
@@ -182,6 +182,13 @@ def test_a_challenger_that_ranks_missed_anomalies_on_top_keeps_the_champions_ala
     assert challenger.threshold.details["slice_quantile"] > challenger.threshold_
     assert not lower_to_champion_volume(challenger, as_came, 0.0009, 0.001), "no excess: the champion detects nothing"  # type: ignore[arg-type]
     assert not lower_to_champion_volume(challenger, as_came, 0.05, 0.001), "drift: the champion is not trusted"  # type: ignore[arg-type]
+    # a champion that flags 0.8 % (its own false alarms at several times the target) hands no more
+    # on than the gate allows on the slice less its detections
+    over = _ScoresAsRows(Threshold.fit(without, 0.001))
+    assert lower_to_champion_volume(over, as_came, 0.008, 0.001, without[:, None])  # type: ignore[arg-type]
+    capped = float((fresh > over.threshold_).mean())
+    print(f"[volume] a champion flagging 0.8 %: {capped:.5f}")
+    assert capped <= 0.0025, capped
     lower = _ScoresAsRows(Threshold.fit(without, 0.001))
     lower.threshold.value = -10.0
     assert not lower_to_champion_volume(lower, as_came, champion_share, 0.001), "never raised"  # type: ignore[arg-type]
