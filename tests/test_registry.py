@@ -180,8 +180,9 @@ def test_a_challenger_that_ranks_missed_anomalies_on_top_keeps_the_champions_ala
     )
     assert before < 0.0002 and 0.0005 <= after <= 0.002
     assert challenger.threshold.details["slice_quantile"] > challenger.threshold_
-    assert not lower_to_champion_volume(challenger, as_came, 0.0009, 0.001), "no excess: the champion detects nothing"  # type: ignore[arg-type]
-    assert not lower_to_champion_volume(challenger, as_came, 0.05, 0.001), "drift: the champion is not trusted"  # type: ignore[arg-type]
+    slice_ = without[:, None]
+    assert not lower_to_champion_volume(challenger, as_came, 0.0009, 0.001, slice_), "no excess: it detects nothing"  # type: ignore[arg-type]
+    assert not lower_to_champion_volume(challenger, as_came, 0.05, 0.001, slice_), "drift: the champion is not trusted"  # type: ignore[arg-type]
     # a champion that flags 0.8 % (its own false alarms at several times the target) hands no more
     # on than the gate allows on the slice less its detections
     over = _ScoresAsRows(Threshold.fit(without, 0.001))
@@ -191,4 +192,4 @@ def test_a_challenger_that_ranks_missed_anomalies_on_top_keeps_the_champions_ala
     assert capped <= 0.0025, capped
     lower = _ScoresAsRows(Threshold.fit(without, 0.001))
     lower.threshold.value = -10.0
-    assert not lower_to_champion_volume(lower, as_came, champion_share, 0.001), "never raised"  # type: ignore[arg-type]
+    assert not lower_to_champion_volume(lower, as_came, champion_share, 0.001, slice_), "never raised"  # type: ignore[arg-type]

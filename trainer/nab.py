@@ -191,10 +191,16 @@ def evaluate_smd_streams(
             (f"{r.method}+likelihood+cooldown", published, cooldown),
         ):
             per_method.setdefault(name, []).append(Stream(r.machine, scores, windows, quiet))
+    return profile_table(per_method)
+
+
+def profile_table(corpora: dict[str, list[Stream]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Each named corpus scored on every profile: name -> profile -> normalised score and the
+    corpus threshold that reached it."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for method, streams in per_method.items():
-        out[method] = {}
-        for name, profile in PROFILES.items():
+    for name, streams in corpora.items():
+        out[name] = {}
+        for profile_name, profile in PROFILES.items():
             score, threshold = corpus_score(streams, profile)
-            out[method][name] = {"score": score, "threshold": threshold}
+            out[name][profile_name] = {"score": score, "threshold": threshold}
     return out

@@ -246,6 +246,25 @@ MAX_CONTAMINATION = 0.02
 """Above this excess flag rate the champion is not trusted to say what is an anomaly (drift)."""
 
 
+def _champion_scores_of(
+    cal: NDArray[np.int64], rows: NDArray[np.int64], champ_rows: NDArray[np.int64], champ_scores: NDArray[np.float64]
+) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    """Which rows of the slice ``cal`` the champion scored (``champ_rows``: ascending event
+    indices; ``rows[cal]``: the slice's), and their scores."""
+    if len(champ_rows) == 0:
+        return np.zeros(len(cal), dtype=bool), np.zeros(0)
+    ev = rows[cal]
+    pos = np.minimum(np.searchsorted(champ_rows, ev), len(champ_rows) - 1)
+    known = champ_rows[pos] == ev
+    return known, champ_scores[pos[known]]
+
+
+def _trusted(excess: float) -> bool:
+    """A champion whose flags exceed its target by ``excess`` is taken to detect anomalies:
+    some excess, and not so much that it is being drifted away from."""
+    return 0 < excess <= MAX_CONTAMINATION
+
+
 def without_detections(
     cal: NDArray[np.int64],
     rows: NDArray[np.int64],
@@ -270,16 +289,11 @@ def without_detections(
     indices: the window in its encoding, scored once per run); ``rows[cal]`` the slice's event
     indices.
     """
-    if len(champ_rows) == 0:
-        return cal
-    ev = rows[cal]  # event indices of the slice's rows
-    pos = np.minimum(np.searchsorted(champ_rows, ev), len(champ_rows) - 1)
-    known = champ_rows[pos] == ev
+    known, scores = _champion_scores_of(cal, rows, champ_rows, champ_scores)
     if not known.any():
         return cal
-    scores = champ_scores[pos[known]]
     excess = float((scores > champ_threshold).mean()) - target_rate
-    if excess <= 0 or excess > MAX_CONTAMINATION:
+    if not _trusted(excess):
         return cal
     n_drop = round(excess * len(scores))
     drop = np.flatnonzero(known)[np.argsort(scores)[len(scores) - n_drop :]] if n_drop else np.zeros(0, dtype=np.int64)
@@ -296,14 +310,8 @@ def champion_flag_share(
 ) -> float | None:
     """The share of the slice ``cal`` (as it came) that the champion flags; None when it
     scored none of it."""
-    if len(champ_rows) == 0:
-        return None
-    ev = rows[cal]
-    pos = np.minimum(np.searchsorted(champ_rows, ev), len(champ_rows) - 1)
-    known = champ_rows[pos] == ev
-    if not known.any():
-        return None
-    return float((champ_scores[pos[known]] > champ_threshold).mean())
+    known, scores = _champion_scores_of(cal, rows, champ_rows, champ_scores)
+    return float((scores > champ_threshold).mean()) if known.any() else None
 
 
 def lower_to_champion_volume(
@@ -311,7 +319,7 @@ def lower_to_champion_volume(
     X_as_came: NDArray[np.float32],
     champion_share: float | None,
     target_rate: float,
-    X_slice: NDArray[np.float32] | None = None,
+    X_slice: NDArray[np.float32],
 ) -> bool:
     """Lower the challenger's threshold, if it lies higher, to where it flags the share of the
     slice (as it came) that the champion flags. Returns whether it moved.
@@ -329,15 +337,13 @@ def lower_to_champion_volume(
     threshold never goes below where the challenger flags more of ``X_slice`` (the slice less
     the champion's detections, whose flags overstate false alarms) than the gate allows
     (:func:`allowed_false_alarm_rate`)."""
-    if champion_share is None or detector.threshold is None or len(X_as_came) == 0:
+    if champion_share is None or detector.threshold is None or not len(X_as_came) or not len(X_slice):
         return False
-    excess = champion_share - target_rate
-    if excess <= 0 or excess > MAX_CONTAMINATION:
+    if not _trusted(champion_share - target_rate):
         return False
     at_volume = float(np.quantile(detector.score_samples(X_as_came), 1.0 - champion_share))
-    if X_slice is not None and len(X_slice):
-        allowed = allowed_false_alarm_rate(target_rate, len(X_slice), len(X_slice))
-        at_volume = max(at_volume, float(np.quantile(detector.score_samples(X_slice), 1.0 - allowed)))
+    allowed = allowed_false_alarm_rate(target_rate, len(X_slice), len(X_slice))
+    at_volume = max(at_volume, float(np.quantile(detector.score_samples(X_slice), 1.0 - allowed)))
     if at_volume >= detector.threshold_:
         return False
     log.info(

@@ -40,7 +40,7 @@ from stream_ae.features.encoder import FeatureSchema, FieldKind, FieldSpec
 from stream_ae.features.featurize import featurize_file
 from stream_ae.models.detector import DegenerateDataError
 from trainer.evaluate import SMD_MACHINES, SMD_START, load_smd
-from trainer.nab import PROFILES, Stream, anomaly_starts, corpus_score, probation_rows, windows_for
+from trainer.nab import Stream, anomaly_starts, probation_rows, profile_table, windows_for
 from trainer.train import fit_events
 
 STEP_S = 60.0  # SMD's sampling
@@ -142,10 +142,4 @@ def evaluate_smd_series(
         streams["raw+cooldown"].append(Stream(name, r.raw, r.windows, r.cooldown_rows))
         streams["likelihood+cooldown"].append(Stream(name, r.published, r.windows, r.cooldown_rows))
         streams["incidents"].append(Stream(name, r.opens.astype(np.float64), r.windows))
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for way, ss in streams.items():
-        out[way] = {}
-        for profile_name, profile in PROFILES.items():
-            score, threshold = corpus_score(ss, profile)
-            out[way][profile_name] = {"score": score, "threshold": threshold}
-    return out
+    return profile_table(streams)

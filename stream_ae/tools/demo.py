@@ -22,9 +22,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -45,6 +46,9 @@ from stream_ae.tools.produce import stream_forever
 from stream_ae.tools.prometheus_local import LocalPrometheus, PrometheusError
 from stream_ae.tools.prometheus_local import available as prometheus_available
 from stream_ae.tools.synthetic import CARD_SCHEMA, transactions
+
+if TYPE_CHECKING:
+    from trainer.train import FittedModel
 
 FEEDBACK_TOPIC = "stream-ae.feedback"
 
@@ -225,24 +229,35 @@ class Demo:
             self.broker.start()
         self.console.print(f"[green]✓[/] Kafka at {self.broker.bootstrap_servers}")
 
+    def start_broker_and_model(
+        self, topics: dict[str, int], compacted: set[str], training: str, version: str, fit: Callable[[], FittedModel]
+    ) -> None:
+        """Kafka with the demo's ``topics``, then the first model (``fit``, announced as
+        ``training``) published as ``version`` unless the registry holds one already."""
+        self.start_broker()
+        asyncio.run(ensure_topics({"bootstrap_servers": self.broker.bootstrap_servers}, topics, compacted=compacted))
+        if self.registry.latest() is None:
+            with self.console.status(training):
+                fitted = fit()
+                self.registry.publish(lambda tmp: fitted.save(tmp, version=version), version)
+        self.console.print(f"[green]✓[/] model {self.registry.latest()} in {self.registry.root}")
+
     def setup(self) -> None:
         say = self.console.print
-        self.start_broker()
-        asyncio.run(
-            ensure_topics(
-                {"bootstrap_servers": self.broker.bootstrap_servers},
-                {"events": 4, "anomalies": 1, "events.dlq": 1, FEEDBACK_TOPIC: 1},
-                compacted={FEEDBACK_TOPIC},
-            )
-        )
-        if self.registry.latest() is None:
-            with self.console.status("training the first model on 20,000 generated transactions…"):
-                from trainer.train import fit_events
 
-                events, _ = transactions(20_000, seed=1)
-                fitted = fit_events(events, schema=CARD_SCHEMA, target_rate=TARGET_RATE, max_steps=1500)
-                self.registry.publish(lambda tmp: fitted.save(tmp, version="v1-initial"), "v1-initial")
-        say(f"[green]✓[/] model {self.registry.latest()} in {self.registry.root}")
+        def fit() -> FittedModel:
+            from trainer.train import fit_events
+
+            events, _ = transactions(20_000, seed=1)
+            return fit_events(events, schema=CARD_SCHEMA, target_rate=TARGET_RATE, max_steps=1500)
+
+        self.start_broker_and_model(
+            {"events": 4, "anomalies": 1, "events.dlq": 1, FEEDBACK_TOPIC: 1},
+            {FEEDBACK_TOPIC},
+            "training the first model on 20,000 generated transactions…",
+            "v1-initial",
+            fit,
+        )
         self.spawn("worker", "worker")
         self.spawn("trainer", "trainer")
         say(f"[green]✓[/] worker and trainer started (logs in {self.home})")

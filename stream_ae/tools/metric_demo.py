@@ -21,16 +21,18 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from stream_ae.kafka.admin import ensure_topics
 from stream_ae.tools.demo import Demo, scrape_port
 from stream_ae.tools.metrics_stream import METRICS_SCHEMA, Fault, HostMetrics
 from stream_ae.tools.produce import encode_events, make_producer, send_with
+
+if TYPE_CHECKING:
+    from trainer.train import FittedModel
 
 INPUT, ANOMALIES, INCIDENTS = "metrics", "metric-anomalies", "incidents"
 TARGET_RATE = 1e-4
@@ -110,20 +112,19 @@ class MetricDemo(Demo):
 
     def setup(self) -> None:
         say = self.console.print
-        self.start_broker()
-        asyncio.run(
-            ensure_topics(
-                {"bootstrap_servers": self.broker.bootstrap_servers},
-                {INPUT: 4, ANOMALIES: 1, INCIDENTS: 1, f"{INPUT}.dlq": 1},
-            )
-        )
-        if self.registry.latest() is None:
-            with self.console.status(f"training the model on three simulated days of {self.hosts} hosts…"):
-                from trainer.train import fit_events
 
-                fitted = fit_events(self.train, schema=METRICS_SCHEMA, target_rate=TARGET_RATE, device="cpu")
-                self.registry.publish(lambda tmp: fitted.save(tmp, version="metrics-v1"), "metrics-v1")
-        say(f"[green]✓[/] model {self.registry.latest()} in {self.registry.root}")
+        def fit() -> FittedModel:
+            from trainer.train import fit_events
+
+            return fit_events(self.train, schema=METRICS_SCHEMA, target_rate=TARGET_RATE, device="cpu")
+
+        self.start_broker_and_model(
+            {INPUT: 4, ANOMALIES: 1, INCIDENTS: 1, f"{INPUT}.dlq": 1},
+            {INCIDENTS},  # as the worker creates it: each incident's latest record is kept
+            f"training the model on three simulated days of {self.hosts} hosts…",
+            "metrics-v1",
+            fit,
+        )
         self.spawn("worker", "worker")
         say(f"[green]✓[/] worker started (log in {self.home})")
         self.start_prometheus()
