@@ -82,9 +82,14 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def health(self) -> dict[str, Any]:
+    def health(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """``/healthz`` as a dict (empty while it cannot be reached within ``timeout_s``).
+
+        Five seconds, not one: on a loaded 2-core CI host a worker busy with a batch answered
+        later than one second, and a single read then looked like a dead worker.
+        """
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/healthz", timeout=timeout_s) as r:
                 return dict(orjson.loads(r.read()))
         except Exception:
             return {}
