@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     """Each all-scores record carries the event's latent code (``code``; the VAE's posterior mean)."""
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """``at_least_once``, or ``exactly_once`` (Kafka transactions)."""
+    commit_interval_ms: int = Field(1000, ge=0)
+    """``at_least_once`` with entity state: how often the input offsets are committed and the
+    entity changelog written, one record per entity changed since the last time (Kafka Streams'
+    record cache). Longer: fewer changelog records, more events read again after a crash. 0:
+    after every batch. ``exactly_once`` commits every batch in its transaction."""
     device: Device = "auto"
     """The worker's device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``."""
     torch_threads: int = Field(1, ge=1)

@@ -175,9 +175,7 @@ def test_a_challenger_that_ranks_missed_anomalies_on_top_keeps_the_champions_ala
     champion_share = (12 + 48) / len(as_came)
     assert lower_to_champion_volume(challenger, as_came, champion_share, 0.001, without[:, None])  # type: ignore[arg-type]
     after = float((fresh > challenger.threshold_).mean())
-    print(
-        f"\n[volume] false-alarm rate at 0.1 %: slice quantile {before:.5f}, champion's volume {after:.5f}"
-    )
+    print(f"\n[volume] false-alarm rate at 0.1 %: slice quantile {before:.5f}, champion's volume {after:.5f}")
     assert before < 0.0002 and 0.0005 <= after <= 0.002
     assert challenger.threshold.details["slice_quantile"] > challenger.threshold_
     slice_ = without[:, None]

@@ -35,6 +35,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -77,6 +79,61 @@ def encode(spec: EntitySpec, row: np.dtype, delta: PartitionDelta) -> tuple[list
     for i in np.flatnonzero(~delta.post_held).tolist():
         values[i] = None
     return list(delta.keys), values
+
+
+def coalesce(deltas: list[PartitionDelta]) -> list[PartitionDelta]:
+    """Several batches' deltas as one per partition, one entry per entity (Kafka Streams'
+    record cache): its row before the first of them and its first offset, its row after the
+    last and its last offset. Restoring from the coalesced records at an input offset committed
+    before the first batch or after the last gives what the per-batch records gave; offsets in
+    between are never committed (the worker commits when it writes the coalesced records).
+
+    Example:
+        >>> from stream_ae.entities.spec import EntitySpec
+        >>> from stream_ae.entities.store import EntityStore
+        >>> from stream_ae.entities.step import EntityBatch
+        >>> store = EntityStore(EntitySpec.from_dict({"features": [{"count": ["1h"]}]}))
+        >>> _, d1 = store.process(0, EntityBatch([b"a", b"b"], np.array([0, 0]), np.array([7, 8]), {}, {}))
+        >>> _, d2 = store.process(0, EntityBatch([b"a"], np.array([1000]), np.array([9]), {}, {}))
+        >>> [merged] = coalesce([d1, d2])
+        >>> merged.keys, merged.first_offsets.tolist(), merged.last_offsets.tolist()
+        ([b'a', b'b'], [7, 8], [9, 8])
+        >>> merged.pre_held.tolist(), merged.post["counts"].ravel().round(2).tolist()
+        ([False, False], [2.0, 1.0])
+    """
+    out: list[PartitionDelta] = []
+    for partition in dict.fromkeys(d.partition for d in deltas):
+        mine = [d for d in deltas if d.partition == partition and len(d)]
+        if len(mine) == 1:
+            out.append(mine[0])
+            continue
+        if not mine:
+            continue
+        keys = [k for d in mine for k in d.keys]
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        last = dict(zip(keys, range(len(keys)), strict=True))  # later positions overwrite
+        head = np.fromiter(first.values(), np.int64, count=len(first))
+        tail = np.fromiter((last[k] for k in first), np.int64, count=len(first))
+
+        out.append(
+            PartitionDelta(
+                partition,
+                list(first),
+                _cat(mine, "pre")[head],
+                _cat(mine, "pre_held")[head],
+                _cat(mine, "post")[tail],
+                _cat(mine, "post_held")[tail],
+                _cat(mine, "first_offsets")[head],
+                _cat(mine, "last_offsets")[tail],
+            )
+        )
+    return out
+
+
+def _cat(deltas: list[PartitionDelta], name: str) -> NDArray[Any]:
+    return np.concatenate([getattr(d, name) for d in deltas])
 
 
 def decode_chunk(row: np.dtype, values: list[bytes | None]) -> tuple[NDArray[np.void], NDArray[np.int64]]:

@@ -39,6 +39,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from stream_ae.models.optim import AdamW
+
 ANOMALY, NORMAL, UNLABELLED = 1, 0, -1
 
 
@@ -147,7 +149,7 @@ def train_head(
     is_anomaly = torch.cat([torch.ones(len(x_anomaly)), torch.zeros(len(x_normal))]).bool().to(device)
     ceiling = torch.cat([torch.zeros(len(x_anomaly), device=device), -need.float().to(device)])
     gen = torch.Generator(device=device).manual_seed(seed + 104729)
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
+    opt = AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
     head.train()
     for _ in range(steps):
         u = x_unlabelled[torch.randint(len(x_unlabelled), (batch,), generator=gen, device=device)]
@@ -158,7 +160,7 @@ def train_head(
             is_anomaly[pick], lift_weight * (margin - f_l).clamp_min(0), (f_l - ceiling[pick]).clamp_min(0)
         )
         loss = f_u.abs().mean() + hinge.mean()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
     head.eval()

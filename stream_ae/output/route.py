@@ -72,6 +72,19 @@ class OutputRecords:
         return len(self.values)
 
 
+def changelog_records(store: EntityStore, deltas: list[PartitionDelta]) -> OutputRecords:
+    """``deltas`` as changelog records, each to the changelog partition of the input partition
+    it came from."""
+    out = OutputRecords(partitions=[])
+    assert out.partitions is not None
+    for delta in deltas:
+        keys, values = changelog.encode(store.spec, store.dtype, delta)
+        out.keys += keys
+        out.values += values
+        out.partitions += [delta.partition] * len(keys)
+    return out
+
+
 @dataclass
 class Routed:
     """What a batch turned into, plus the figures the metrics need."""
@@ -175,17 +188,11 @@ class Router:
             self.routed.n_incidents += 1
 
     def changelog(self, store: EntityStore, deltas: list[PartitionDelta]) -> None:
-        """One changelog record per entity a batch touched (a tombstone per one it dropped), to
-        the changelog partition of the input partition it came from."""
-        if not self.topics.changelog:
-            return
-        out = self.routed.to(self.topics.changelog)
-        out.partitions = out.partitions if out.partitions is not None else []
-        for delta in deltas:
-            keys, values = changelog.encode(store.spec, store.dtype, delta)
-            out.keys += keys
-            out.values += values
-            out.partitions += [delta.partition] * len(keys)
+        """One changelog record per entity a batch touched (a tombstone per one it dropped),
+        when the batch carries its own (``Topics.changelog`` set: ``exactly_once``, or a commit
+        interval of 0; else the worker writes them coalesced at its commits)."""
+        if self.topics.changelog:
+            self.routed.outputs[self.topics.changelog] = changelog_records(store, deltas)
 
     def scores(
         self,

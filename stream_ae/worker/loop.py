@@ -9,8 +9,14 @@ Per micro-batch:
    (:class:`~stream_ae.kafka.publisher.BatchPublisher`);
 4. wait for the batches' acknowledgements, then commit the input offsets. With
    ``at_least_once`` step 4 runs while the next batch is fetched and processed (one batch in
-   flight; the next is published only after it is committed). With ``exactly_once`` records
+   flight; the next is published only after it is acknowledged). With ``exactly_once`` records
    and offsets go in one producer transaction before the next fetch.
+
+With entity state under ``at_least_once`` the commit of step 4 waits for the commit interval
+(``commit_interval_ms``): acknowledged batches' state changes are held, and once per interval
+(and before partitions move or the worker stops) they are written to the changelog, one record
+per entity, and then the offsets they cover are committed. A crash in between reads those
+batches again from the last commit, onto the state restored as of that commit.
 
 A failure in step 3 or 4 rewinds the consumer to the batch's first offsets (and the next
 batch's, which is dropped unpublished) and retries, so every consumed event is scored or
@@ -73,6 +79,7 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in parts))
         async with self.loop.batch_lock:  # no batch is between processing and publishing
             await self.loop.wait_in_flight()
+            await self.loop.commit_held(now=True)  # the next owner starts where this one stopped
             if self.loop.state is not None:
                 self.loop.state.revoked(parts)
 
@@ -82,6 +89,7 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.loop.metrics.assigned.set(len(parts))
         self.loop.metrics.lag.clear()
         self.loop.metrics.entities.clear()
+        self.loop.reassigned(parts)
         if self.loop.state is not None:
             await self.loop.state.assigned(parts)
 
@@ -118,6 +126,12 @@ class BatchLoop:
         self.batch_lock = asyncio.Lock()  # held from processing a batch until it is published
         self._in_flight: InFlightBatch | None = None
         self._publish_failures = 0
+        # at_least_once with entity state: offsets acknowledged, committed with the changelog
+        self._coalescing = (
+            state is not None and settings.processing_guarantee == "at_least_once" and settings.commit_interval_ms > 0
+        )
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._last_commit = time.monotonic()
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         s = self.settings
@@ -136,6 +150,8 @@ class BatchLoop:
                     await self._handle(fetched, stopping)
                 elif (failed := await self._settle()) is not None:  # idle: finish the batch in flight now
                     await self._undo(failed.deltas)
+                else:
+                    await self.commit_held()
 
     def _still_ours(self, fetched: Fetched) -> Fetched:
         """Records of partitions revoked or still restoring since the fetch are left for later
@@ -169,6 +185,7 @@ class BatchLoop:
             # where both touch a partition the earlier batch's offset wins: never seek past it
             await self._rewind({**first, **failed.first})
             return
+        await self.commit_held()
         try:
             if self._renew_producer:  # a batch failed on the producer in use: never reuse its state
                 async with self._producer_lock:
@@ -229,8 +246,45 @@ class BatchLoop:
     ) -> None:
         if futures:
             await asyncio.gather(*futures)
-        await self.consumer.commit(offsets)
+        if self._coalescing:
+            assert self.state is not None
+            self.state.hold(routed.deltas)
+            self._uncommitted.update(offsets)
+        else:
+            await self.consumer.commit(offsets)
         self._committed(routed, started)  # when it is committed, not when the loop next looks
+
+    async def commit_held(self, now: bool = False) -> None:
+        """Coalescing: once per commit interval (``now``: before a rebalance or a stop), write
+        the held state changes to the changelog, one record per entity, then commit the offsets
+        of the batches they came from. A failure keeps both for the next try: the state in
+        memory and the outputs are right, only their durability waits."""
+        if not self._uncommitted or self.state is None:
+            return
+        if not now and (time.monotonic() - self._last_commit) * 1000 < self.settings.commit_interval_ms:
+            return
+        try:
+            out = await self.state.held_records()
+            futures = await self.publisher.publish(
+                self.state.changelog_topic, out.keys, out.values, partitions=out.partitions
+            )
+            if futures:
+                await asyncio.gather(*futures)
+            assigned = self.consumer.assignment()
+            await self.consumer.commit({tp: o for tp, o in self._uncommitted.items() if tp in assigned})
+        except Exception as exc:
+            log.warning("writing the changelog and committing failed (%r); retrying at the next commit", exc)
+            self.metrics.batch_errors.labels(stage="commit").inc()
+            self._renew_producer = True
+            return
+        self._uncommitted = {}
+        self._last_commit = time.monotonic()
+        self.state.written(len(out))
+
+    def reassigned(self, parts: Iterable[TopicPartition]) -> None:
+        """Offsets of partitions no longer ours are never committed by this worker."""
+        mine = set(parts)
+        self._uncommitted = {tp: o for tp, o in self._uncommitted.items() if tp in mine}
 
     async def _settle(self) -> InFlightBatch | None:
         """Wait for the batch in flight; the batch when it failed (it is rewound: nothing of it

@@ -79,8 +79,10 @@ class BatchWorker(Service):
         await self.follower.load_initial(lambda: self.should_stop)
         assert self.model is not None
         changelog = await self._prepare_changelog() if self.model.entity is not None else None
-        topics = Topics(s.output_topic, s.dead_letter_topic, s.scores_topic, batch_bytes, changelog, s.incidents_topic)
         eos = s.processing_guarantee == "exactly_once"
+        # the batches carry their own changelog records only where the loop does not coalesce them
+        per_batch = changelog if eos or s.commit_interval_ms == 0 else None
+        topics = Topics(s.output_topic, s.dead_letter_topic, s.scores_topic, batch_bytes, per_batch, s.incidents_topic)
 
         def make_producer() -> AIOKafkaProducer:
             return AIOKafkaProducer(
@@ -151,6 +153,7 @@ class BatchWorker(Service):
         self.ready = False
         if self.batch_loop is not None:
             await self.batch_loop.wait_in_flight()  # commit what was acknowledged: less to re-deliver after restart
+            await self.batch_loop.commit_held(now=True)
         if self.entity_state is not None:
             await self.entity_state.stop()
         for client in (self._consumer, self._control, self._restorer):

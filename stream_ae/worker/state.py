@@ -3,8 +3,12 @@ are assigned (they stay paused until then), kept across a rebalance that gives t
 dropped when they move away, rewound when a batch is, and reported as metrics.
 
 Every change to the store runs on the hot executor, the thread that processes batches, so
-the state is never read and written at once. The changelog records themselves are built
-with each batch (:meth:`stream_ae.output.route.Router.changelog`) and published with its outputs.
+the state is never read and written at once. Under ``exactly_once`` (or a commit interval of
+0) the changelog records are built with each batch
+(:meth:`stream_ae.output.route.Router.changelog`) and published with its outputs. Under
+``at_least_once`` the acknowledged batches' changes are held here and written coalesced, one
+record per entity (:func:`stream_ae.entities.changelog.coalesce`), when the batch loop commits
+the offsets they cover (``commit_interval_ms``).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream_ae.entities.changelog import coalesce
 from stream_ae.entities.restore import restore_partition
 from stream_ae.entities.store import EntityStore, PartitionDelta
 from stream_ae.operation.metrics import WorkerMetrics
-from stream_ae.output.route import Routed
+from stream_ae.output.route import OutputRecords, Routed, changelog_records
 
 log = logging.getLogger("stream_ae.worker")
 
@@ -48,6 +53,7 @@ class EntityState:
         self._revoked: set[TopicPartition] = set()
         self._task: asyncio.Task[None] | None = None
         self._generation = 0
+        self._held: list[PartitionDelta] = []  # acknowledged, not yet in the changelog
 
     async def _on_hot(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._hot, fn, *args)
@@ -71,7 +77,11 @@ class EntityState:
         self.restoring = set(todo)
         self._revoked = set()
         self._generation += 1
-        await self._on_hot(self.store.drop, [p for p in held if p not in {tp.partition for tp in keep}])
+        kept = {tp.partition for tp in keep}
+        await self._on_hot(self.store.drop, [p for p in held if p not in kept])
+        # changes of partitions gone that were never written: their offsets were never committed
+        # either, so the next owner reads those events again from its restored state
+        self._held = [d for d in self._held if d.partition in kept]
         if todo:
             self._task = asyncio.ensure_future(self._restore(todo, self._generation))
         log.info("entity state: kept %d partition(s), restoring %d", len(keep), len(todo))
@@ -122,10 +132,27 @@ class EntityState:
         if deltas:
             await self._on_hot(self.store.undo, deltas)
 
+    def hold(self, deltas: list[PartitionDelta]) -> None:
+        """An acknowledged batch's changes, for the changelog at the next commit."""
+        self._held += [d for d in deltas if len(d)]
+
+    async def held_records(self) -> OutputRecords:
+        """The held changes as changelog records, one per entity (merged and encoded on the hot
+        thread; the merge replaces what is held, so a retry writes the same records)."""
+        self._held = await self._on_hot(coalesce, self._held)
+        records: OutputRecords = await self._on_hot(changelog_records, self.store, self._held)
+        return records
+
+    def written(self, records: int) -> None:
+        """The held changes are in the changelog and their offsets committed."""
+        self._held = []
+        self.metrics.changelog_records.inc(records)
+
     def committed(self, routed: Routed) -> None:
-        """A batch's state changes are durable: count them (figures taken on the hot thread)."""
+        """A batch is acknowledged: count its changelog records, when it carried them, and the
+        state's figures (taken on the hot thread)."""
         m = self.metrics
-        m.changelog_records.inc(sum(len(d) for d in routed.deltas))
+        m.changelog_records.inc(len(routed.outputs.get(self.changelog_topic, ())))
         counts = routed.entity_counts
         if counts is not None:
             for reason, n in counts.evicted.items():
