@@ -10,6 +10,10 @@ the same worker stateless, restore rate, changelog volume and memory per entity.
   the entity features (``CARD_SCHEMA``) and one whose model does not (``CARD_SCHEMA_STATELESS``)
   drain it, all-scores topic on (``bench.throughput``'s method). Also the changelog records
   the stateful worker wrote per input event, and the entities it held.
+* **hot path** (``--hot-path-only`` runs it alone): the same three streams through
+  ``pipeline.process_batch`` in-process (no Kafka, one torch thread, 100,000 events in batches
+  of 2,048), stateful against stateless, with the share of events each model flags: what the
+  entity state costs the hot path itself, apart from the client and the broker.
 * **restore**: ``--restore`` entities' changelog records are written to one partition, then
   read back as a worker restores an assigned partition (entities/s and seconds).
 * **memory**: bytes per entity held (rows and key index), by tracemalloc, in-process.
@@ -19,11 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
 import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
+import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.environment import bench_environment, publish_bench_model
@@ -34,6 +42,10 @@ from stream_ae.entities.step import EntityBatch
 from stream_ae.entities.store import EntityStore
 from stream_ae.kafka.admin import ensure_topics
 from stream_ae.kafka.publisher import BatchPublisher
+from stream_ae.lifecycle.artifacts import load_artifact
+from stream_ae.lifecycle.registry import Registry
+from stream_ae.output.route import Topics
+from stream_ae.pipeline import ActiveModel, process_batch
 from stream_ae.tools.produce import encode_events, send_raw
 from stream_ae.tools.synthetic import CARD_ENTITY, CardStream
 
@@ -54,20 +66,58 @@ async def fill(bootstrap: str, topic: str, events: list[dict[str, object]]) -> N
     await send_raw({"bootstrap_servers": bootstrap}, topic, encode_events(events), chunk=5000)
 
 
+@dataclass
+class _Record:  # what the hot path reads of a Kafka record
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+def hot_path(stateful: Path, stateless: Path, events: int = 100_000) -> None:
+    """The three streams through ``process_batch`` in-process, stateful and stateless."""
+    torch.set_num_threads(1)
+    models = {
+        "stateful": ActiveModel(load_artifact(Registry(stateful).path_of("bench")), 3),
+        "stateless": ActiveModel(load_artifact(Registry(stateless).path_of("bench")), 3),
+    }
+    topics = Topics("out", "dead", "scores")
+    for name, cards, hot in CONFIGS:
+        stream = card_stream(events, cards, hot)
+        records = [_Record("in", 0, i, str(e["card"]).encode(), orjson.dumps(e), 0) for i, e in enumerate(stream)]
+        line = []
+        rates = {}
+        for kind, model in models.items():
+            store = EntityStore(model.entity) if model.entity is not None else None
+            flagged = 0
+            t0 = time.perf_counter()
+            for i in range(0, len(records), 2048):
+                flagged += process_batch(records[i : i + 2048], model, topics, 1_000_000, store).n_anomalies
+            rates[kind] = len(records) / (time.perf_counter() - t0)
+            line.append(f"{kind} {rates[kind]:9,.0f} ev/s (flags {100 * flagged / len(records):.2f} %)")
+        print(f"hot path  {name:22s} " + " | ".join(line) + f" | ratio {rates['stateful'] / rates['stateless']:.2f}")
+
+
+CONFIGS = (("10k cards", 10_000, False), ("1M cards", 1_000_000, False), ("10k cards, hot keys", 10_000, True))
+
+
 def throughput(bootstrap: str, stateful: Path, stateless: Path, work: Path, events: int) -> None:
-    configs = (("10k cards", 10_000, False), ("1M cards", 1_000_000, False), ("10k cards, hot keys", 10_000, True))
-    for name, cards, hot in configs:
+    for name, cards, hot in CONFIGS:
         topic = f"ent-{time.time_ns()}"
         stream = card_stream(events, cards, hot)
         asyncio.run(fill(bootstrap, topic, stream))
         distinct = len({e["card"] for e in stream})
         figures: dict[str, float] = {}
         with_state = worker_throughput(bootstrap, stateful, topic, events, 2048, 50, work / "stateful.log", figures)
-        without = worker_throughput(bootstrap, stateless, topic, events, 2048, 50, work / "stateless.log")
+        plain: dict[str, float] = {}
+        without = worker_throughput(bootstrap, stateless, topic, events, 2048, 50, work / "stateless.log", plain)
         print(
             f"{name:22s} {distinct:9,d} distinct: stateful {with_state:9,.0f} ev/s | stateless {without:9,.0f} ev/s | "
             f"ratio {with_state / without:.2f} | changelog records per event {figures['changelog'] / events:.2f} | "
-            f"entities held {figures['held']:,.0f}"
+            f"entities held {figures['held']:,.0f} | flagged {100 * figures['anomalies'] / events:.2f} % "
+            f"(stateless {100 * plain['anomalies'] / events:.2f} %)"
         )
 
 
@@ -131,9 +181,14 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--restore", type=int, default=1_000_000, help="entities in the restore run")
     ap.add_argument("--restore-only", action="store_true")
+    ap.add_argument("--hot-path-only", action="store_true")
     args = ap.parse_args()
     if args.restore_only:
         main_restore_only(args.bootstrap, args.restore)
+        return
+    if args.hot_path_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            hot_path(publish_bench_model(Path(tmp) / "a"), publish_bench_model(Path(tmp) / "b", stateless=True))
         return
     print(f"memory per entity (card features: 10-minute count, since_last, 16-slot novelty ring): "
           f"{memory_per_entity():,.0f} bytes")  # fmt: skip
@@ -141,6 +196,7 @@ def main() -> None:
         rate, seconds = asyncio.run(restore_rate(env.bootstrap, args.restore))
         print(f"restore: {args.restore:,} entities in {seconds:.1f} s, {rate:,.0f} entities/s")
         stateless = publish_bench_model(env.work / "models-stateless", stateless=True)
+        hot_path(env.registry, stateless)
         throughput(env.bootstrap, env.registry, stateless, env.work, args.events)
 
 

@@ -175,6 +175,7 @@ def worker_throughput(
         if figures is not None:
             figures["changelog"] = m.get("stream_ae_changelog_records_total", 0.0)
             figures["held"] = sum(v for k, v in m.items() if k.startswith("stream_ae_entities{"))
+            figures["anomalies"] = sum(v for k, v in m.items() if k.startswith("stream_ae_anomalies_total"))
         return (n - first) / (m["stream_ae_last_batch_timestamp_seconds"] - start)
     finally:
         worker.stop()
