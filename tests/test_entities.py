@@ -258,3 +258,42 @@ def test_coalesced_changelog_restores_what_the_per_batch_records_restore(batch_s
     got = restore([merged], cut)
     assert set(got) == {k for k in before if k in set(merged.keys) - dropped}
     assert all(got[k].tobytes() == before[k].tobytes() for k in got)
+
+
+def test_repeats_counts_how_long_a_metric_has_been_stuck() -> None:
+    """``repeats`` against a plain per-event reference (values on a coarse grid, so that runs
+    happen by chance, missing values, idle gaps past the TTL), in any batch split; and the
+    case it is for: a stuck metric's next rows read 1, 2, ... once two rows are stuck."""
+    spec = EntitySpec.from_dict({"ttl": "2h", "features": [{"repeats": ["level"], "rows": 5}]})
+    events = stream(800, seed=9, entities=5)
+    rng = np.random.default_rng(3)
+    for e in events:
+        e["level"] = float(rng.integers(0, 2)) if rng.random() > 0.05 else math.nan
+
+    rows: dict[str, list[float]] = {}
+    last_t: dict[str, int] = {}
+    want = []
+    for e in events:
+        key = e["key"]
+        if key not in last_t or max(e["t"], last_t[key]) - last_t[key] > spec.ttl * 1000:
+            rows[key] = []  # new, or back after its TTL: no history
+        past = rows[key][-5:]
+        k = 0
+        while len(past) >= k + 2 and not math.isnan(past[-1]) and past[-2 - k] == past[-1]:
+            k += 1
+        want.append(float(k))
+        rows[key].append(e["level"])
+        last_t[key] = max(e["t"], last_t.get(key, e["t"]))
+    assert max(want) == 4.0 and min(want) == 0.0, "the stream exercises the whole range"
+    for batch_size in (1, 7, 64, 800):
+        got, _ = replay(spec, events, batch_size)
+        np.testing.assert_array_equal(got[:, 0], want)
+
+    stuck = [
+        {"key": "h", "t": 1_790_000_000_000 + i * 300_000, "level": v}
+        for i, v in enumerate([1.0, 2.0, 3.0] + [7.0] * 6)
+    ]
+    for e in stuck:
+        e.update(amount=1.0, country=1)
+    got, _ = replay(spec, stuck, 4)
+    assert got[:, 0].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 4]  # the row after k stuck rows reads k - 1

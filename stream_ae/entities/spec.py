@@ -22,6 +22,8 @@ In the schema file (YAML or JSON, frozen into the model's manifest)::
           rows: 10
         - spread: [cpu]                      # the standard deviation of its previous rows
           rows: 12
+        - repeats: [cpu]                     # how many of its previous rows repeat the latest
+          rows: 12                           # (a stuck metric)
         - seasonal: [cpu]                    # the row minus the entity's mean one period ago
           period: 1d                         # (same hour-of-day bucket, yesterday)
           buckets: 24
@@ -54,9 +56,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["count", "sum", "zscore", "since_last", "novelty", "delta_mean", "spread", "seasonal"]
-KINDS: tuple[str, ...] = ("count", "sum", "zscore", "since_last", "novelty", "delta_mean", "spread", "seasonal")
-RECENT_ROWS = ("delta_mean", "spread")  # the kinds that keep a ring of the entity's last rows
+Kind = Literal["count", "sum", "zscore", "since_last", "novelty", "delta_mean", "spread", "repeats", "seasonal"]
+KINDS: tuple[str, ...] = (
+    "count",
+    "sum",
+    "zscore",
+    "since_last",
+    "novelty",
+    "delta_mean",
+    "spread",
+    "repeats",
+    "seasonal",
+)
+RECENT_ROWS = ("delta_mean", "spread", "repeats")  # the kinds that keep a ring of the entity's last rows
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PREFIX = "entity."
 OPTIONS = {
@@ -93,12 +105,12 @@ class Aggregate:
 
     kind: Kind
     field: str | None = None  # sum, zscore, novelty
-    fields: tuple[str, ...] = ()  # delta_mean, spread, seasonal
+    fields: tuple[str, ...] = ()  # delta_mean, spread, repeats, seasonal
     windows: tuple[float, ...] = ()  # count, sum (seconds)
     half_life: float = 86_400.0  # zscore (seconds)
     min_history: int = 5  # zscore
     capacity: int = 16  # novelty
-    rows: int = 10  # delta_mean, spread
+    rows: int = 10  # delta_mean, spread, repeats
     log: bool = False  # zscore: of the signed log1p of the value (heavy-tailed fields: amounts)
     period: float = 86_400.0  # seasonal (seconds)
     buckets: int = 24  # seasonal: time-of-period buckets
@@ -136,6 +148,8 @@ class Aggregate:
             return [f"{PREFIX}{self.field}_new"]
         if k == "spread":
             return [f"{PREFIX}{f}_sd{self.rows}" for f in self.fields]
+        if k == "repeats":
+            return [f"{PREFIX}{f}_repeats{self.rows}" for f in self.fields]
         if k == "seasonal":
             return [f"{PREFIX}{f}_season{label(self.period)}" for f in self.fields]
         return [f"{PREFIX}{f}_delta{self.rows}" for f in self.fields]

@@ -35,6 +35,11 @@ Semantics (docs/concepts/entity-features.md):
 * **spread** is the standard deviation (population) of the entity's previous ``rows`` rows,
   each field over the rows where it is present; 0 with fewer than two. A metric that gets
   stuck on one value has a spread of 0, which its history never had.
+* **repeats** is how many of the entity's previous ``rows`` rows, counted back from the one
+  before the latest, hold exactly the latest previous value (0 to ``rows - 1``; a missing
+  value ends the count, and is never repeated). The row after ``k`` stuck rows reads ``k - 1``:
+  it grows from the third stuck row on, where ``spread`` reaches 0 only when all ``rows`` rows
+  are stuck; a live noisy metric reads 0.
 
 Results do not depend on where micro-batches split, up to floating-point association: the
 decayed sums are a parallel scan whose association order follows the batch (they agree to
@@ -376,6 +381,9 @@ def _run(
                 if agg.kind == "spread":
                     dev = np.where(present, past - mean[:, None, :], 0.0)
                     value = np.where(count > 1, np.sqrt((dev * dev).sum(axis=1) / count), 0.0)
+                elif agg.kind == "repeats":  # the latest previous value, matched backwards (NaN never matches)
+                    same = past[:, :-1, :] == past[:, -1:, :]  # [n, K-1, F]
+                    value = np.cumprod(same[:, ::-1, :], axis=1).sum(axis=1).astype(np.float64)
                 else:
                     value = np.where((count > 0) & np.isfinite(rows), rows - mean, 0.0)
             for j, name in enumerate(agg.feature_names()):
