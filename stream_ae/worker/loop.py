@@ -79,7 +79,7 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in parts))
         async with self.loop.batch_lock:  # no batch is between processing and publishing
             await self.loop.wait_in_flight()
-            await self.loop.commit_held(now=True)  # the next owner starts where this one stopped
+            await self.loop.commit_held_before_leaving()  # the next owner starts where this one stopped
             if self.loop.state is not None:
                 self.loop.state.revoked(parts)
 
@@ -280,6 +280,13 @@ class BatchLoop:
         self._uncommitted = {}
         self._last_commit = time.monotonic()
         self.state.written(len(out))
+
+    async def commit_held_before_leaving(self) -> None:
+        """:meth:`commit_held` now, for a rebalance or a stop, waiting at most
+        ``IN_FLIGHT_WAIT_S`` (a broker that does not answer must not hold the worker: the
+        batches since the last commit are then read again, onto the state of that commit)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.commit_held(now=True), IN_FLIGHT_WAIT_S)
 
     def reassigned(self, parts: Iterable[TopicPartition]) -> None:
         """Offsets of partitions no longer ours are never committed by this worker."""

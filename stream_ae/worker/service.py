@@ -153,7 +153,7 @@ class BatchWorker(Service):
         self.ready = False
         if self.batch_loop is not None:
             await self.batch_loop.wait_in_flight()  # commit what was acknowledged: less to re-deliver after restart
-            await self.batch_loop.commit_held(now=True)
+            await self.batch_loop.commit_held_before_leaving()
         if self.entity_state is not None:
             await self.entity_state.stop()
         for client in (self._consumer, self._control, self._restorer):
