@@ -582,14 +582,14 @@ class FeatureEncoder:
             >>> round(enc.decode_field(f, enc.transform([{"amount": 21.0}])[0])["value"], 6)
             21.0
         """
-        spec, v = field.spec, np.asarray(row, dtype=np.float64)
+        spec, v = field.spec, row
         out: dict[str, Any] = {}
-        if spec.kind is FieldKind.NUMERIC:
+        if spec.kind is FieldKind.NUMERIC:  # scalar arithmetic: an anomaly flood decodes many
             st = self.stats[spec.name]
-            x = v[[field.columns[0]]] * st["iqr"] + st["median"]
-            out["value"] = float((signed_expm1(x) if spec.log else x)[0])
+            x = float(v[field.columns[0]]) * st["iqr"] + st["median"]
+            out["value"] = math.copysign(math.expm1(min(abs(x), 700.0)), x) if spec.log and x == x else x
         elif spec.kind is FieldKind.BOOLEAN:
-            p_true = float(np.clip(v[field.columns[0]], 0.0, 1.0))
+            p_true = min(max(float(v[field.columns[0]]), 0.0), 1.0)
             out.update(value=p_true >= 0.5, probability_true=p_true)
         elif spec.kind is FieldKind.TIMESTAMP:
             if field.columns:
@@ -604,13 +604,13 @@ class FeatureEncoder:
             out.update(value=None, unavailable="hashed_category")
         else:
             names = [*self.stats[spec.name]["vocab"], UNKNOWN_CATEGORY]
-            w = np.clip(v[list(field.columns)], 0.0, None)
+            w = np.clip(np.asarray(v, dtype=np.float64)[list(field.columns)], 0.0, None)
             total = float(w.sum())
             p = w / total if total > 0 else np.full(len(w), 1.0 / len(w))
             k = int(np.argmax(p))
             out.update(value=names[k], probability=float(p[k]), probabilities=dict(zip(names, p.tolist(), strict=True)))
         if field.missing_column is not None:
-            out["probability_missing"] = float(np.clip(v[field.missing_column], 0.0, 1.0))
+            out["probability_missing"] = min(max(float(v[field.missing_column]), 0.0), 1.0)
         return out
 
     def encode(self, events: Sequence[Event]) -> EncodedBatch:
