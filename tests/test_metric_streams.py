@@ -3,6 +3,8 @@ post-score stage makes of them against raw scores (the protocol of trainer.host_
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,20 @@ def test_the_metric_demo_judges_alarms_and_incidents_against_the_injected_faults
     s = tally.summary()
     assert (s["faults_closed"], s["found"], s["median_minutes_to_detect"]) == (2, 1, 5.0)
     assert s["incidents"] == 2 and s["false_incidents_per_host_week"] == 0.5
+
+
+def test_the_metric_demo_skips_records_it_cannot_read(tmp_path: Path) -> None:
+    """A tombstone on the compacted incidents topic (an operator's clean-up) or a record of
+    another layout reaches the live view as ``{}``: it counts nothing and stops nothing (a
+    rerun in a home an earlier version wrote once crashed the view with a KeyError)."""
+    from rich.console import Console
+
+    from stream_ae.tools.metric_demo import ANOMALIES, INCIDENTS, MetricDemo
+
+    demo = MetricDemo(tmp_path, hosts=2, speed=60.0, faults_per_host_week=1.0, console=Console(quiet=True))
+    demo.on_record(INCIDENTS, {})
+    demo.on_record(INCIDENTS, {"schema": "stream-ae.incident/1", "entity": "host-000"})
+    demo.on_record(ANOMALIES, {})
+    assert demo.faults.summary()["incidents"] == 0
+    demo.on_record(INCIDENTS, {"status": "opened", "entity": "host-000", "opened_at": demo.stream.t})
+    assert demo.faults.summary()["incidents"] == 1

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -180,6 +180,7 @@ class Demo:
     def __init__(self, home: Path, rate: float, anomaly_rate: float, console: Console, report: bool = False) -> None:
         self.home = home
         self.report = report
+        self.partitions: dict[str, int] = {}  # the demo's topics and their partition counts
         self.report_lines: list[MinuteFigures] = []
         self.report_versions: list[str] = []  # the model in use at each closed minute
         self.rate, self.anomaly_rate = rate, anomaly_rate
@@ -236,6 +237,7 @@ class Demo:
         ``training``) published as ``version`` unless the registry holds one already."""
         self.start_broker()
         asyncio.run(ensure_topics({"bootstrap_servers": self.broker.bootstrap_servers}, topics, compacted=compacted))
+        self.partitions = dict(topics)  # the live loop reads the watched ones from their ends
         if self.registry.latest() is None:
             with self.console.status(training):
                 fitted = fit()
@@ -309,8 +311,9 @@ class Demo:
         return t
 
     # the live loop: one for every demo; a demo says what it produces, watches and does per poll
+    # (from the watched topics' ends as they were before this run produced anything: a home
+    # reused from an earlier run, even of an earlier version, holds that run's records)
     watched: tuple[str, ...] = ("anomalies",)
-    watch_from = "latest"
 
     async def start_streams(self, kw: dict[str, Any], stop: asyncio.Event) -> list[asyncio.Task[Any]]:
         """Start the producer (and whatever else feeds the stack); their tasks end after ``stop``."""
@@ -354,9 +357,13 @@ class Demo:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         kw = {"bootstrap_servers": self.broker.bootstrap_servers}
-        tasks = await self.start_streams(kw, stop)
-        consumer = AIOKafkaConsumer(*self.watched, **kw, group_id=None, auto_offset_reset=self.watch_from)
+        consumer = AIOKafkaConsumer(**kw, group_id=None, enable_auto_commit=False)
         await consumer.start()
+        parts = [TopicPartition(t, p) for t in self.watched for p in range(self.partitions[t])]
+        consumer.assign(parts)
+        for tp, end in (await consumer.end_offsets(parts)).items():
+            consumer.seek(tp, end)
+        tasks = await self.start_streams(kw, stop)
         start = self.tally.started = time.monotonic()  # the report's minutes count from here
         try:
             with Live(self.view(0.0), console=self.console, refresh_per_second=2) as live:
