@@ -95,9 +95,10 @@ class WorkerProcess:
             return {}
 
     def metrics(self) -> dict[str, float]:
-        """Scrape ``/metrics``: ``name{labels}`` -> value (empty while it cannot be reached)."""
+        """Scrape ``/metrics``: ``name{labels}`` -> value (empty while it cannot be reached
+        within five seconds: a loaded CI host answers late, see :meth:`health`)."""
         try:
-            return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout_s=2.0)
+            return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout_s=5.0)
         except OSError:
             return {}
 
