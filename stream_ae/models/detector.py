@@ -83,13 +83,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-# the plateau stop (Hyper.plateau_tol) waits for this share of the budget: the one-cycle
-# schedule's rate is still high before it, and a pause in the objective there is not the end
-# (without it http's PR-AUC fell 0.021; with it every ADBench set is within 0.006:
-# docs/design/speed.md)
-PLATEAU_FLOOR = 1 / 3
-
-
 @dataclass
 class Hyper:
     """Hyper-parameters: everything needed to rebuild the network (stored in the manifest)."""
@@ -509,7 +502,7 @@ class AutoencoderDetector:
                     # must not end the run
                     if (
                         h.plateau_tol > 0
-                        and step > max(warmup, PLATEAU_FLOOR) * total
+                        and step > warmup * total
                         and len(bests) > 2
                         and bests[-3] - bests[-1] < 2 * h.plateau_tol * abs(bests[-3])
                     ):
