@@ -14,6 +14,7 @@ from stream_ae.scoring.threshold import Threshold
 from stream_ae.settings import Settings
 from stream_ae.tools.synthetic import CardStream
 from trainer.service import (
+    ChampionScores,
     GateFigures,
     TrainerService,
     allowed_false_alarm_rate,
@@ -131,14 +132,14 @@ def test_calibration_leaves_out_only_the_champions_flags_beyond_its_target() -> 
     cal = np.arange(len(rows))
 
     def kept(flag_share: float) -> np.ndarray:
-        return without_detections(cal, rows, champ_rows, scores, 1 - flag_share - 1e-9, 0.01)
+        return without_detections(cal, rows, ChampionScores(champ_rows, scores, 1 - flag_share - 1e-9), 0.01)
 
     left = kept(0.03)
     assert len(cal) - len(left) == 200, "2 % of 10,000 rows"
     assert scores[left].max() < np.sort(scores)[-200], "the champion's highest scores went"
     assert (scores[left] > 0.97 - 1e-9).sum() == 100, "its 1 % of false alarms stay"
     assert len(kept(0.008)) == len(cal) and len(kept(0.05)) == len(cal)
-    unknown = without_detections(cal, rows + 1, champ_rows, scores, 0.97 - 1e-9, 0.01)
+    unknown = without_detections(cal, rows + 1, ChampionScores(champ_rows, scores, 0.97 - 1e-9), 0.01)
     assert len(unknown) == len(cal), "rows the champion could not encode are never judged by it"
 
 

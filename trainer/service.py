@@ -246,17 +246,27 @@ MAX_CONTAMINATION = 0.02
 """Above this excess flag rate the champion is not trusted to say what is an anomaly (drift)."""
 
 
-def _champion_scores_of(
-    cal: NDArray[np.int64], rows: NDArray[np.int64], champ_rows: NDArray[np.int64], champ_scores: NDArray[np.float64]
-) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
-    """Which rows of the slice ``cal`` the champion scored (``champ_rows``: ascending event
-    indices; ``rows[cal]``: the slice's), and their scores."""
-    if len(champ_rows) == 0:
-        return np.zeros(len(cal), dtype=bool), np.zeros(0)
-    ev = rows[cal]
-    pos = np.minimum(np.searchsorted(champ_rows, ev), len(champ_rows) - 1)
-    known = champ_rows[pos] == ev
-    return known, champ_scores[pos[known]]
+@dataclass(frozen=True)
+class ChampionScores:
+    """The champion's view of a training window: the events it could encode (``rows``,
+    ascending event indices), its scores of them (scored once per run) and its threshold."""
+
+    rows: NDArray[np.int64]
+    scores: NDArray[np.float64]
+    threshold: float
+
+    def of(self, events: NDArray[np.int64]) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+        """Which of ``events`` (event indices) the champion scored, and their scores."""
+        if len(self.rows) == 0:
+            return np.zeros(len(events), dtype=bool), np.zeros(0)
+        pos = np.minimum(np.searchsorted(self.rows, events), len(self.rows) - 1)
+        known = self.rows[pos] == events
+        return known, self.scores[pos[known]]
+
+    def flag_share(self, events: NDArray[np.int64]) -> float | None:
+        """The share of ``events`` that the champion flags; None when it scored none of them."""
+        known, scores = self.of(events)
+        return float((scores > self.threshold).mean()) if known.any() else None
 
 
 def _trusted(excess: float) -> bool:
@@ -266,15 +276,10 @@ def _trusted(excess: float) -> bool:
 
 
 def without_detections(
-    cal: NDArray[np.int64],
-    rows: NDArray[np.int64],
-    champ_rows: NDArray[np.int64],
-    champ_scores: NDArray[np.float64],
-    champ_threshold: float,
-    target_rate: float,
+    cal: NDArray[np.int64], rows: NDArray[np.int64], champion: ChampionScores, target_rate: float
 ) -> NDArray[np.int64]:
-    """The slice ``cal`` (calibration or gate holdout) less what the champion flags beyond
-    its own target.
+    """The slice ``cal`` (calibration or gate holdout; ``rows[cal]`` its event indices) less
+    what the champion flags beyond its own target.
 
     A threshold set at rate ``r`` on traffic that holds anomalies at a rate above ``r`` lands
     among the anomalies: the live false-alarm rate then falls far below ``r`` and recall with
@@ -285,33 +290,15 @@ def without_detections(
     left out, and neither is anything when the excess passes :data:`MAX_CONTAMINATION`: a
     champion that flags that much is being drifted away from, and its opinion is not used.
     For example a champion calibrated at 1% that flags 3% of the slice takes out its top 2%.
-    ``champ_scores`` are the champion's scores of the events ``champ_rows`` (ascending event
-    indices: the window in its encoding, scored once per run); ``rows[cal]`` the slice's event
-    indices.
     """
-    known, scores = _champion_scores_of(cal, rows, champ_rows, champ_scores)
-    if not known.any():
+    known, scores = champion.of(rows[cal])
+    share = champion.flag_share(rows[cal])
+    if share is None or not _trusted(share - target_rate):
         return cal
-    excess = float((scores > champ_threshold).mean()) - target_rate
-    if not _trusted(excess):
-        return cal
-    n_drop = round(excess * len(scores))
+    n_drop = round((share - target_rate) * len(scores))
     drop = np.flatnonzero(known)[np.argsort(scores)[len(scores) - n_drop :]] if n_drop else np.zeros(0, dtype=np.int64)
     log.info("left out %d of %d rows the champion flags beyond its target", n_drop, len(cal))
     return np.delete(cal, drop)
-
-
-def champion_flag_share(
-    cal: NDArray[np.int64],
-    rows: NDArray[np.int64],
-    champ_rows: NDArray[np.int64],
-    champ_scores: NDArray[np.float64],
-    champ_threshold: float,
-) -> float | None:
-    """The share of the slice ``cal`` (as it came) that the champion flags; None when it
-    scored none of it."""
-    known, scores = _champion_scores_of(cal, rows, champ_rows, champ_scores)
-    return float((scores > champ_threshold).mean()) if known.any() else None
 
 
 def lower_to_champion_volume(
@@ -453,14 +440,13 @@ class TrainerService:
             return RunResult(None, "window_too_small", n_events=len(order))
         hold, cal, train = order[:n_hold], order[n_hold : n_hold + n_cal], order[n_hold + n_cal :]
         champ_X: NDArray[np.float32] | None = None
-        champ_rows = np.zeros(0, dtype=np.int64)
-        champ_scores = np.zeros(0, dtype=np.float64)
+        champ: ChampionScores | None = None
         if champion is not None and champion.encoder is not None:
             cb = featurize(champion.encoder, events, meta, store_for(champion.encoder)).batch
-            champ_X, champ_rows = cb.X, cb.ok
-            champ_scores = champion.detector.score_samples(champ_X)
+            champ_X = cb.X
+            champ = ChampionScores(cb.ok, champion.detector.score_samples(champ_X), champion.detector.threshold_)
             if s.trainer_exclude_anomalies:  # only the training part leaves out what the champion flags
-                flagged = champ_rows[champ_scores > champion.detector.threshold_]
+                flagged = champ.rows[champ.scores > champ.threshold]
                 before = len(train)
                 train = train[~np.isin(rows[train], flagged)]
                 log.info("left out %d training events the champion flags", before - len(train))
@@ -491,18 +477,17 @@ class TrainerService:
         # calibration and gate both see the traffic as it came, less what the champion flags
         # beyond its own target (its detections; its false alarms stay)
         hold_as_came, cal_as_came = hold, cal
-        if champion is not None and champ_X is not None:
-            cut = (champ_rows, champ_scores, champion.detector.threshold_, s.target_false_alarm_rate)
-            cal = without_detections(cal, rows, *cut)
-            hold = without_detections(hold, rows, *cut)
+        if champ is not None:
+            cal = without_detections(cal, rows, champ, s.target_false_alarm_rate)
+            hold = without_detections(hold, rows, champ, s.target_false_alarm_rate)
         detector.recalibrate(X[cal], s.target_false_alarm_rate, method=detector.hyper.threshold_method)  # type: ignore[arg-type]
         # a challenger trained on confirmed anomalies ranks the ones the champion missed on top,
         # and detects at least as many as the champion (the gate checks it on held-back verdicts):
         # it keeps the champion's alarm volume. Without verdicts neither holds (its refreshes, at
         # the volume, ran at 1.5-1.9x the target in tests/test_live_calibration.py), so it does not.
         verdicts = len(lab_train) > 0 and bool((lab_y[lab_train] == 1).any())
-        if verdicts and champion is not None and champ_X is not None:
-            share = champion_flag_share(cal_as_came, rows, champ_rows, champ_scores, champion.detector.threshold_)
+        if verdicts and champ is not None:
+            share = champ.flag_share(rows[cal_as_came])
             lower_to_champion_volume(detector, X[cal_as_came], share, s.target_false_alarm_rate, X[cal])
         fitted = FittedModel(detector, encoder, X[fit_rows])
         chal = gate_figures(detector, X[hold])
@@ -511,40 +496,43 @@ class TrainerService:
             chal.labelled_precision, chal.labelled_recall = labelled_figures(
                 detector.score_samples(X[lab_pos[back]]), detector.threshold_, y_back
             )
-        champ = None
-        if champion is not None and champ_X is not None:
-            champ = gate_figures(
+        champ_gate = None
+        if champion is not None and champ is not None and champ_X is not None:
+            champ_gate = gate_figures(
                 champion.detector,
-                champ_X[np.isin(champ_rows, rows[hold])],
-                X_as_came=champ_X[np.isin(champ_rows, rows[hold_as_came])],
+                champ_X[np.isin(champ.rows, rows[hold])],
+                X_as_came=champ_X[np.isin(champ.rows, rows[hold_as_came])],
             )
             in_window = lab_pos[back] < len(rows)  # the champion's encoding has the window's events only
-            ev_back = rows[lab_pos[back][in_window]]
-            seen = np.isin(ev_back, champ_rows)
+            seen, scores_back = champ.of(rows[lab_pos[back][in_window]])
             if seen.any():
-                champ_back = np.searchsorted(champ_rows, ev_back[seen])
-                champ.labelled_precision, champ.labelled_recall = labelled_figures(
-                    champ_scores[champ_back], champion.detector.threshold_, y_back[in_window][seen]
+                champ_gate.labelled_precision, champ_gate.labelled_recall = labelled_figures(
+                    scores_back, champ.threshold, y_back[in_window][seen]
                 )
-        self._report_labels(labels, chal, champ)
+        self._report_labels(labels, chal, champ_gate)
         ok, reason = compare(
-            chal, champ, s.target_false_alarm_rate, len(hold), len(cal), n_labelled_anomalies=int((y_back == 1).sum())
+            chal,
+            champ_gate,
+            s.target_false_alarm_rate,
+            len(hold),
+            len(cal),
+            n_labelled_anomalies=int((y_back == 1).sum()),
         )
-        for name, fig in (("challenger", chal), ("champion", champ)):
+        for name, fig in (("challenger", chal), ("champion", champ_gate)):
             if fig is not None:
                 for k, v in fig.as_dict().items():
                     self.metrics.figure.labels(model=name, figure=k).set(v)
         self.metrics.window.set(len(train) + n_hold)
         if not ok:
             self.metrics.rejections.labels(reason=reason).inc()
-            log.warning("challenger kept back (%s): challenger %s vs champion %s", reason, chal, champ)
-            return RunResult(None, reason, chal, champ, len(events))
+            log.warning("challenger kept back (%s): challenger %s vs champion %s", reason, chal, champ_gate)
+            return RunResult(None, reason, chal, champ_gate, len(events))
         version = time.strftime("v%Y%m%dT%H%M%S", time.gmtime()) + f"-{rng.integers(1000):03d}"
         metrics = {
             "trigger": trigger,
             "window_events": len(train) + n_hold,
             "challenger": chal.as_dict(),
-            "champion": champ.as_dict() if champ else None,
+            "champion": champ_gate.as_dict() if champ_gate else None,
             "feedback": {
                 **labels.counts(),
                 "trained_on": len(lab_train),
@@ -557,7 +545,7 @@ class TrainerService:
         )
         self.metrics.publishes.inc()
         log.info("published %s (%s)", version, reason)
-        return RunResult(version, reason, chal, champ, len(events))
+        return RunResult(version, reason, chal, champ_gate, len(events))
 
     @staticmethod
     def _id_field(champion: LoadedModel | None, window: Window) -> str | None:
