@@ -26,7 +26,6 @@ import asyncio
 import tempfile
 import time
 import tracemalloc
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ import orjson
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.environment import bench_environment, publish_bench_model
+from bench.environment import InputRecord, bench_environment, publish_bench_model
 from bench.throughput import worker_throughput
 from stream_ae.entities import changelog
 from stream_ae.entities.restore import restore_partition
@@ -66,16 +65,6 @@ async def fill(bootstrap: str, topic: str, events: list[dict[str, object]]) -> N
     await send_raw({"bootstrap_servers": bootstrap}, topic, encode_events(events), chunk=5000)
 
 
-@dataclass
-class _Record:  # what the hot path reads of a Kafka record
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
-
-
 def hot_path(stateful: Path, stateless: Path, events: int = 100_000) -> None:
     """The three streams through ``process_batch`` in-process, stateful and stateless."""
     torch.set_num_threads(1)
@@ -86,7 +75,7 @@ def hot_path(stateful: Path, stateless: Path, events: int = 100_000) -> None:
     topics = Topics("out", "dead", "scores")
     for name, cards, hot in CONFIGS:
         stream = card_stream(events, cards, hot)
-        records = [_Record("in", 0, i, str(e["card"]).encode(), orjson.dumps(e), 0) for i, e in enumerate(stream)]
+        records = [InputRecord("in", 0, i, str(e["card"]).encode(), orjson.dumps(e)) for i, e in enumerate(stream)]
         line = []
         rates = {}
         for kind, model in models.items():

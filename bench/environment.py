@@ -56,3 +56,16 @@ def publish_bench_model(root: Path, variant: str = "ncae", stateless: bool = Fal
     fitted = _fitted(variant, stateless)
     Registry(root).publish(lambda tmp: fitted.save(tmp, version="bench"), "bench")
     return root
+
+
+@dataclass
+class InputRecord:
+    """What the hot path reads of a Kafka record (:class:`stream_ae.input.decode.RawRecord`),
+    for the benchmarks that run ``pipeline.process_batch`` in-process."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int = 1_790_000_000_000

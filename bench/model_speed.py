@@ -25,7 +25,6 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 import orjson
 import torch
 
+from bench.environment import InputRecord
 from stream_ae.features.encoder import FeatureEncoder, FeatureSchema
 from stream_ae.lifecycle.artifacts import load_artifact
 from stream_ae.models import AutoencoderDetector, variants
@@ -112,16 +112,6 @@ def bench_model(variant: str, X: np.ndarray, device: str, batch: int, steps: int
     )
 
 
-@dataclass
-class _Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int = 1_790_000_000_000
-
-
 def bench_pipeline(device: str, batch: int = 4096, repeats: int = 10) -> None:
     # the card stream's declared fields (its schema without the entity features): an inferred schema
     # would take the card id for a field and hash it into 64 columns
@@ -131,7 +121,7 @@ def bench_pipeline(device: str, batch: int = 4096, repeats: int = 10) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = ActiveModel(load_artifact(fitted.save(Path(tmp) / "m", version="bench"), device=device), top_k=3)
     events, _ = transactions(batch, seed=3, anomaly_rate=0.005)
-    records = [_Record("events", 0, i, e["id"].encode(), orjson.dumps(e)) for i, e in enumerate(events)]
+    records = [InputRecord("events", 0, i, e["id"].encode(), orjson.dumps(e)) for i, e in enumerate(events)]
     topics = Topics("anomalies", "events.dlq", "events.scores")
     process_batch(records, model, topics, 1 << 20)  # warm-up
     t0 = time.perf_counter()
