@@ -57,8 +57,7 @@ async def restore_partition(
     consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
     latest: dict[bytes, int] = {}  # key -> the number of its latest record (in read order)
     chunks: list[NDArray[np.void]] = []  # per chunk: each decoded record's row as of `committed`
-    usable: list[NDArray[np.bool_]] = []  # per chunk: whether that row is a state
-    rows_of: list[NDArray[np.int64]] = []  # per chunk: record number -> row in all decoded, -1 none
+    rows_of: list[NDArray[np.int64]] = []  # per chunk: record number -> its row in all chunks, -1: none
     n = decoded = 0
     collecting = gc.isenabled()
     gc.disable()
@@ -69,8 +68,9 @@ async def restore_partition(
                 recs, index = changelog.decode_chunk(row, list(map(_VALUE, msgs)))
                 rows, ok = changelog.rows_as_of(spec, row, recs, committed)
                 chunks.append(rows)
-                usable.append(ok)
-                rows_of.append(np.where(index >= 0, index + decoded, -1))
+                gives = index >= 0  # a tombstone, another layout, or a record without the row: none
+                gives[gives] = ok[index[gives]]
+                rows_of.append(np.where(gives, index + decoded, -1))
                 decoded += len(recs)
                 latest.update(zip(map(_KEY, msgs), range(n, n + len(msgs)), strict=True))
                 n += len(msgs)
@@ -81,8 +81,7 @@ async def restore_partition(
         return Restored([], np.zeros(0, dtype=row), n, time.perf_counter() - start)
     number = np.fromiter(latest.values(), np.int64, count=len(latest))
     row_index = np.concatenate(rows_of)[number]
-    live = row_index >= 0  # tombstones and other layouts leave the entity out
-    live[live] = np.concatenate(usable)[row_index[live]]
+    live = row_index >= 0  # an entity whose latest record gives no row is left out
     keys = [k for k, ok in zip(latest, live.tolist(), strict=True) if ok]
     return Restored(keys, _gather(chunks, row_index[live], row), n, time.perf_counter() - start)
 

@@ -106,9 +106,9 @@ class Hyper:
     clip: float = 1000.0  # scaled inputs are clipped to +-clip (keeps hostile values finite)
     seed: int = 0
     early_stopping: bool = True  # keep the weights with the best objective on the calibration slice
-    # stop when one check interval (a twentieth of the budget, 25 steps at least) improved the
-    # best held-out objective by less than this share of it, once the learning rate has peaked;
-    # 0 runs the whole budget
+    # stop when the last two check intervals (each a twentieth of the budget, 25 steps at
+    # least) improved the best held-out objective by less than this share of it each, on
+    # average, once the learning rate has peaked; 0 runs the whole budget
     plateau_tol: float = 0.002
     bf16: bool = False  # bf16 autocast for the networks' layers (meant for CUDA); exact densities stay float32
     # the weight of a known anomaly's lift against the pull of unlabelled rows (fit with labels):
