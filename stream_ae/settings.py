@@ -182,6 +182,12 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def coalesces_changelog(self) -> bool:
+        """Whether entity state changes are held and written once per commit interval (with the
+        offset commit), rather than carried by each batch."""
+        return self.processing_guarantee == "at_least_once" and self.commit_interval_ms > 0
+
+    @property
     def changelog_topic(self) -> str:
         """The entity changelog's topic name."""
         return self.entity_changelog_topic or f"{self.app_id}-entity-changelog"

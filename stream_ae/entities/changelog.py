@@ -104,10 +104,8 @@ def coalesce(deltas: list[PartitionDelta]) -> list[PartitionDelta]:
     out: list[PartitionDelta] = []
     for partition in dict.fromkeys(d.partition for d in deltas):
         mine = [d for d in deltas if d.partition == partition and len(d)]
-        if len(mine) == 1:
-            out.append(mine[0])
-            continue
-        if not mine:
+        if len(mine) <= 1:  # nothing to merge
+            out += mine
             continue
         keys = [k for d in mine for k in d.keys]
         first: dict[bytes, int] = {}

@@ -127,9 +127,7 @@ class BatchLoop:
         self._in_flight: InFlightBatch | None = None
         self._publish_failures = 0
         # at_least_once with entity state: offsets acknowledged, committed with the changelog
-        self._coalescing = (
-            state is not None and settings.processing_guarantee == "at_least_once" and settings.commit_interval_ms > 0
-        )
+        self._coalescing = state is not None and settings.coalesces_changelog
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
 

@@ -81,7 +81,7 @@ class BatchWorker(Service):
         changelog = await self._prepare_changelog() if self.model.entity is not None else None
         eos = s.processing_guarantee == "exactly_once"
         # the batches carry their own changelog records only where the loop does not coalesce them
-        per_batch = changelog if eos or s.commit_interval_ms == 0 else None
+        per_batch = None if s.coalesces_changelog else changelog
         topics = Topics(s.output_topic, s.dead_letter_topic, s.scores_topic, batch_bytes, per_batch, s.incidents_topic)
 
         def make_producer() -> AIOKafkaProducer:
