@@ -74,7 +74,8 @@ class GaussianReference(Reference):
     def fit(self, x: torch.Tensor) -> GaussianReference:
         xd = x.double()
         cov = torch.cov(xd.T).reshape(x.shape[1], x.shape[1])
-        cov = cov + self.ridge * cov.diagonal().mean().clamp_min(1e-6) * torch.eye(x.shape[1], dtype=xd.dtype)
+        eye = torch.eye(x.shape[1], dtype=xd.dtype, device=xd.device)  # on x's device: CUDA too
+        cov = cov + self.ridge * cov.diagonal().mean().clamp_min(1e-6) * eye
         self.mean.copy_(xd.mean(0).float())
         self.chol.copy_(torch.linalg.cholesky(cov).float())
         return self
