@@ -71,6 +71,9 @@ def reference(
                 published = r
             alpha = max(half, 1.0 / st["seen"])
             d = s - st["mean"]
+            if spec.clip > 0 and st["seen"] > spec.warmup and st["var"] > 0:  # what the baseline learns
+                lim = spec.clip * math.sqrt(st["var"])
+                d = min(max(d, -lim), lim)
             st["mean"] += alpha * d
             st["var"] = (1 - alpha) * (st["var"] + alpha * d * d)
         alarm = st["seen"] > spec.warmup and published > threshold
@@ -134,10 +137,13 @@ def events(seed: int, n: int = 3000, entities: int = 7):
     return keys, times.tolist(), raw
 
 
+@pytest.mark.parametrize("clip", [5.0, 0.0])
 @pytest.mark.parametrize("likelihood", [True, False])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_the_batch_function_is_the_event_by_event_semantics_in_any_split(seed: int, likelihood: bool) -> None:
-    alarm = AlarmSpec(likelihood=likelihood, short=5, half_life=50, warmup=20, cooldown=30)
+def test_the_batch_function_is_the_event_by_event_semantics_in_any_split(
+    seed: int, likelihood: bool, clip: float
+) -> None:
+    alarm = AlarmSpec(likelihood=likelihood, short=5, half_life=50, warmup=20, cooldown=30, clip=clip)
     spec = EntitySpec.from_dict({"ttl": 300, "features": ["since_last"]})
     spec = EntitySpec(spec.field, spec.ttl, spec.max_entities, spec.aggregates, alarm)
     keys, times, raw = events(seed)
@@ -178,6 +184,25 @@ def test_a_lasting_change_alarms_then_becomes_the_new_normal() -> None:
     assert np.quantile(published[200:2000], 0.99) < 3.0
     assert published[2000:2015].max() >= 5.0, "the step is a rare excursion for this entity"
     assert np.median(published[-1000:]) < 1.0, "after a few half-lives the new level is ordinary"
+
+
+@pytest.mark.parametrize("clip", [5.0, 0.0])
+def test_one_extreme_score_does_not_deafen_the_entity(clip: float) -> None:
+    """A quiet entity scores one event a thousand times its usual level (a stuck reading, a
+    glitch), then, two hundred events later, a fault twice its level. With the baseline's
+    deviations clipped (the default) the fault still alarms; learnt unclipped, the one score
+    had widened the entity's variance so far that the fault reads as ordinary."""
+    rng = np.random.default_rng(3)
+    raw = rng.normal(1.0, 0.05, 700)
+    raw[300] = 1000.0
+    raw[500:503] = 2.0
+    judged = judge_one(AlarmSpec(half_life=2000, clip=clip), raw, np.arange(700) * 1000, threshold=3.0)[0]
+    assert judged.alarm[300], "the extreme score alarms either way"
+    if clip:
+        assert judged.alarm[500:503].any(), "the later fault alarms"
+        assert not judged.alarm[310:500].any() and not judged.alarm[510:].any(), "and nothing else does"
+    else:
+        assert not judged.alarm[500:503].any(), "unclipped, the entity was deaf to it"
 
 
 def test_a_constant_stream_never_alarms() -> None:

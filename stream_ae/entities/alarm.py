@@ -146,20 +146,23 @@ def judge(
     # the long-term mean and variance of the short mean: exponentially weighted (West's update),
     # with the weight of a plain running mean while the run is younger than the half-life
     alpha = np.maximum(1.0 - 0.5 ** (1.0 / spec.half_life), 1.0 / seen)
-    a = 1.0 - alpha  # 0 at a fresh start (seen 1): the mean starts at the first short mean
     m0, v0 = prior["lk_mean"][seg], prior["lk_var"][seg]
-    b = alpha * short
-    b[carry] += a[carry] * m0[carry]
-    a[start] = 0.0
-    mean = _scan(a[:, None], b[:, None], span)[:, 0]
-    mean_before = runs.before(mean, m0)
-    delta = short - mean_before
-    a = 1.0 - alpha
-    b = a * alpha * delta * delta
-    b[carry] += a[carry] * v0[carry]
-    a[start] = 0.0
-    var = _scan(a[:, None], b[:, None], span)[:, 0]
-    var_before = runs.before(var, v0)
+    if spec.clip > 0 and eligible.any():
+        mean, var, mean_before, var_before = _clipped_baseline(short, alpha, start, carry, m0, v0, eligible, spec.clip)
+    else:  # no event can be clipped: the same recurrences as a linear scan
+        a = 1.0 - alpha  # 0 at a fresh start (seen 1): the mean starts at the first short mean
+        b = alpha * short
+        b[carry] += a[carry] * m0[carry]
+        a[start] = 0.0
+        mean = _scan(a[:, None], b[:, None], span)[:, 0]
+        mean_before = runs.before(mean, m0)
+        delta = short - mean_before
+        a = 1.0 - alpha
+        b = a * alpha * delta * delta
+        b[carry] += a[carry] * v0[carry]
+        a[start] = 0.0
+        var = _scan(a[:, None], b[:, None], span)[:, 0]
+        var_before = runs.before(var, v0)
 
     if spec.likelihood:
         z = (short - mean_before) / np.sqrt(np.maximum(var_before, 1e-12))
@@ -198,6 +201,41 @@ def judge(
     out.put(order, Judged(published, alarm, opens, incident, inc_alarms, inc_peak))
     out.closures = [replace(c, row=int(order[c.row])) for c in closed]
     return out, new
+
+
+def _clipped_baseline(
+    short: Floats, alpha: Floats, start: Bools, carry: Bools, m0: Floats, v0: Floats, eligible: Bools, clip: float
+) -> tuple[Floats, Floats, Floats, Floats]:
+    """The long-term mean and variance of the short mean (West's exponentially weighted
+    update), each event's deviation from the mean before it counted at most ``clip`` standard
+    deviations once the entity is past its warm-up: one extreme score moves the baseline as
+    a ``clip``-sd score does, so an alarm does not deafen the entity for half-lives, while a
+    lasting change still becomes its normal (each clipped event widens the variance by a
+    factor ``1 + alpha (clip^2 - 1)``). Events are grouped by entity (``start`` marks a
+    group's first; ``carry`` one that continues the stored ``m0``, ``v0``); the recurrence is
+    computed position by position within the groups, every group at once.
+    Returns each event's mean and variance after it, and before it."""
+    n = len(short)
+    mean, var = np.empty(n), np.empty(n)
+    mean_before, var_before = np.zeros(n), np.zeros(n)
+    firsts = np.flatnonzero(start)
+    lengths = np.diff(np.r_[firsts, n])
+    for p in range(int(lengths.max())):
+        rows = firsts[lengths > p] + p
+        if p == 0:
+            cont = carry[rows]
+            m_prev, v_prev = np.where(cont, m0[rows], 0.0), np.where(cont, v0[rows], 0.0)
+        else:
+            m_prev, v_prev = mean[rows - 1], var[rows - 1]
+        mean_before[rows], var_before[rows] = m_prev, v_prev
+        al = alpha[rows]
+        d = short[rows] - m_prev
+        lim = clip * np.sqrt(np.maximum(v_prev, 0.0))
+        guard = eligible[rows] & (v_prev > 0)
+        d = np.where(guard, np.clip(d, -lim, lim), d)
+        mean[rows] = m_prev + al * d  # alpha 1 (a fresh start): the short mean itself
+        var[rows] = (1.0 - al) * (v_prev + al * d * d)
+    return mean, var, mean_before, var_before
 
 
 def _closing(

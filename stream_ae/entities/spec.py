@@ -206,6 +206,9 @@ class Aggregate:
         return cls(**data)
 
 
+CLIP_DEFAULT = 5.0
+
+
 @dataclass(frozen=True)
 class AlarmSpec:
     """How an entity's scored events become alarms and incidents (the post-score stage,
@@ -219,8 +222,13 @@ class AlarmSpec:
     # the likelihood on the raw scores as normal quantiles of the model's calibration
     # distribution: alarms near the target rate, but fewer faults found (docs/design/metric-streams.md)
     calibrated: bool = False
+    # the baseline learns each deviation up to this many of its standard deviations (0: no limit):
+    # one extreme score cannot deafen the entity for half-lives (docs/design/metric-streams.md)
+    clip: float = CLIP_DEFAULT
 
     def __post_init__(self) -> None:
+        if not self.clip >= 0:
+            raise ValueError("alarm: clip is a number of standard deviations, >= 0 (0: no limit)")
         if not 1 <= self.short <= 1000:
             raise ValueError("alarm: short must lie in 1..1000")
         if not self.half_life >= 1:
@@ -237,11 +245,13 @@ class AlarmSpec:
             "cooldown": float(self.cooldown) if self.cooldown is not None else None,
             # only when set: a declaration without it keeps the fingerprint it had before it existed
             **({"calibrated": True} if self.calibrated else {}),
+            # only when not the default: the baseline's state means the same with any clip
+            **({"clip": float(self.clip)} if self.clip != CLIP_DEFAULT else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlarmSpec:
-        unknown = set(data) - {"likelihood", "short", "half_life", "warmup", "cooldown", "calibrated"}
+        unknown = set(data) - {"likelihood", "short", "half_life", "warmup", "cooldown", "calibrated", "clip"}
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} in the alarm declaration")
         cooldown = data.get("cooldown")
@@ -252,6 +262,7 @@ class AlarmSpec:
             warmup=int(data.get("warmup", 100)),
             cooldown=seconds(cooldown) if cooldown is not None else None,
             calibrated=bool(data.get("calibrated", False)),
+            clip=float(data.get("clip", CLIP_DEFAULT)),
         )
 
 
