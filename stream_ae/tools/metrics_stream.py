@@ -43,17 +43,12 @@ FAULT_KINDS = ("spike", "level_shift", "drift", "stuck", "variance", "seasonal_b
 DAY = 86_400.0
 
 # The metric stream's declared features: the metrics and the hour of day; per host, the row
-# minus the host's recent rows (its own level), their spread, how many of them repeat the
-# latest CPU reading (a frozen agent), and the score likelihood with incidents.
+# minus the host's recent rows (its own level) and the score likelihood with incidents.
 METRICS_ENTITY = EntitySpec.from_dict(
     {
         "field": "host",
         "ttl": "1d",
-        "features": [
-            {"delta_mean": ["cpu", "latency_ms"], "rows": 12},
-            {"spread": ["cpu"], "rows": 12},
-            {"repeats": ["cpu"], "rows": 12},
-        ],
+        "features": [{"delta_mean": ["cpu", "latency_ms"], "rows": 12}, {"spread": ["cpu"], "rows": 12}],
         "alarm": {"likelihood": True, "short": 3, "half_life": 2016, "warmup": 288, "cooldown": "2h"},
     }
 )
