@@ -130,3 +130,34 @@ def test_two_workers_split_partitions_without_double_scoring(
     )
     assert len(coords) == len(events), "every event scored"
     assert max(coords.values()) == 1, "no event scored twice in steady state"
+
+
+def test_the_lag_timer_survives_a_rebalance_that_takes_partitions_mid_update(bootstrap: str, topic_name: str) -> None:
+    """The lag timer lists the assignment, then awaits each partition's position: a rebalance
+    in between took a partition away, aiokafka's ``highwater`` asserted, and the timer's
+    exception crashed a worker (seen in test_two_workers_split_partitions_without_double_scoring).
+    Here the assignment is emptied while the update waits on the broker."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from stream_ae.operation.metrics import WorkerMetrics
+    from stream_ae.settings import Settings
+    from stream_ae.worker.health import HealthReporter
+
+    async def scenario() -> None:
+        await ensure_topics({"bootstrap_servers": bootstrap}, {topic_name: 2})
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)])
+            health = HealthReporter(Settings(bootstrap_servers=bootstrap), WorkerMetrics())
+            health.kafka_reachable = True
+            update = asyncio.ensure_future(health.update_lag(consumer))
+            await asyncio.sleep(0)  # the update lists both partitions and waits on the first
+            consumer.assign([])
+            await asyncio.wait_for(update, 10.0)  # returns; before the fix: AssertionError
+        finally:
+            await consumer.stop()
+
+    run(scenario())

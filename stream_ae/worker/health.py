@@ -85,8 +85,10 @@ class HealthReporter:
         if consumer is None or not self.kafka_reachable:
             return
         for tp in consumer.assignment():
-            high = consumer.highwater(tp)
+            # a rebalance can take ``tp`` away while this loop awaits: aiokafka then asserts in
+            # ``highwater`` (seen crashing a worker through this timer); the lag is for later
             with contextlib.suppress(Exception):
+                high = consumer.highwater(tp)
                 pos = await asyncio.wait_for(consumer.position(tp), 1.0)
                 if high is not None:
                     self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
