@@ -192,3 +192,30 @@ def test_a_challenger_that_ranks_missed_anomalies_on_top_keeps_the_champions_ala
     lower = _ScoresAsRows(Threshold.fit(without, 0.001))
     lower.threshold.value = -10.0
     assert not lower_to_champion_volume(lower, as_came, champion_share, 0.001, slice_), "never raised"  # type: ignore[arg-type]
+
+
+def test_an_unreadable_latest_pointer_keeps_the_worker_on_its_model(registry: Path, tmp_path: Path) -> None:
+    """The worker's registry poll runs on a timer, and an exception there stops the worker: a
+    LATEST pointer that cannot be read (a shared volume's hiccup; here a folder in its place)
+    must leave it scoring with the model it has."""
+    import asyncio
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stream_ae.operation.metrics import WorkerMetrics
+    from stream_ae.settings import Settings
+    from stream_ae.worker.follower import ModelFollower
+
+    root = tmp_path / "registry"
+    shutil.copytree(registry, root)
+
+    async def scenario() -> str | None:
+        with ThreadPoolExecutor(1) as loader:
+            follower = ModelFollower(Settings(model_dir=root, device="cpu"), WorkerMetrics(), loader)
+            await follower.load_initial(lambda: False)
+            (root / "LATEST").unlink()
+            (root / "LATEST").mkdir()
+            await follower.poll_registry()  # before the fix: IsADirectoryError
+            return follower.model.version if follower.model else None
+
+    assert asyncio.run(scenario()) == "v1"

@@ -123,7 +123,11 @@ class ModelFollower:
         """Fallback to announcements: follow the registry's LATEST pointer."""
         if self.model is None or self.settings.model_version:
             return
-        latest = self.registry.latest()
+        try:
+            latest = self.registry.latest()
+        except OSError as exc:  # a shared volume's hiccup: keep scoring with the model in use
+            log.warning("could not read the registry's LATEST pointer (%s); trying again later", exc)
+            return
         pending = self._pending.version if self._pending else None
         if latest and latest not in (self.model.version, pending, self._refused) and not await self.offer(latest):
             self._refused = latest  # do not retry the same broken version every few seconds
