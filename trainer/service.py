@@ -292,10 +292,12 @@ def without_detections(
     For example a champion calibrated at 1% that flags 3% of the slice takes out its top 2%.
     """
     known, scores = champion.of(rows[cal])
-    share = champion.flag_share(rows[cal])
-    if share is None or not _trusted(share - target_rate):
+    if not known.any():
         return cal
-    n_drop = round((share - target_rate) * len(scores))
+    excess = float((scores > champion.threshold).mean()) - target_rate  # its flag share beyond target
+    if not _trusted(excess):
+        return cal
+    n_drop = round(excess * len(scores))
     drop = np.flatnonzero(known)[np.argsort(scores)[len(scores) - n_drop :]] if n_drop else np.zeros(0, dtype=np.int64)
     log.info("left out %d of %d rows the champion flags beyond its target", n_drop, len(cal))
     return np.delete(cal, drop)
