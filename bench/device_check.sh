@@ -12,7 +12,7 @@
 set -u
 out=${1:-${OUT:-/tmp/device-check}}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 NO_MKDOCS_2_WARNING=1
+export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD

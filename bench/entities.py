@@ -42,7 +42,7 @@ import orjson
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.environment import InputRecord, bench_environment, publish_bench_model
+from bench.environment import InputRecord, bench_environment, fit_bench_model, publish_as_bench, publish_bench_model
 from bench.throughput import worker_throughput
 from stream_ae.entities import changelog
 from stream_ae.entities.restore import restore_partition
@@ -55,8 +55,7 @@ from stream_ae.lifecycle.registry import Registry
 from stream_ae.output.route import Topics
 from stream_ae.pipeline import ActiveModel, process_batch
 from stream_ae.tools.produce import encode_events, send_raw
-from stream_ae.tools.synthetic import CARD_ENTITY, CARD_SCHEMA, CARD_SCHEMA_STATELESS, CardStream
-from trainer.train import FittedModel, fit_events
+from stream_ae.tools.synthetic import CARD_ENTITY, CardStream
 
 
 def card_stream(n: int, cards: int, hot: bool, seed: int = 3, per_day: int | None = None) -> list[dict[str, object]]:
@@ -70,11 +69,6 @@ def card_stream(n: int, cards: int, hot: bool, seed: int = 3, per_day: int | Non
     return stream.next(n)[0]
 
 
-def _publish(root: Path, fitted: FittedModel) -> Path:
-    Registry(root).publish(lambda tmp: fitted.save(tmp, version="bench"), "bench")
-    return root
-
-
 def stream_models(root: Path, events: int, generic: bool) -> dict[str, tuple[Path, Path]]:
     """Per stream of :data:`CONFIGS`, registries of a stateful and a stateless model (version
     ``bench``): trained on earlier traffic of the same kind as the stream's (another seed, the
@@ -86,11 +80,9 @@ def stream_models(root: Path, events: int, generic: bool) -> dict[str, tuple[Pat
     for i, (name, cards, hot) in enumerate(CONFIGS):
         train = card_stream(events, cards, hot, seed=40 + i)  # a day of it
         stateful, stateless = (
-            _publish(
-                root / f"{i}-{kind}", fit_events(train, schema=schema, max_steps=800, min_steps=800, target_rate=1e-3)
-            )
-            for kind, schema in (("stateful", CARD_SCHEMA), ("stateless", CARD_SCHEMA_STATELESS))
-        )  # the generic bench model's training, on this stream's kind of traffic
+            publish_as_bench(root / f"{i}-{kind}", fit_bench_model(train, stateless=kind == "stateless"))
+            for kind in ("stateful", "stateless")
+        )
         out[name] = (stateful, stateless)
     return out
 
