@@ -137,13 +137,13 @@ def events(seed: int, n: int = 3000, entities: int = 7):
     return keys, times.tolist(), raw
 
 
-@pytest.mark.parametrize("clip", [5.0, 0.0])
+@pytest.mark.parametrize(("clip", "warmup"), [(5.0, 20), (0.0, 20), (5.0, 0)])
 @pytest.mark.parametrize("likelihood", [True, False])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_batch_function_is_the_event_by_event_semantics_in_any_split(
-    seed: int, likelihood: bool, clip: float
+    seed: int, likelihood: bool, clip: float, warmup: int
 ) -> None:
-    alarm = AlarmSpec(likelihood=likelihood, short=5, half_life=50, warmup=20, cooldown=30, clip=clip)
+    alarm = AlarmSpec(likelihood=likelihood, short=5, half_life=50, warmup=warmup, cooldown=30, clip=clip)
     spec = EntitySpec.from_dict({"ttl": 300, "features": ["since_last"]})
     spec = EntitySpec(spec.field, spec.ttl, spec.max_entities, spec.aggregates, alarm)
     keys, times, raw = events(seed)

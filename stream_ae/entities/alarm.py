@@ -46,7 +46,7 @@ import torch
 from numpy.typing import NDArray
 
 from stream_ae.entities.spec import AlarmSpec
-from stream_ae.entities.step import _SEGMENT, Runs, _final_ring, _layout, _scan, group_runs
+from stream_ae.entities.step import _SEGMENT, Runs, _final_ring, _layout, group_runs
 from stream_ae.entities.table import NO_TIME, empty_rows, post_score_fields
 
 Floats = NDArray[np.float64]
@@ -129,7 +129,7 @@ def judge(
         return Judged.empty(0), new
     judged_before = held & (prior["alarm_seen"] > 0)
     runs = group_runs(inv, times_ms, judged_before, prior["alarm_ms"], ttl_ms)
-    order, seg, start, idx, span = runs.order, runs.seg, runs.start, runs.idx, runs.span
+    order, seg, start, idx = runs.order, runs.seg, runs.start, runs.idx
     T, base, reset, carry, run_start, run_id = runs.T, runs.base, runs.reset, runs.carry, runs.run_start, runs.run_id
     r = np.asarray(raw, dtype=np.float64)[order]
     seen = idx - run_start + 1 + np.where(carry[run_start], prior["alarm_seen"][seg], 0)
@@ -147,22 +147,7 @@ def judge(
     # with the weight of a plain running mean while the run is younger than the half-life
     alpha = np.maximum(1.0 - 0.5 ** (1.0 / spec.half_life), 1.0 / seen)
     m0, v0 = prior["lk_mean"][seg], prior["lk_var"][seg]
-    if spec.clip > 0 and eligible.any():
-        mean, var, mean_before, var_before = _clipped_baseline(short, alpha, start, carry, m0, v0, eligible, spec.clip)
-    else:  # no event can be clipped: the same recurrences as a linear scan
-        a = 1.0 - alpha  # 0 at a fresh start (seen 1): the mean starts at the first short mean
-        b = alpha * short
-        b[carry] += a[carry] * m0[carry]
-        a[start] = 0.0
-        mean = _scan(a[:, None], b[:, None], span)[:, 0]
-        mean_before = runs.before(mean, m0)
-        delta = short - mean_before
-        a = 1.0 - alpha
-        b = a * alpha * delta * delta
-        b[carry] += a[carry] * v0[carry]
-        a[start] = 0.0
-        var = _scan(a[:, None], b[:, None], span)[:, 0]
-        var_before = runs.before(var, v0)
+    mean, var, mean_before, var_before = _baseline(short, alpha, start, carry, m0, v0, eligible, spec.clip)
 
     if spec.likelihood:
         z = (short - mean_before) / np.sqrt(np.maximum(var_before, 1e-12))
@@ -203,12 +188,12 @@ def judge(
     return out, new
 
 
-def _clipped_baseline(
+def _baseline(
     short: Floats, alpha: Floats, start: Bools, carry: Bools, m0: Floats, v0: Floats, eligible: Bools, clip: float
 ) -> tuple[Floats, Floats, Floats, Floats]:
     """The long-term mean and variance of the short mean (West's exponentially weighted
     update), each event's deviation from the mean before it counted at most ``clip`` standard
-    deviations once the entity is past its warm-up: one extreme score moves the baseline as
+    deviations once the entity is past its warm-up (``clip`` 0: as it came): one extreme score moves the baseline as
     a ``clip``-sd score does, so an alarm does not deafen the entity for half-lives, while a
     lasting change still becomes its normal (each clipped event widens the variance by a
     factor ``1 + alpha (clip^2 - 1)``). Events are grouped by entity (``start`` marks a
@@ -231,7 +216,7 @@ def _clipped_baseline(
         al = alpha[rows]
         d = short[rows] - m_prev
         lim = clip * np.sqrt(np.maximum(v_prev, 0.0))
-        guard = eligible[rows] & (v_prev > 0)
+        guard = eligible[rows] & (v_prev > 0) & (al < 1.0) & (clip > 0)  # al 1: a fresh start
         d = np.where(guard, np.clip(d, -lim, lim), d)
         mean[rows] = m_prev + al * d  # alpha 1 (a fresh start): the short mean itself
         var[rows] = (1.0 - al) * (v_prev + al * d * d)
