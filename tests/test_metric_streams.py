@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_ae.tools.metrics_stream import FAULT_KINDS, HostMetrics
+from stream_ae.features.featurize import featurize_file
+from stream_ae.tools.metrics_stream import FAULT_KINDS, METRICS_SCHEMA, HostMetrics
 from trainer.host_metrics import evaluate_host_metrics
+from trainer.train import fit_events
 
 
 def test_hosts_differ_and_faults_are_labelled() -> None:
@@ -34,7 +36,7 @@ def test_the_score_likelihood_finds_the_faults_raw_scores_miss_without_flooding(
     assert report["faults"] >= 20
     assert published["found_share"] >= 0.6, published
     assert published["found"] >= 2 * raw["found"], "the per-host likelihood sees what one raw threshold cannot"
-    assert published["false_incidents_per_host_week"] <= 1.5
+    assert published["false_incidents_per_host_week"] <= 1.0, "the target: one false incident per host and week"
 
 
 def test_the_metric_demo_judges_alarms_and_incidents_against_the_injected_faults() -> None:
@@ -71,3 +73,22 @@ def test_the_metric_demo_skips_records_it_cannot_read(tmp_path: Path) -> None:
     assert demo.faults.summary()["incidents"] == 0
     demo.on_record(INCIDENTS, {"status": "opened", "entity": "host-000", "opened_at": demo.stream.t})
     assert demo.faults.summary()["incidents"] == 1
+
+
+@pytest.mark.slow  # trains a model on 6,900 rows
+def test_one_chance_repeat_is_not_a_frozen_metric() -> None:
+    """``repeats`` counts rows, so the model scales it by at least one row: a float reading
+    that repeats once by chance (the column 0 in all but a few training rows) stays under the
+    threshold, a reading frozen for seven rows goes over it."""
+    train, _ = HostMetrics(hosts=8, seed=5, faults_per_host_week=0.0).next(hours=72)
+    fitted = fit_events(train, schema=METRICS_SCHEMA, target_rate=1e-3, device="cpu", seed=0, max_steps=400)
+    assert fitted.encoder is not None
+    col = fitted.encoder.feature_names.index("entity.cpu_repeats12")
+    X = featurize_file(fitted.encoder, train).batch.X
+    rows = X[X[:, col] == 0][-500:]
+    assert (X[:, col] > 0).mean() < 0.005, "chance repeats are rare in training"
+    once, frozen = rows.copy(), rows.copy()
+    once[:, col], frozen[:, col] = 1.0, 6.0
+    threshold = fitted.detector.threshold_
+    assert (fitted.detector.score_samples(once) > threshold).mean() < 0.05
+    assert (fitted.detector.score_samples(frozen) > threshold).mean() > 0.95

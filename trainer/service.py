@@ -471,7 +471,7 @@ class TrainerService:
             max_steps=s.trainer_max_steps,
         )  # fmt: skip
         try:
-            detector.fit(X[fit_rows], y_fit, init_from=warm)
+            detector.fit(X[fit_rows], y_fit, init_from=warm, scale_floor=encoder.scale_floor())
         except DegenerateDataError as exc:  # one replayed event, a stuck producer: keep the champion
             self.metrics.rejections.labels(reason="degenerate_window").inc()
             log.warning("window of %d events rejected (degenerate_window): %s", len(events), exc)

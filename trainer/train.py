@@ -69,7 +69,7 @@ def fit_events(
     batch = fit_encoder(encoder, events, meta or RecordMeta.for_file(events, key_field))
     detector = AutoencoderDetector(variant=variant, device=device, **hyper)
     y = None if labels is None else np.asarray(labels)[batch.ok]
-    detector.fit(batch.X, y, progress=progress, init_from=init_from)
+    detector.fit(batch.X, y, progress=progress, init_from=init_from, scale_floor=encoder.scale_floor())
     return FittedModel(detector, encoder, batch.X)
 
 

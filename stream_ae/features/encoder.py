@@ -90,6 +90,10 @@ class FieldSpec:
         return 4 if self.weekday else 2
 
     log: bool = False  # numerics: signed log1p before scaling (heavy-tailed amounts, counts)
+    # numerics: the smallest scale the column is divided by, in its own units (0: none). An
+    # entity feature that counts rows (``repeats``) has a unit of one row, so a feature that
+    # was 0 in nearly every training row is not scaled by a spread of a few thousandths.
+    unit: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ class FeatureSchema:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "fields": [{**asdict(f), "kind": f.kind.value} for f in self.fields],
+            "fields": [_field_dict(f) for f in self.fields],
             "id_field": self.id_field,
             "time_field": self.time_field,
         }
@@ -148,7 +152,8 @@ class FeatureSchema:
         out = []
         for agg in self.entity.aggregates:
             heavy = agg.kind in ("count", "sum", "since_last")
-            out += [FieldSpec(name, FieldKind.NUMERIC, log=heavy) for name in agg.feature_names()]
+            unit = 1.0 if agg.kind == "repeats" else 0.0  # a count of rows: one row is its unit
+            out += [FieldSpec(name, FieldKind.NUMERIC, log=heavy, unit=unit) for name in agg.feature_names()]
         return tuple(out)
 
     @classmethod
@@ -379,7 +384,7 @@ class FeatureEncoder:
             rows = keep & ~missing
             if spec.kind is FieldKind.NUMERIC:
                 v = np.asarray(raw)[rows]
-                self.stats[spec.name] = dict(robust_scaling(v))
+                self.stats[spec.name] = dict(robust_scaling(v, unit=spec.unit))
                 if len(v):  # the training range (after the log when there is one): generated values stay in it
                     self.stats[spec.name].update(min=float(v.min()), max=float(v.max()))
             elif spec.kind is FieldKind.TIMESTAMP and np.any(rows):
@@ -438,9 +443,30 @@ class FeatureEncoder:
             col = np.asarray(derived[:, j], dtype=np.float64)
             if spec.log:
                 col = signed_log1p(col)
-            self.stats[spec.name] = dict(robust_scaling(col[np.isfinite(col)]))
+            self.stats[spec.name] = dict(robust_scaling(col[np.isfinite(col)], unit=spec.unit))
         self.fitted = True
         return self
+
+    def scale_floor(self) -> NDArray[np.float64]:
+        """Per encoded column, the smallest scale a model should divide it by: one declared
+        ``unit`` in the encoded column's own scale where the field has one, else 0 (none).
+
+        An entity feature that counts rows (``repeats``) is 0 in nearly every training row,
+        so its spread is a few thousandths; divided by that, one chance repeat of a float
+        reading would read like a frozen agent. With the floor, one repeat is one unit.
+
+        Example:
+            >>> spec = EntitySpec.from_dict({"features": [{"repeats": ["x"], "rows": 4}]})
+            >>> enc = FeatureEncoder(FeatureSchema((FieldSpec("x", FieldKind.NUMERIC),), entity=spec))
+            >>> enc = enc.fit([{"x": float(i)} for i in range(8)]).fit_derived(np.zeros((8, 1)))
+            >>> enc.scale_floor().tolist()  # x has no unit; one repeat is one unit
+            [0.0, 1.0]
+        """
+        floor = np.zeros(self.n_features)
+        for fc in self.field_columns():
+            if fc.spec.unit and fc.spec.kind is FieldKind.NUMERIC:
+                floor[list(fc.columns)] = fc.spec.unit / self.stats[fc.spec.name]["iqr"]
+        return floor
 
     def add_derived(self, batch: EncodedBatch, derived: NDArray[np.float64], keep: NDArray[np.int64]) -> EncodedBatch:
         """``batch`` restricted to its rows ``keep`` (indices into ``batch.X``), with the
@@ -719,16 +745,32 @@ def signed_expm1(y: float | NDArray[np.float64]) -> float | NDArray[np.float64]:
     return np.asarray(np.sign(y) * np.expm1(np.minimum(np.abs(y), 700.0)), dtype=np.float64)
 
 
-def robust_scaling(values: NDArray[np.float64]) -> dict[str, float]:
+def _field_dict(spec: FieldSpec) -> dict[str, Any]:
+    """One field as the schema file writes it (``unit`` only where set: older files lack it)."""
+    out = {**asdict(spec), "kind": spec.kind.value}
+    if not spec.unit:
+        del out["unit"]
+    return out
+
+
+def robust_scaling(values: NDArray[np.float64], unit: float = 0.0) -> dict[str, float]:
     """``median`` and ``iqr`` of a numeric column (the standard deviation where the IQR is
-    zero, 1 where both are): what :meth:`FeatureEncoder.encode` scales it by."""
+    zero, 1 where both are), the scale at least ``unit``: what :meth:`FeatureEncoder.encode`
+    scales it by.
+
+    Example:
+        >>> robust_scaling(np.array([0.0] * 999 + [1.0]))["iqr"] < 0.05  # one non-zero row
+        True
+        >>> robust_scaling(np.array([0.0] * 999 + [1.0]), unit=1.0)["iqr"]  # a count of rows
+        1.0
+    """
     if not len(values):
-        return {"median": 0.0, "iqr": 1.0}
+        return {"median": 0.0, "iqr": max(1.0, unit)}
     q75, q25 = np.percentile(values, [75, 25])
     iqr = float(q75 - q25)
     if iqr <= 1e-12:
         iqr = float(values.std())
-    return {"median": float(np.median(values)), "iqr": iqr if iqr > 1e-12 else 1.0}
+    return {"median": float(np.median(values)), "iqr": max(iqr if iqr > 1e-12 else 1.0, unit)}
 
 
 def _safe_float(v: Any) -> float:

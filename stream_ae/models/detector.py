@@ -226,7 +226,7 @@ class AutoencoderDetector:
             raise ValueError("input contains NaN or infinite values")
         return X
 
-    def _fit_scaler(self, X32: FloatArray) -> None:
+    def _fit_scaler(self, X32: FloatArray, floor: NDArray[Any] | None = None) -> None:
         X = X32.astype(np.float64)  # float32 squares overflow at magnitudes near 1e20
         if self.hyper.scaler == "standard":
             center, scale = X.mean(0), X.std(0)
@@ -236,6 +236,10 @@ class AutoencoderDetector:
             scale = (q75 - q25) / 1.349
             std = X.std(0)
             scale = np.where(scale > 1e-6 * (np.abs(center) + 1), scale, std)  # binary-ish columns
+        if floor is not None:
+            if np.shape(floor) != scale.shape:
+                raise ValueError(f"scale_floor has {np.size(floor)} entries for {scale.size} columns")
+            scale = np.maximum(scale, np.asarray(floor, dtype=np.float64))
         self.center_ = center.astype(np.float32)
         self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
         if self.hyper.scaler == "quantile":
@@ -281,6 +285,7 @@ class AutoencoderDetector:
         y: Any = None,
         progress: ProgressFn | None = None,
         init_from: AutoencoderDetector | None = None,
+        scale_floor: NDArray[Any] | None = None,
     ) -> AutoencoderDetector:
         """Fit on rows of (mostly) normal traffic, with optional labels ``y``.
 
@@ -298,6 +303,11 @@ class AutoencoderDetector:
         ``init_from`` warm-starts from another fitted detector (the trainer's champion) when
         it has the same network (:meth:`same_network`), else training starts from scratch; the
         buffers (reference noises, tail table, neighbour samples) are always refitted, not copied.
+
+        ``scale_floor`` (one per column, or none) is the smallest scale each column is divided
+        by on the way into the network: a column that counts something has a unit
+        (:meth:`~stream_ae.features.encoder.FeatureEncoder.scale_floor`), and a count that was 0
+        in all but a few training rows is then not divided by a spread of a few thousandths.
 
         Example:
             >>> rng = np.random.default_rng(0)
@@ -334,7 +344,9 @@ class AutoencoderDetector:
                 f"at least {MIN_ROWS} are needed"
             )
         X_train = X[train_idx]
-        self._fit_scaler(X_train)
+        if scale_floor is not None and np.any(scale_floor):  # dequantise counts: one unit of uniform noise
+            X_train = X_train + (rng.uniform(-0.5, 0.5, X_train.shape) * scale_floor).astype(np.float32)
+        self._fit_scaler(X_train, scale_floor)
         xt = self._to_tensor(X_train)
         self.net_ = net = self._build_net(X.shape[1])
         xt_fit = xt

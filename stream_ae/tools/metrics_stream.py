@@ -48,7 +48,11 @@ METRICS_ENTITY = EntitySpec.from_dict(
     {
         "field": "host",
         "ttl": "1d",
-        "features": [{"delta_mean": ["cpu", "latency_ms"], "rows": 12}, {"spread": ["cpu"], "rows": 12}],
+        "features": [
+            {"delta_mean": ["cpu", "latency_ms"], "rows": 12},
+            {"spread": ["cpu"], "rows": 12},
+            {"repeats": ["cpu"], "rows": 12},
+        ],
         "alarm": {"likelihood": True, "short": 3, "half_life": 2016, "warmup": 288, "cooldown": "2h"},
     }
 )
