@@ -95,6 +95,7 @@ class CardStream:
         self.card_p = activity / activity.sum()
         self.day = int(start_ts // 86400)
         self._left_today = np.zeros(0)  # hours of the current day not emitted yet
+        self._overdrawn = 0  # fraud payments the last burst took beyond its block's budget
         self.emitted = 0
         self.kinds: NDArray[np.int8] = np.zeros(0, dtype=np.int8)  # of the last block: -1 normal, else FRAUD_KINDS
 
@@ -114,17 +115,22 @@ class CardStream:
     def next(self, n: int) -> tuple[list[dict[str, Any]], NDArray[np.int8]]:
         """The next ``n`` payments and their labels (1 = fraud)."""
         rng = self.rng
-        budget = int(rng.binomial(n, self.anomaly_rate)) if self.anomaly_rate else 0
+        # the block's share of frauds, less what earlier blocks' bursts overdrew: a burst keeps its
+        # drawn size whatever the block's budget, so the fraud mix does not depend on how the
+        # stream is cut into blocks (truncating bursts to the budget made blocks of 2,000 hold
+        # shorter, harder bursts than one long call, and the demo's recall 0.81 against 0.85)
+        budget = (int(rng.binomial(n, self.anomaly_rate)) if self.anomaly_rate else 0) - self._overdrawn
         singles: list[int] = []
         bursts: list[int] = []  # sizes
         while budget > 0:
             which = int(rng.integers(0, 4))
             if which == 2:
-                bursts.append(min(int(rng.integers(BURST_SIZE[0], BURST_SIZE[1] + 1)), budget))
+                bursts.append(min(int(rng.integers(BURST_SIZE[0], BURST_SIZE[1] + 1)), n - len(singles) - sum(bursts)))
                 budget -= bursts[-1]
             else:
                 singles.append(which)
                 budget -= 1
+        self._overdrawn = max(0, -budget)
         n_burst = sum(bursts)
         t = self._times(n - n_burst)
         card = rng.choice(len(self.card_p), size=len(t), p=self.card_p)
