@@ -18,19 +18,19 @@ from stream_ae.tools.cli import app
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "getting-started" / "metric-streams.md"
 
 
-@pytest.mark.parametrize("calibrated", [False, True])
-def test_the_guides_univariate_schema_opens_one_incident_at_a_spike(tmp_path: Path, calibrated: bool) -> None:
-    """With ``calibrated: true`` the alarms outside the fault fall to about the target rate."""
+def _guide_schema(calibrated: bool = False) -> str:
     schema = re.search(r"```yaml\n(.*?)```", GUIDE.read_text(), re.S)
     assert schema is not None, "the guide shows the schema"
     text = schema.group(1)
     if calibrated:
         text = text.replace("alarm: {cooldown: 2.5h}", "alarm: {cooldown: 2.5h, calibrated: true}")
         assert "calibrated" in text
-    (tmp_path / "series.yaml").write_text(text)
-    rng = np.random.default_rng(0)
-    value = rng.normal(10.0, 1.0, 3000)
-    value[2000:2040] += 8.0  # a fault of 40 minutes
+    return text
+
+
+def _train_and_score(tmp_path: Path, schema: str, value: np.ndarray) -> list[dict[str, str]]:
+    """`stream-ae train` on the first 450 rows with ``schema``, `stream-ae score` on all of them."""
+    (tmp_path / "series.yaml").write_text(schema)
     rows = [{"ts": 1_700_000_000 + 60 * i, "value": float(v), "series": "s1"} for i, v in enumerate(value)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:450]))
     (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -44,7 +44,35 @@ def test_the_guides_univariate_schema_opens_one_incident_at_a_spike(tmp_path: Pa
         app, ["score", str(tmp_path / "m"), str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "s.csv")]
     )
     assert scored.exit_code == 0, scored.output
-    out = list(csv.DictReader((tmp_path / "s.csv").open()))
+    return list(csv.DictReader((tmp_path / "s.csv").open()))
+
+
+def test_the_guides_univariate_schema_finds_a_stuck_value_and_a_variance_change(tmp_path: Path) -> None:
+    """A reading with two decimals repeats by chance now and then (about 8 times in these
+    3,000 rows); frozen for an hour it alarms within minutes, as does its noise growing
+    fourfold (inside an earlier incident's cooldown the alarm joins that incident)."""
+    rng = np.random.default_rng(1)
+    value = np.round(rng.normal(10.0, 1.0, 3000), 2)
+    value[1500:1560] = value[1499]  # stuck for an hour
+    value[2400:2500] = np.round(10.0 + 4.0 * rng.normal(size=100), 2)  # the noise four times as wide
+    chance = int((np.diff(value[:1500]) == 0).sum())
+    out = _train_and_score(tmp_path, _guide_schema(), value)
+    opens = [int(r["row"]) for r in out if r["opens_incident"] == "1"]
+    alarms = [int(r["row"]) for r in out if r["anomaly"] == "1"]
+    print(f"\n[univariate] {chance} chance repeats before the fault; incidents opened at rows {opens}")
+    assert chance >= 2, "the stream holds chance repeats for the schema to ignore"
+    assert any(1501 <= r <= 1515 for r in alarms), "the frozen value alarms within minutes"
+    assert any(2400 <= r <= 2420 for r in alarms), "the wider noise alarms within minutes"
+    assert len(opens) <= 8, "a few false incidents, not one per chance repeat"
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_the_guides_univariate_schema_opens_one_incident_at_a_spike(tmp_path: Path, calibrated: bool) -> None:
+    """With ``calibrated: true`` the alarms outside the fault fall to about the target rate."""
+    rng = np.random.default_rng(0)
+    value = rng.normal(10.0, 1.0, 3000)
+    value[2000:2040] += 8.0  # a fault of 40 minutes
+    out = _train_and_score(tmp_path, _guide_schema(calibrated), value)
     opens = [int(r["row"]) for r in out if r["opens_incident"] == "1"]
     alarms = [int(r["row"]) for r in out if r["anomaly"] == "1"]
     outside = [r for r in alarms if not 2000 <= r < 2060]

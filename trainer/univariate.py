@@ -8,7 +8,7 @@ separate training period), so this protocol runs the same path on development da
   ``{"ts", "value", "series"}`` events, a minute apart; the machine's labels are the stream's;
 * the model is trained on the stream's probationary rows only (NAB's first 15 %, at most 750
   rows), with :func:`series_schema` (the value, the event time, the series as the entity with
-  ``zscore`` and ``delta_mean`` and an ``alarm`` section), then the whole stream is replayed
+  ``zscore``, ``delta_mean``, ``spread`` and ``repeats`` and an ``alarm`` section), then the whole stream is replayed
   through the worker's path (features, raw score, post-score stage: ``stream-ae score``);
 * ways of alarming: the raw score; the raw score with the cooldown; the published score
   (score likelihood) with the cooldown, each with one threshold per profile optimised over
@@ -50,7 +50,9 @@ def series_schema(cooldown_s: float, alarm: dict[str, Any] | None = None) -> Fea
     """The documented schema of a univariate metric stream: the value, the event time (its
     calendar features dropped at fit when the training rows cannot teach them), the series as
     the entity with the value's deviation from its own running mean (``zscore``) and from its
-    last ten rows (``delta_mean``), and the post-score stage with a ``cooldown``."""
+    last ten rows (``delta_mean``), the spread of those rows (``spread``: a variance change)
+    and how many of them repeat the latest (``repeats``: a stuck value), the three fault
+    shapes of the host-metrics schema, and the post-score stage with a ``cooldown``."""
     return FeatureSchema(
         (FieldSpec("value", FieldKind.NUMERIC), FieldSpec("ts", FieldKind.TIMESTAMP)),
         time_field="ts",
@@ -58,7 +60,12 @@ def series_schema(cooldown_s: float, alarm: dict[str, Any] | None = None) -> Fea
             {
                 "field": "series",
                 "ttl": "30d",
-                "features": [{"zscore": "value"}, {"delta_mean": ["value"], "rows": 10}],
+                "features": [
+                    {"zscore": "value"},
+                    {"delta_mean": ["value"], "rows": 10},
+                    {"spread": ["value"], "rows": 10},
+                    {"repeats": ["value"], "rows": 10},
+                ],
                 "alarm": {**(alarm or {}), "cooldown": cooldown_s},
             }
         ),
