@@ -128,3 +128,18 @@ def test_fuzz_encode_never_crashes_and_never_emits_non_finite(events: list[dict[
     batch = enc.encode(events)
     assert len(batch.ok) + len(batch.errors) == len(events)
     assert np.isfinite(batch.X).all()
+
+
+def test_a_declared_unit_is_the_smallest_scale_and_is_checked() -> None:
+    """A count declared with ``unit: 1`` is scaled by at least one count (its spread in the
+    sample, one non-zero row of 1,000, is about 0.03), round-trips through the schema file, and a
+    unit that is not a number >= 0 is refused when the schema is read."""
+    schema = FeatureSchema.from_dict({"fields": [{"name": "retries", "kind": "numeric", "unit": 1}]})
+    events = [{"retries": 0}] * 999 + [{"retries": 1}]
+    encoder = FeatureEncoder(schema).fit(events)
+    assert encoder.stats["retries"]["iqr"] == 1.0 and encoder.scale_floor().tolist() == [1.0]
+    assert FeatureSchema.from_dict(schema.to_dict()) == schema
+    assert "unit" not in FeatureSchema.from_dict({"fields": [{"name": "x", "kind": "numeric"}]}).to_dict()["fields"][0]
+    for bad in (-1, "one", float("nan")):
+        with pytest.raises(ValueError, match="unit"):
+            FeatureSchema.from_dict({"fields": [{"name": "retries", "kind": "numeric", "unit": bad}]})

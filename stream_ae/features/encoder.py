@@ -95,6 +95,10 @@ class FieldSpec:
     # was 0 in nearly every training row is not scaled by a spread of a few thousandths.
     unit: float = 0.0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.unit, bool) or not isinstance(self.unit, int | float) or not 0 <= self.unit < math.inf:
+            raise ValueError(f"field {self.name!r}: unit is the smallest scale, a number >= 0 (got {self.unit!r})")
+
 
 @dataclass(frozen=True)
 class FieldColumns:
@@ -765,12 +769,12 @@ def robust_scaling(values: NDArray[np.float64], unit: float = 0.0) -> dict[str, 
         1.0
     """
     if not len(values):
-        return {"median": 0.0, "iqr": max(1.0, unit)}
+        return {"median": 0.0, "iqr": max(1.0, float(unit))}
     q75, q25 = np.percentile(values, [75, 25])
     iqr = float(q75 - q25)
     if iqr <= 1e-12:
         iqr = float(values.std())
-    return {"median": float(np.median(values)), "iqr": max(iqr if iqr > 1e-12 else 1.0, unit)}
+    return {"median": float(np.median(values)), "iqr": max(iqr if iqr > 1e-12 else 1.0, float(unit))}
 
 
 def _safe_float(v: Any) -> float:
