@@ -254,7 +254,9 @@ def test_state_survives_sigkill_without_loss_or_double_counting(
     assert len(final) >= 20 and n_closed >= 5, "the data open and close incidents"
 
     def same(a: tuple[str, int, float] | None, b: tuple[str, int, float] | None) -> bool:
-        return a is not None and b is not None and a[:2] == b[:2] and abs(a[2] - b[2]) <= 1e-5 * max(1.0, abs(b[2]))
+        # the peak is one of the published scores: compared as assert_same_scores compares them (the
+        # worker's batches split where the kills fell, and float32 products round by batch shape)
+        return a is not None and b is not None and a[:2] == b[:2] and abs(a[2] - b[2]) < 1e-3 * max(1.0, abs(b[2]))
 
     differ = {
         k: (latest.get(k), final.get(k)) for k in set(latest) | set(final) if not same(latest.get(k), final.get(k))
