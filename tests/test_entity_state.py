@@ -194,11 +194,12 @@ def assert_same_state(got: dict[bytes, np.void], want: dict[bytes, np.void]) -> 
     """Every row the same, but the last applied offset: a partition's offset in the worker, the
     row number in the replayed file. The post-score state (``lk_*`` and an incident's peak
     published score) follows the model's float32 scores, which move in the 7th digit with the
-    batch they were computed in."""
+    batch they were computed in; the peak is a published score, whose tail probability
+    magnifies that, so it is compared as :func:`assert_same_scores` compares published scores."""
     assert set(got) == set(want), "the same cards"
     for key, row in want.items():
         for name in set(row.dtype.names or ()) - {"last_offset"}:
-            tol = 1e-5 if name.startswith("lk_") or name == "incident_peak" else 1e-9
+            tol = 1e-3 if name == "incident_peak" else 1e-5 if name.startswith("lk_") else 1e-9
             np.testing.assert_allclose(got[key][name], row[name], rtol=tol, atol=tol, err_msg=f"{key!r} {name}")
 
 

@@ -143,3 +143,34 @@ def test_a_declared_unit_is_the_smallest_scale_and_is_checked() -> None:
     for bad in (-1, "one", float("nan")):
         with pytest.raises(ValueError, match="unit"):
             FeatureSchema.from_dict({"fields": [{"name": "retries", "kind": "numeric", "unit": bad}]})
+
+
+def test_a_field_that_is_not_a_model_input_is_still_checked_and_feeds_the_entity_features() -> None:
+    """``input: false``: no column of its own, but a bad value still rejects its event, the
+    entity features still read it, and the schema file keeps the declaration."""
+    from stream_ae.features.featurize import featurize_file
+    from trainer.train import fit_events
+
+    schema = FeatureSchema.from_dict(
+        {
+            "fields": [{"name": "value", "kind": "numeric", "input": False}, {"name": "ts", "kind": "timestamp"}],
+            "time_field": "ts",
+            "entity": {"field": "series", "features": [{"delta_mean": ["value"], "rows": 5}]},
+        }
+    )
+    events = [{"value": float(i % 7), "ts": 1_700_000_000 + 60 * i, "series": "a"} for i in range(300)]
+    fitted = fit_events(events, schema=schema, max_steps=20, device="cpu")
+    assert fitted.encoder is not None and fitted.encoder.feature_names == ["entity.value_delta5"]
+    later = [{"value": "high", "ts": 1_700_000_400, "series": "a"}, {"value": 40.0, "ts": 1_700_000_460, "series": "a"}]
+    feats = featurize_file(fitted.encoder, [*events[:5], *later])
+    assert 5 in feats.batch.errors and "value" in str(feats.batch.errors[5]), "a bad value is still refused"
+    assert feats.batch.ok.tolist() == [0, 1, 2, 3, 4, 6]
+    assert feats.batch.X[-1, 0] > 5, "the entity feature sees the jump (38 against deltas of +-3) with no column for it"
+    field = fitted.encoder.field_columns()[0]
+    assert (
+        field.columns == ()
+        and fitted.encoder.decode_field(field, feats.batch.X[0])["unavailable"] == "not_a_model_input"
+    )
+    assert FeatureSchema.from_dict(schema.to_dict()) == schema
+    with pytest.raises(ValueError, match="input: false"):
+        FeatureSchema.from_dict({"fields": [{"name": "c", "kind": "categorical", "input": False}]})

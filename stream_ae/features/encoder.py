@@ -94,10 +94,16 @@ class FieldSpec:
     # entity feature that counts rows (``repeats``) has a unit of one row, so a feature that
     # was 0 in nearly every training row is not scaled by a spread of a few thousandths.
     unit: float = 0.0
+    # numerics: False keeps the field checked (a bad value dead-letters its event) and read by
+    # the entity features, but gives it no column of its own: the model sees it only through
+    # them. For a metric whose level the training window cannot teach (a short warm-up, a trend).
+    input: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.unit, bool) or not isinstance(self.unit, int | float) or not 0 <= self.unit < math.inf:
             raise ValueError(f"field {self.name!r}: unit is the smallest scale, a number >= 0 (got {self.unit!r})")
+        if not self.input and self.kind is not FieldKind.NUMERIC:
+            raise ValueError(f"field {self.name!r}: only a numeric field can be declared input: false")
 
 
 @dataclass(frozen=True)
@@ -492,6 +498,8 @@ class FeatureEncoder:
         names: list[str] = []
         for spec in self.schema.fields:
             n = spec.name
+            if not spec.input:  # checked and read by the entity features, no column of its own
+                continue
             if spec.kind in (FieldKind.NUMERIC, FieldKind.BOOLEAN):
                 names.append(n)
             elif spec.kind is FieldKind.TIMESTAMP:
@@ -514,6 +522,9 @@ class FeatureEncoder:
         out: list[FieldColumns] = []
         at = 0
         for spec in self.schema.fields:
+            if not spec.input:
+                out.append(FieldColumns(spec, ()))
+                continue
             if spec.kind in (FieldKind.NUMERIC, FieldKind.BOOLEAN):
                 width = 1
             elif spec.kind is FieldKind.TIMESTAMP:
@@ -540,16 +551,18 @@ class FeatureEncoder:
         drawn from the row's probabilities over the vocabulary (never ``<unknown>`` when the
         vocabulary has a value), a boolean from its probability of true; a timestamp gets the
         row's hour and day of week on a day of the training period. A hashed categorical has
-        no inverse and is left out, as are the entity features (the state computes those from
-        the stream). The id field, when the schema names one, is ``<id_prefix>-<n>``; the
-        entity's key field, when it is not a declared field, ``<id_prefix>-entity-<k>`` for
-        one of ``len(rows) // 5 + 1`` entities."""
+        no inverse and is left out, as are a numeric declared ``input: false`` and the entity
+        features (the state computes those from the stream). The id field, when the schema
+        names one, is ``<id_prefix>-<n>``; the entity's key field, when it is not a declared
+        field, ``<id_prefix>-entity-<k>`` for one of ``len(rows) // 5 + 1`` entities."""
         rng = np.random.default_rng(seed)
         fields = [f for f in self.field_columns() if not f.derived]
         n = len(rows)
         out: list[dict[str, Any]] = [{} for _ in range(n)]
         for f in fields:
             spec, st = f.spec, self.stats.get(f.spec.name, {})
+            if not f.columns and spec.kind is FieldKind.NUMERIC:  # not a model input: no value to give
+                continue
             if spec.kind is FieldKind.NUMERIC:
                 x = np.asarray(rows[:, f.columns[0]], dtype=np.float64) * st["iqr"] + st["median"]
                 if "min" in st:
@@ -601,7 +614,8 @@ class FeatureEncoder:
         * boolean: ``probability_true`` (the column clipped to [0, 1]) and ``value`` (≥ 0.5);
         * categorical: ``probabilities`` over the vocabulary and ``<unknown>`` (the one-hot
           block clipped at 0 and normalised), ``value`` the most likely and its ``probability``;
-          a hashed categorical has no inverse: ``value`` None and ``unavailable``;
+          a hashed categorical has no inverse: ``value`` None and ``unavailable``; nor has a
+          numeric declared ``input: false`` (it has no column);
         * timestamp: ``hour_of_day`` and ``day_of_week`` (0 = Monday) from the cyclic columns;
         * an optional field adds ``probability_missing``.
 
@@ -614,7 +628,9 @@ class FeatureEncoder:
         """
         spec, v = field.spec, row
         out: dict[str, Any] = {}
-        if spec.kind is FieldKind.NUMERIC:  # scalar arithmetic: an anomaly flood decodes many
+        if not field.columns and spec.kind is FieldKind.NUMERIC:
+            out.update(value=None, unavailable="not_a_model_input")
+        elif spec.kind is FieldKind.NUMERIC:  # scalar arithmetic: an anomaly flood decodes many
             st = self.stats[spec.name]
             x = float(v[field.columns[0]]) * st["iqr"] + st["median"]
             out["value"] = signed_expm1(x) if spec.log else x
@@ -655,6 +671,8 @@ class FeatureEncoder:
         for spec in self.schema.fields:
             raw, missing = self._column(spec, events, bad)
             st = self.stats[spec.name]
+            if not spec.input:  # checked above (a bad value is reported), no column
+                continue
             if spec.kind is FieldKind.NUMERIC:
                 col = (np.asarray(raw) - st["median"]) / st["iqr"]
                 blocks.append(np.where(missing, 0.0, col)[:, None])
@@ -750,10 +768,13 @@ def signed_expm1(y: float | NDArray[np.float64]) -> float | NDArray[np.float64]:
 
 
 def _field_dict(spec: FieldSpec) -> dict[str, Any]:
-    """One field as the schema file writes it (``unit`` only where set: older files lack it)."""
+    """One field as the schema file writes it (``unit`` and ``input`` only where set: older
+    files lack them)."""
     out = {**asdict(spec), "kind": spec.kind.value}
     if not spec.unit:
         del out["unit"]
+    if spec.input:
+        del out["input"]
     return out
 
 
