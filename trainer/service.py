@@ -266,7 +266,11 @@ class ChampionScores:
     def flag_share(self, events: NDArray[np.int64]) -> float | None:
         """The share of ``events`` that the champion flags; None when it scored none of them."""
         known, scores = self.of(events)
-        return float((scores > self.threshold).mean()) if known.any() else None
+        return self.flagged(scores) if known.any() else None
+
+    def flagged(self, scores: NDArray[np.float64]) -> float:
+        """The share of ``scores`` (the champion's, from :meth:`of`) above its threshold."""
+        return float((scores > self.threshold).mean())
 
 
 def _trusted(excess: float) -> bool:
@@ -294,7 +298,7 @@ def without_detections(
     known, scores = champion.of(rows[cal])
     if not known.any():
         return cal
-    excess = float((scores > champion.threshold).mean()) - target_rate  # its flag share beyond target
+    excess = champion.flagged(scores) - target_rate  # its flag share beyond target
     if not _trusted(excess):
         return cal
     n_drop = round(excess * len(scores))
