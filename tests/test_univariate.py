@@ -85,3 +85,16 @@ def test_the_guides_univariate_schema_opens_one_incident_at_a_spike(tmp_path: Pa
         assert len(outside) <= 9, "about the target rate (0.1 %) of the 2,940 rows outside the fault"
     inside = {out[r]["incident"] for r in alarms if 2000 <= r < 2040}
     assert len(inside) == 1, "the fault's alarms share one incident"
+
+
+def test_the_guides_schema_is_the_one_the_evaluation_measures() -> None:
+    """The guide's figures come from `stream-ae evaluate --streams`, which builds its schema in
+    code (`trainer.univariate.series_schema`, a fifth of a 750-row probation of minutes as the
+    cooldown: 2.5 h). The two must not drift apart."""
+    import yaml
+
+    from stream_ae.features.encoder import FeatureSchema
+    from trainer.univariate import series_schema
+
+    documented = FeatureSchema.from_dict(yaml.safe_load(_guide_schema()))
+    assert documented == series_schema(cooldown_s=750 // 5 * 60.0)
