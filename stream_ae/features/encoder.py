@@ -493,23 +493,30 @@ class FeatureEncoder:
         return EncodedBatch(X, batch.ok[keep], batch.errors)
 
     # -- encoding ------------------------------------------------------------------------
+    def _value_names(self, spec: FieldSpec) -> list[str]:
+        """The names of a declared field's value columns (its missing indicator aside): the
+        one place that says how many columns each kind of field takes."""
+        n = spec.name
+        if not spec.input:  # checked and read by the entity features, no column of its own
+            return []
+        if spec.kind in (FieldKind.NUMERIC, FieldKind.BOOLEAN):
+            return [n]
+        if spec.kind is FieldKind.TIMESTAMP:
+            return [f"{n}.hour_sin", f"{n}.hour_cos", f"{n}.dow_sin", f"{n}.dow_cos"][: spec.calendar_columns]
+        if spec.hash_buckets:
+            return [f"{n}#{b}" for b in range(spec.hash_buckets)]
+        return [f"{n}={v}" for v in self.stats[n]["vocab"]] + [f"{n}=<unknown>"]
+
+    def _has_missing_column(self, spec: FieldSpec) -> bool:
+        return not spec.required and spec.input
+
     @property
     def feature_names(self) -> list[str]:
         names: list[str] = []
         for spec in self.schema.fields:
-            n = spec.name
-            if not spec.input:  # checked and read by the entity features, no column of its own
-                continue
-            if spec.kind in (FieldKind.NUMERIC, FieldKind.BOOLEAN):
-                names.append(n)
-            elif spec.kind is FieldKind.TIMESTAMP:
-                names += [f"{n}.hour_sin", f"{n}.hour_cos", f"{n}.dow_sin", f"{n}.dow_cos"][: spec.calendar_columns]
-            elif spec.hash_buckets:
-                names += [f"{n}#{b}" for b in range(spec.hash_buckets)]
-            else:
-                names += [f"{n}={v}" for v in self.stats[n]["vocab"]] + [f"{n}=<unknown>"]
-            if not spec.required:
-                names.append(f"{n}__missing")
+            names += self._value_names(spec)
+            if self._has_missing_column(spec):
+                names.append(f"{spec.name}__missing")
         return names + [spec.name for spec in self.schema.derived_fields]
 
     @property
@@ -522,21 +529,11 @@ class FeatureEncoder:
         out: list[FieldColumns] = []
         at = 0
         for spec in self.schema.fields:
-            if not spec.input:
-                out.append(FieldColumns(spec, ()))
-                continue
-            if spec.kind in (FieldKind.NUMERIC, FieldKind.BOOLEAN):
-                width = 1
-            elif spec.kind is FieldKind.TIMESTAMP:
-                width = spec.calendar_columns
-            elif spec.hash_buckets:
-                width = spec.hash_buckets
-            else:
-                width = len(self.stats[spec.name]["vocab"]) + 1
+            width = len(self._value_names(spec))
             cols = tuple(range(at, at + width))
             at += width
             missing = None
-            if not spec.required:
+            if self._has_missing_column(spec):
                 missing, at = at, at + 1
             out.append(FieldColumns(spec, cols, missing))
         for spec in self.schema.derived_fields:
