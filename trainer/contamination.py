@@ -48,9 +48,17 @@ LEVELS = (0.0, 0.002, 0.005, 0.02, 0.05)
 SETS = [*ADBENCH_SETS, "card"]
 
 
-def card_matrix(
-    n: int = 30_000, anomaly_rate: float = 0.03, seed: int = 0
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+@dataclass(frozen=True)
+class LabelledSet:
+    """A set's rows ``X``, labels ``y`` (1 = anomaly) and, where its columns come from a feature
+    schema, the encoder's ``scale_floor`` (the trainer fits the detector with it)."""
+
+    X: NDArray[np.float32]
+    y: NDArray[np.int64]
+    scale_floor: NDArray[np.float64] | None = None
+
+
+def card_matrix(n: int = 30_000, anomaly_rate: float = 0.03, seed: int = 0) -> LabelledSet:
     """The synthetic card stream as a labelled matrix: ``n`` payments with their frauds, the
     features of ``CARD_SCHEMA`` (the demo's, entity features included) computed by replaying the
     payments through the entity state in order, as the worker would; the encoder is fitted on
@@ -60,12 +68,13 @@ def card_matrix(
     normal = [e for e, lab in zip(events, labels, strict=True) if lab == 0]
     fit_encoder(encoder, normal, RecordMeta.for_file(normal, None))
     batch = featurize_file(encoder, events).batch
-    return batch.X.astype(np.float32), np.asarray(labels)[batch.ok].astype(np.int64)
+    y = np.asarray(labels)[batch.ok].astype(np.int64)
+    return LabelledSet(batch.X.astype(np.float32), y, encoder.scale_floor())
 
 
-def load_set(data_dir: Path, name: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+def load_set(data_dir: Path, name: str) -> LabelledSet:
     """An ADBench set from ``data_dir``, or ``card``: :func:`card_matrix` (needs no data)."""
-    return card_matrix() if name == "card" else load_adbench(data_dir, name)
+    return card_matrix() if name == "card" else LabelledSet(*load_adbench(data_dir, name))
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,8 @@ def sweep(
     results: list[SweepResult] = []
     methods = _methods(options or {})
     for name in datasets:
-        X, y = load_set(data_dir, name)
+        data = load_set(data_dir, name)
+        X, y = data.X, data.y
         for seed in seeds:
             previous: tuple[int, list[SweepResult]] = (-1, [])
             for level in levels:
@@ -145,7 +155,10 @@ def sweep(
                 for method, make in methods.items():
                     t0 = time.perf_counter()
                     model = make(seed)
-                    model.fit(X[split.train])
+                    if isinstance(model, AutoencoderDetector):  # as the trainer fits it
+                        model.fit(X[split.train], scale_floor=data.scale_floor)
+                    else:
+                        model.fit(X[split.train])
                     seconds = time.perf_counter() - t0
                     scored: dict[str, NDArray[Any]] = {method: np.asarray(model.score_samples(X[split.test]))}
                     if isinstance(model, AutoencoderDetector):

@@ -83,6 +83,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+# a quartile range under this share of the standard deviation, with half the rows at the median,
+# is a point mass with stragglers, not a spread (the robust scaler)
+POINT_MASS_SPREAD = 0.01
+
+
 @dataclass
 class Hyper:
     """Hyper-parameters: everything needed to rebuild the network (stored in the manifest)."""
@@ -235,7 +240,16 @@ class AutoencoderDetector:
             q75, q25 = np.percentile(X, [75, 25], axis=0)
             scale = (q75 - q25) / 1.349
             std = X.std(0)
-            scale = np.where(scale > 1e-6 * (np.abs(center) + 1), scale, std)  # binary-ish columns
+            # a column where half the rows or more take one value (binary-ish, mostly zero) has
+            # no central spread: it is scaled by its standard deviation. That includes a
+            # quartile range set by stragglers a hair off the value (decayed counts of 1e-5
+            # among zeros): under 1 % of the standard deviation, it is no spread either
+            # (docs/design/contamination.md, "A point mass with stragglers")
+            at_median = np.equal(X, center).mean(0)
+            point_mass = (scale <= 1e-6 * (np.abs(center) + 1)) | (
+                (at_median >= 0.5) & (scale < POINT_MASS_SPREAD * std)
+            )
+            scale = np.where(point_mass, std, scale)
         if floor is not None:
             if np.shape(floor) != scale.shape:
                 raise ValueError(f"scale_floor has {np.size(floor)} entries for {scale.size} columns")
