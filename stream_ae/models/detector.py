@@ -236,20 +236,7 @@ class AutoencoderDetector:
         if self.hyper.scaler == "standard":
             center, scale = X.mean(0), X.std(0)
         else:
-            center = np.median(X, 0)
-            q75, q25 = np.percentile(X, [75, 25], axis=0)
-            scale = (q75 - q25) / 1.349
-            std = X.std(0)
-            # a column where half the rows or more take one value (binary-ish, mostly zero) has
-            # no central spread: it is scaled by its standard deviation. That includes a
-            # quartile range set by stragglers a hair off the value (decayed counts of 1e-5
-            # among zeros): under 1 % of the standard deviation, it is no spread either
-            # (docs/design/contamination.md, "A point mass with stragglers")
-            at_median = np.equal(X, center).mean(0)
-            point_mass = (scale <= 1e-6 * (np.abs(center) + 1)) | (
-                (at_median >= 0.5) & (scale < POINT_MASS_SPREAD * std)
-            )
-            scale = np.where(point_mass, std, scale)
+            center, scale = robust_center_scale(X)
         if floor is not None:
             if np.shape(floor) != scale.shape:
                 raise ValueError(f"scale_floor has {np.size(floor)} entries for {scale.size} columns")
@@ -852,13 +839,36 @@ def _gaussianize(x: torch.Tensor, knots: torch.Tensor, tail_scale: torch.Tensor)
     return z.T
 
 
+def robust_center_scale(X: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per column of ``X`` ``[n, d]``: the median and the quartile range / 1.349 (a normal's
+    standard deviation), or the standard deviation where the column has no central spread.
+
+    A column where half the rows or more take one value (binary-ish, mostly zero) has none.
+    That includes a quartile range set by stragglers a hair off the value (decayed counts of
+    1e-5 among zeros): under ``POINT_MASS_SPREAD`` of the standard deviation it is no spread
+    either. Dividing by it put normal rows hundreds of units out (the card stream at 2 %
+    contamination, docs/design/contamination.md, "A point mass with stragglers").
+
+    Example:
+        >>> x = np.r_[np.zeros(740), np.full(30, 1e-5), np.linspace(0.05, 1.0, 230)]
+        >>> center, scale = robust_center_scale(x[:, None])
+        >>> bool(scale[0] > 0.1)  # the standard deviation, not 1e-5 / 1.349
+        True
+    """
+    center = np.median(X, 0)
+    q75, q25 = np.percentile(X, [75, 25], axis=0)
+    scale = (q75 - q25) / 1.349
+    std = X.std(0)
+    at_median = np.equal(X, center).mean(0)
+    point_mass = (scale <= 1e-6 * (np.abs(center) + 1)) | ((at_median >= 0.5) & (scale < POINT_MASS_SPREAD * std))
+    return center, np.where(point_mass, std, scale)
+
+
 def _robust_stats(v: NDArray[np.float64]) -> tuple[float, float]:
-    med = float(np.median(v))
-    q75, q25 = np.percentile(v, [75, 25])
-    scale = float(q75 - q25) / 1.349
-    if not math.isfinite(scale) or scale <= 1e-12:
-        scale = float(v.std()) or 1.0
-    return med, scale
+    """:func:`robust_center_scale` of one score part's training values (1 where they are all equal)."""
+    center, scale = robust_center_scale(np.asarray(v, dtype=np.float64)[:, None])
+    s = float(scale[0])
+    return float(center[0]), s if math.isfinite(s) and s > 1e-12 else 1.0
 
 
 def variants() -> Sequence[str]:
