@@ -30,11 +30,13 @@ def test_the_sweep_reports_each_part_beside_the_baselines(tmp_path: Path) -> Non
         app,
         [
             "evaluate", "--contamination", "0,0.02", "--datasets", "card", "--seeds", "0", "--out", str(out),
-            "--options", '{"min_steps": 40, "max_steps": 40}',
+            "--options", '{"min_steps": 40, "max_steps": 40}', "--train-rows", "3000",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "contamination.json").read_text())["summary"]
+    report = json.loads((out / "contamination.json").read_text())
+    assert report["max_train"] == 3000 and "at most 3,000 normal training rows" in result.output
+    summary = report["summary"]
     assert set(summary) == {"ncae", "ncae:neighbour", "ncae:tail", "ncae:density", "iforest", "ecod"}
     for per in summary.values():
         assert set(per) == {"0", "0.02"} and per["0"]["reached"] == 0.0 and abs(per["0.02"]["reached"] - 0.02) < 0.001

@@ -195,18 +195,23 @@ def summarise_sweep(results: list[SweepResult]) -> dict[str, dict[str, dict[str,
     return table
 
 
-def write_sweep_report(out_dir: Path, results: list[SweepResult], options: dict[str, Any]) -> dict[str, Any]:
+def write_sweep_report(
+    out_dir: Path, results: list[SweepResult], options: dict[str, Any], max_train: int = 20_000
+) -> dict[str, Any]:
     """``contamination.json`` (every result and the summary), ``contamination.md`` and
     ``contamination.png`` (mean PR-AUC against the level, per method; one panel per set)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = summarise_sweep(results)
-    summary = {"options": options, "summary": table, "results": [asdict(r) for r in results]}
+    summary = {
+        "options": options, "max_train": max_train, "summary": table, "results": [asdict(r) for r in results]
+    }  # fmt: skip
     (out_dir / "contamination.json").write_text(json.dumps(summary, indent=2))
     levels = list(next(iter(table.values()))) if table else []
     lines = [
         "# Contamination sweep",
         "",
-        "Mean PR-AUC over sets and seeds (ROC-AUC in brackets) by the share of anomalies in the training rows.",
+        "Mean PR-AUC over sets and seeds (ROC-AUC in brackets) by the share of anomalies in the training rows "
+        f"(at most {max_train:,} normal training rows per set).",
         "",
         "| method | " + " | ".join(levels) + " |",
         "|---|" + "---|" * len(levels),

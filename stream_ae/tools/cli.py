@@ -512,6 +512,14 @@ def evaluate(
             "on the ADBench sets and the synthetic card stream ('card' in --datasets); writes contamination.md/.png"
         ),
     ] = "",
+    train_rows: Annotated[
+        int,
+        typer.Option(
+            min=100,
+            help="contamination sweep: at most this many normal training rows per set (a small trainer window: "
+            "1230 rows with --contamination 0,0.004 puts five anomalies among them)",
+        ),
+    ] = 20_000,
 ) -> None:
     """Run the shared protocols against IsolationForest, ECOD and PCA; write a report."""
     import json
@@ -573,8 +581,10 @@ def evaluate(
             )
 
         sets = SETS if datasets == "all" else datasets.split(",")
-        results = sweep(data_dir, sets, levels, [int(s) for s in seeds.split(",")], hyper, on_result=said)
-        write_sweep_report(out, results, hyper)
+        results = sweep(
+            data_dir, sets, levels, [int(s) for s in seeds.split(",")], hyper, on_result=said, max_train=train_rows
+        )
+        write_sweep_report(out, results, hyper, max_train=train_rows)
         console.print((out / "contamination.md").read_text())
         return
     if labelled_anomalies:
