@@ -228,6 +228,9 @@ def test_trainer_learns_from_verdicts(bootstrap: str, topic_name: str, tmp_path:
     fb, seen = manifest["metrics"]["feedback"], manifest["detector"]["labels"]
     assert (fb["anomaly"], fb["normal"], fb["trained_on"] + fb["held_back"]) == (20, 53, 73)
     assert seen["anomalies"] + seen["normals"] == fb["trained_on"] and len(fb["fingerprint"]) == 64
+    # which events trained and calibrated it, and the split's seed: the run can be audited
+    assert manifest["metrics"]["window"] == {f"{topic_name}:0": [0, len(window) - 1]}
+    assert isinstance(manifest["metrics"]["split_seed"], int)
 
     after_alarms, after_frauds = flag_rate(registry, fresh_alarms), flag_rate(registry, fresh_frauds)
     normal_rate = flag_rate(registry, fresh_normal)

@@ -425,7 +425,8 @@ class TrainerService:
             return RunResult(None, "too_few_events", n_events=len(candidates))
         # the gate's holdout is a random fifth of the window as it came, never filtered: the
         # false-alarm rate it measures is the one the workers will see
-        rng = np.random.default_rng(int(time.time()))
+        split_seed = int(time.time())  # recorded in the manifest: the split can be drawn again
+        rng = np.random.default_rng(split_seed)
         order = rng.permutation(candidates)
         n_hold = max(200, len(order) // 5)
         # the calibration slice holds enough rows for an empirical quantile at the target (ten
@@ -537,6 +538,8 @@ class TrainerService:
         metrics = {
             "trigger": trigger,
             "window_events": len(train) + n_hold,
+            "window": window.spans(with_warmup=encoder.schema.entity is None),
+            "split_seed": split_seed,
             "challenger": chal.as_dict(),
             "champion": champ_gate.as_dict() if champ_gate else None,
             "feedback": {

@@ -56,6 +56,28 @@ class Window:
     def warmup(self) -> NDArray[np.bool_]:
         return np.asarray(self.warmups, dtype=bool)
 
+    def spans(self, with_warmup: bool = False) -> dict[str, list[int]]:
+        """Per ``topic:partition``, the first and last offset of the events read for training
+        and calibration: where an operator reads them back. Warm-up events count only
+        ``with_warmup`` (a model without entity features trains on them too).
+
+        Example:
+            >>> Window.of([{"card": "a"}, {"card": "b"}, {"card": "a"}]).spans()
+            {'file:0': [0, 2]}
+            >>> w = Window([{}] * 4, ["t"] * 4, [0, 0, 1, 1], [5, 6, 7, 8], [None] * 4, [0] * 4, [True, False] * 2)
+            >>> w.spans(), w.spans(with_warmup=True)
+            ({'t:0': [6, 6], 't:1': [8, 8]}, {'t:0': [5, 6], 't:1': [7, 8]})
+        """
+        out: dict[str, list[int]] = {}
+        for topic, partition, offset, warm in zip(
+            self.topics, self.partitions, self.offsets, self.warmups, strict=True
+        ):
+            if warm and not with_warmup:
+                continue
+            span = out.setdefault(f"{topic}:{partition}", [offset, offset])
+            span[0], span[1] = min(span[0], offset), max(span[1], offset)
+        return out
+
     def meta(self) -> RecordMeta:
         return RecordMeta(
             np.asarray(self.partitions, dtype=np.int64),
