@@ -558,7 +558,7 @@ class FeatureEncoder:
         out: list[dict[str, Any]] = [{} for _ in range(n)]
         for f in fields:
             spec, st = f.spec, self.stats.get(f.spec.name, {})
-            if not f.columns and spec.kind is FieldKind.NUMERIC:  # not a model input: no value to give
+            if not spec.input:  # no column: no value to give
                 continue
             if spec.kind is FieldKind.NUMERIC:
                 x = np.asarray(rows[:, f.columns[0]], dtype=np.float64) * st["iqr"] + st["median"]
@@ -625,7 +625,7 @@ class FeatureEncoder:
         """
         spec, v = field.spec, row
         out: dict[str, Any] = {}
-        if not field.columns and spec.kind is FieldKind.NUMERIC:
+        if not spec.input:
             out.update(value=None, unavailable="not_a_model_input")
         elif spec.kind is FieldKind.NUMERIC:  # scalar arithmetic: an anomaly flood decodes many
             st = self.stats[spec.name]
@@ -667,9 +667,9 @@ class FeatureEncoder:
         blocks: list[NDArray[np.float64]] = []
         for spec in self.schema.fields:
             raw, missing = self._column(spec, events, bad)
-            st = self.stats[spec.name]
             if not spec.input:  # checked above (a bad value is reported), no column
                 continue
+            st = self.stats[spec.name]
             if spec.kind is FieldKind.NUMERIC:
                 col = (np.asarray(raw) - st["median"]) / st["iqr"]
                 blocks.append(np.where(missing, 0.0, col)[:, None])
