@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from bench.environment import bench_environment, publish_bench_model
 from stream_ae.kafka.admin import ensure_topics
+from stream_ae.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES, event_fetch_options
 from stream_ae.kafka.local import resolve_jars
 from stream_ae.tools.produce import encode_events, send_raw
 from stream_ae.tools.synthetic import transactions
@@ -75,7 +76,7 @@ async def _passthrough(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=batch,
-        fetch_max_bytes=64 * 1024 * 1024,
+        **event_fetch_options(DEFAULT_MAX_MESSAGE_BYTES),  # the worker's fetch sizes
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="lz4", max_batch_size=1_000_000

@@ -16,6 +16,30 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's default message.max.bytes (1 Mi
 RECORD_OVERHEAD = 32
 BATCH_OVERHEAD = 96
 
+FETCH_MAX_BYTES = 64 * 1024 * 1024  # one fetch response, over all of its partitions
+# A consumer fetches a partition again only once the records fetched for it are consumed, with
+# one fetch in flight per broker (aiokafka's fetcher). Each partition's share must therefore
+# hold several micro-batches: at 2 MiB (about four batches of 2,048 card events) the worker
+# drained its partitions before the next response came and waited for it; at 8 MiB it did
+# not, and its throughput rose by a third (docs/design/speed.md).
+PARTITION_FETCH_BYTES = 8 * 1024 * 1024
+
+
+def event_fetch_options(max_message_bytes: int) -> dict[str, int]:
+    """The fetch sizes of a consumer of events (the worker's, and the benchmarks' passthroughs,
+    so that they compare like with like): at most ``FETCH_MAX_BYTES`` a response and
+    ``PARTITION_FETCH_BYTES`` a partition, or two of the largest records when that is more.
+    A worker holds at most that much per assigned partition that it has not yet processed.
+
+    Example:
+        >>> event_fetch_options(DEFAULT_MAX_MESSAGE_BYTES)["max_partition_fetch_bytes"] == PARTITION_FETCH_BYTES
+        True
+    """
+    return {
+        "fetch_max_bytes": FETCH_MAX_BYTES,
+        "max_partition_fetch_bytes": max(PARTITION_FETCH_BYTES, 2 * max_message_bytes),
+    }
+
 
 def fits(key: bytes | None, value: bytes, batch_bytes: int) -> bool:
     """Whether a record fits in a record batch of ``batch_bytes`` on its own."""

@@ -26,6 +26,7 @@ from mode import Service
 
 from stream_ae.entities.store import EntityStore
 from stream_ae.kafka.admin import ensure_topics, partition_counts, topic_max_message_bytes
+from stream_ae.kafka.limits import FETCH_MAX_BYTES, event_fetch_options
 from stream_ae.kafka.publisher import BatchPublisher
 from stream_ae.operation.logs import quiet_retriable_kafka_errors
 from stream_ae.operation.metrics import WorkerMetrics
@@ -106,8 +107,7 @@ class BatchWorker(Service):
             auto_offset_reset="earliest",
             max_poll_records=s.batch_max_size,
             isolation_level="read_committed" if eos else "read_uncommitted",
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=max(s.max_message_bytes * 2, 1_048_576),
+            **event_fetch_options(s.max_message_bytes),
         )
         if self.model.entity is not None and changelog is not None:
             self._restorer = AIOKafkaConsumer(
@@ -115,7 +115,7 @@ class BatchWorker(Service):
                 group_id=None,
                 enable_auto_commit=False,
                 isolation_level="read_committed",
-                fetch_max_bytes=64 * 1024 * 1024,
+                fetch_max_bytes=FETCH_MAX_BYTES,
                 max_partition_fetch_bytes=16 * 1024 * 1024,
             )
             await self._restorer.start()
