@@ -76,7 +76,7 @@ async def _passthrough(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=batch,
-        **event_fetch_options(DEFAULT_MAX_MESSAGE_BYTES),  # the worker's fetch sizes
+        **event_fetch_options(DEFAULT_MAX_MESSAGE_BYTES, batch),  # the worker's fetch sizes
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="lz4", max_batch_size=1_000_000

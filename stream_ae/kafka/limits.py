@@ -19,26 +19,27 @@ BATCH_OVERHEAD = 96
 FETCH_MAX_BYTES = 64 * 1024 * 1024  # one fetch response, over all of its partitions
 # A consumer fetches a partition again only once the records fetched for it are consumed, with
 # one fetch in flight per broker (aiokafka's fetcher). Each partition's share must therefore
-# hold several micro-batches: at 2 MiB (about four batches of 2,048 card events) the worker
+# hold many micro-batches: at 2 MiB (about four batches of 2,048 card events) the worker
 # drained its partitions before the next response came and waited for it; at 8 MiB it did
-# not, and it went from 0.38 to 0.61 of the batched passthrough (docs/design/speed.md).
-PARTITION_FETCH_BYTES = 8 * 1024 * 1024
+# not at batches of 2,048 (0.38 -> 0.61 of the batched passthrough) but still did at 4,096,
+# which 16 MiB mended (docs/design/speed.md). So the share grows with the batch size.
+PARTITION_FETCH_BYTES = 8 * 1024 * 1024  # the least share of a partition
+FETCH_BYTES_PER_BATCH_RECORD = 4096  # and at least this much per record of a micro-batch
 
 
-def event_fetch_options(max_message_bytes: int) -> dict[str, int]:
+def event_fetch_options(max_message_bytes: int, batch_max_size: int) -> dict[str, int]:
     """The fetch sizes of a consumer of events (the worker's, and the benchmarks' passthroughs,
-    so that they compare like with like): at most ``FETCH_MAX_BYTES`` a response and
-    ``PARTITION_FETCH_BYTES`` a partition, or two of the largest records when that is more.
-    A worker holds at most that much per assigned partition that it has not yet processed.
+    so that they compare like with like): at most ``FETCH_MAX_BYTES`` a response; a
+    partition's share at least ``PARTITION_FETCH_BYTES``, ``FETCH_BYTES_PER_BATCH_RECORD`` per
+    record of a micro-batch, and two of the largest records. A worker holds at most that much
+    per assigned partition that it has not yet processed.
 
     Example:
-        >>> event_fetch_options(DEFAULT_MAX_MESSAGE_BYTES)["max_partition_fetch_bytes"] == PARTITION_FETCH_BYTES
-        True
+        >>> [event_fetch_options(DEFAULT_MAX_MESSAGE_BYTES, n)["max_partition_fetch_bytes"] >> 20 for n in (2048, 4096)]
+        [8, 16]
     """
-    return {
-        "fetch_max_bytes": FETCH_MAX_BYTES,
-        "max_partition_fetch_bytes": max(PARTITION_FETCH_BYTES, 2 * max_message_bytes),
-    }
+    share = max(PARTITION_FETCH_BYTES, FETCH_BYTES_PER_BATCH_RECORD * batch_max_size, 2 * max_message_bytes)
+    return {"fetch_max_bytes": FETCH_MAX_BYTES, "max_partition_fetch_bytes": share}
 
 
 def fits(key: bytes | None, value: bytes, batch_bytes: int) -> bool:

@@ -107,7 +107,7 @@ class BatchWorker(Service):
             auto_offset_reset="earliest",
             max_poll_records=s.batch_max_size,
             isolation_level="read_committed" if eos else "read_uncommitted",
-            **event_fetch_options(s.max_message_bytes),
+            **event_fetch_options(s.max_message_bytes, s.batch_max_size),
         )
         if self.model.entity is not None and changelog is not None:
             self._restorer = AIOKafkaConsumer(
