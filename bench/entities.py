@@ -49,6 +49,7 @@ from stream_ae.entities.restore import restore_partition
 from stream_ae.entities.step import EntityBatch
 from stream_ae.entities.store import EntityStore
 from stream_ae.kafka.admin import ensure_topics
+from stream_ae.kafka.limits import restore_fetch_options
 from stream_ae.kafka.publisher import BatchPublisher
 from stream_ae.lifecycle.artifacts import load_artifact
 from stream_ae.lifecycle.registry import Registry
@@ -175,8 +176,7 @@ async def restore_rate(bootstrap: str, n: int) -> tuple[float, float]:
         bootstrap_servers=bootstrap,
         group_id=None,
         isolation_level="read_committed",
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+        **restore_fetch_options(),
     )
     await consumer.start()
     try:

@@ -42,6 +42,15 @@ def event_fetch_options(max_message_bytes: int, batch_max_size: int) -> dict[str
     return {"fetch_max_bytes": FETCH_MAX_BYTES, "max_partition_fetch_bytes": share}
 
 
+RESTORE_PARTITION_FETCH_BYTES = 16 * 1024 * 1024  # a changelog is read through once, in big chunks
+
+
+def restore_fetch_options() -> dict[str, int]:
+    """The fetch sizes of the consumer that restores entity state from the changelog (the
+    worker's, and the restore benchmark's)."""
+    return {"fetch_max_bytes": FETCH_MAX_BYTES, "max_partition_fetch_bytes": RESTORE_PARTITION_FETCH_BYTES}
+
+
 def fits(key: bytes | None, value: bytes, batch_bytes: int) -> bool:
     """Whether a record fits in a record batch of ``batch_bytes`` on its own."""
     return len(value) + (len(key) if key else 0) + RECORD_OVERHEAD + BATCH_OVERHEAD <= batch_bytes

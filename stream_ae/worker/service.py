@@ -26,7 +26,7 @@ from mode import Service
 
 from stream_ae.entities.store import EntityStore
 from stream_ae.kafka.admin import ensure_topics, partition_counts, topic_max_message_bytes
-from stream_ae.kafka.limits import FETCH_MAX_BYTES, event_fetch_options
+from stream_ae.kafka.limits import event_fetch_options, restore_fetch_options
 from stream_ae.kafka.publisher import BatchPublisher
 from stream_ae.operation.logs import quiet_retriable_kafka_errors
 from stream_ae.operation.metrics import WorkerMetrics
@@ -115,8 +115,7 @@ class BatchWorker(Service):
                 group_id=None,
                 enable_auto_commit=False,
                 isolation_level="read_committed",
-                fetch_max_bytes=FETCH_MAX_BYTES,
-                max_partition_fetch_bytes=16 * 1024 * 1024,
+                **restore_fetch_options(),
             )
             await self._restorer.start()
             self.entity_state = EntityState(
