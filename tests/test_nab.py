@@ -35,6 +35,17 @@ def test_false_alarms_cost_less_just_after_a_window_and_misses_cost_fn() -> None
     assert raw_score(_flags(1000, 50), w, STANDARD, probation=150) == -1.0, "the probation is not scored"
 
 
+def test_a_stream_without_anomalies_charges_every_detection_the_whole_fp() -> None:
+    """NAB's corpus holds streams with no labelled anomaly; each alarm there is a false one."""
+    assert raw_score(_flags(1000, 300, 600), [], STANDARD, 0) == pytest.approx(-0.22)
+    assert raw_score(_flags(1000, 50), [], STANDARD, probation=150) == 0.0
+    quiet = Stream("quiet", np.r_[np.zeros(999), 1.0], [])
+    loud = Stream("loud", np.r_[np.zeros(500), 1.0, np.zeros(499)], windows_for(1000, [500]))
+    found = scaled_sigmoid(-0.5)  # the window's middle row
+    expected = 100 * (found - 0.11 + 1) / (scaled_sigmoid(-1.0) + 1)
+    assert corpus_score([quiet, loud], STANDARD)[0] == pytest.approx(expected)
+
+
 def test_windows_share_a_tenth_of_the_stream_and_the_probation_is_capped() -> None:
     assert windows_for(4000, [1000, 3000]) == [Window(900, 1099), Window(2900, 3099)]
     assert probation_rows(1000) == 150 and probation_rows(100_000) == 750
@@ -87,6 +98,9 @@ def test_evaluate_streams_scores_each_machine_as_a_stream(tmp_path) -> None:  # 
     hosts = json.loads((out / "host_metrics_0.json").read_text())
     assert hosts["faults"] > 0 and set(hosts["published"]) >= {"found", "false_incidents_per_host_week"}
     assert (out / "host_metrics_0.png").stat().st_size > 10_000, "the plot of a few hosts and their alarms"
+    corpus = json.loads((out / "host_series_0.json").read_text())
+    assert set(corpus) == {"raw", "raw+cooldown", "likelihood+cooldown", "incidents"}
+    assert corpus["likelihood+cooldown"]["standard"]["score"] > 40, "faults of six noise units and more are found"
     table = json.loads((out / "streams.json").read_text())
     ways = ("", "+cooldown", "+likelihood+cooldown")
     assert set(table) == {f"{m}{v}" for m in ("ae", "iforest", "pca") for v in ways}

@@ -117,7 +117,9 @@ def raw_score(flags: NDArray[np.bool_], windows: Sequence[Window], profile: Prof
         else:
             missed += 1
     false = np.flatnonzero(flags & ~inside)
-    if len(false):
+    if len(false) and not windows:  # a stream without anomalies: each detection costs the whole fp
+        score -= profile.fp * len(false)
+    elif len(false):
         ends = np.array([w.end for w in windows], dtype=np.int64)
         widths = np.array([w.width for w in windows], dtype=np.int64)
         prev = np.searchsorted(ends, false) - 1  # the last window ending before the row (-1: none)

@@ -17,7 +17,11 @@ separate training period), so this protocol runs the same path on development da
 
 An SMD label marks the machine, not each metric: many metrics do not show a given anomaly.
 Every way of alarming is scored on the same streams, so the figures compare ways; they are
-lower than on a corpus labelled per metric.
+lower than on a corpus labelled per metric. :func:`host_metric_series` is such a corpus, made
+by the project's own generator: each simulated host's CPU and latency as two streams of two
+weeks at one row per five minutes (4,032 rows, NAB's commonest length), its probation
+fault-free, each stream labelled only where its own host's faults are
+(:func:`evaluate_host_series`).
 
 Example:
     >>> sorted(series_schema(cooldown_s=600).to_dict()["entity"]["alarm"])
@@ -39,11 +43,13 @@ from stream_ae.entities.spec import EntitySpec
 from stream_ae.features.encoder import FeatureSchema, FieldKind, FieldSpec
 from stream_ae.features.featurize import featurize_file
 from stream_ae.models.detector import DegenerateDataError
+from stream_ae.tools.metrics_stream import HostMetrics
 from trainer.evaluate import SMD_MACHINES, SMD_START, load_smd
 from trainer.nab import Stream, anomaly_starts, probation_rows, profile_table, windows_for
 from trainer.train import fit_events
 
 STEP_S = 60.0  # SMD's sampling
+SERIES_START = SMD_START  # the first row's epoch seconds, in every corpus here
 
 
 def series_schema(cooldown_s: float, alarm: dict[str, Any] | None = None) -> FeatureSchema:
@@ -99,15 +105,52 @@ def smd_series(data_dir: Path, machines: Sequence[str] = SMD_MACHINES) -> list[t
     return out
 
 
+def host_metric_series(
+    seed: int, hosts: int = 10, days: float = 14.0, faults_per_host_week: float = 2.0
+) -> list[tuple[str, NDArray[Any], NDArray[Any]]]:
+    """``(name, values, labels)``: each host's ``cpu`` and ``latency_ms`` of
+    :class:`~stream_ae.tools.metrics_stream.HostMetrics` (five-minute rows, ``days`` long) as
+    two univariate streams, labelled where that host's faults are (the latency follows the
+    CPU, so a fault shows in both). The first 15 % (NAB's probation, at most 750 rows) is
+    fault-free, as a stream's training rows should be.
+
+    Example:
+        >>> [(name, len(v), int(y.sum()) >= 0) for name, v, y in host_metric_series(0, hosts=1, days=1)]
+        [('host-000/cpu', 288, True), ('host-000/latency_ms', 288, True)]
+    """
+    stream = HostMetrics(hosts=hosts, seed=seed, faults_per_host_week=0.0)
+    rows = round(days * 86_400 / stream.step_s)
+    quiet = probation_rows(rows)
+    first, first_labels = stream.next(hours=quiet * stream.step_s / 3600)
+    stream.rate = faults_per_host_week
+    rest, rest_labels = stream.next(hours=(rows - quiet) * stream.step_s / 3600)
+    events, labels = first + rest, np.concatenate([first_labels, rest_labels])
+    out = []
+    for host in stream.hosts:
+        mine = [i for i, e in enumerate(events) if e["host"] == host]
+        y = (labels[mine] >= 0).astype(np.int64)
+        for metric in ("cpu", "latency_ms"):
+            out.append((f"{host}/{metric}", np.asarray([events[i][metric] for i in mine], dtype=np.float64), y))
+    return out
+
+
 def score_series(
-    name: str, values: NDArray[np.float64], labels: NDArray[Any], target_rate: float, seed: int, **hyper: Any
+    name: str,
+    values: NDArray[np.float64],
+    labels: NDArray[Any],
+    target_rate: float,
+    seed: int,
+    step_s: float = STEP_S,
+    **hyper: Any,
 ) -> SeriesResult:
     """Train on the probationary rows, replay the whole stream through the worker's path."""
     n = len(values)
     probation = probation_rows(n)
     cooldown_rows = max(1, probation // 5)  # quiet for a fifth of the warm-up, as CAD OSE and KNN-CAD
-    schema = series_schema(cooldown_rows * STEP_S, hyper.pop("alarm", None))
-    events = [{"ts": SMD_START + STEP_S * i, "value": float(x), "series": name} for i, x in enumerate(values.tolist())]
+    schema = series_schema(cooldown_rows * step_s, hyper.pop("alarm", None))
+    events = [
+        {"ts": SERIES_START + step_s * i, "value": float(x), "series": name} for i, x in enumerate(values.tolist())
+    ]
     windows = windows_for(n, anomaly_starts(labels))
     try:
         fitted = fit_events(
@@ -140,11 +183,38 @@ def evaluate_smd_series(
     on_series: Callable[[SeriesResult], None] | None = None,
     **hyper: Any,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """The protocol of the module docstring. Returns way of alarming -> profile -> normalised
-    score and threshold (for ``incidents`` the threshold is the product's own)."""
+    """The protocol of the module docstring on the SMD metrics. Returns way of alarming ->
+    profile -> normalised score and threshold (for ``incidents`` the threshold is the
+    product's own)."""
+    series = smd_series(data_dir, machines)[:limit]
+    return evaluate_series(series, STEP_S, target_rate, seed, on_series, **hyper)
+
+
+def evaluate_host_series(
+    seed: int = 0,
+    hosts: int = 10,
+    target_rate: float = 1e-3,
+    on_series: Callable[[SeriesResult], None] | None = None,
+    **hyper: Any,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The protocol of the module docstring on :func:`host_metric_series` (labelled per
+    stream), as :func:`evaluate_smd_series` returns it."""
+    return evaluate_series(host_metric_series(seed, hosts), 300.0, target_rate, seed, on_series, **hyper)
+
+
+def evaluate_series(
+    series: Sequence[tuple[str, NDArray[Any], NDArray[Any]]],
+    step_s: float,
+    target_rate: float,
+    seed: int,
+    on_series: Callable[[SeriesResult], None] | None = None,
+    **hyper: Any,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Each ``(name, values, labels)`` stream, ``step_s`` seconds a row, trained on its
+    probation and replayed (:func:`score_series`), every way of alarming scored by NAB's rules."""
     streams: dict[str, list[Stream]] = {"raw": [], "raw+cooldown": [], "likelihood+cooldown": [], "incidents": []}
-    for name, values, labels in smd_series(data_dir, machines)[:limit]:
-        r = score_series(name, values, labels, target_rate, seed, **dict(hyper))
+    for name, values, labels in series:
+        r = score_series(name, values, labels, target_rate, seed, step_s, **dict(hyper))
         if on_series is not None:
             on_series(r)
         streams["raw"].append(Stream(name, r.raw, r.windows))

@@ -499,9 +499,11 @@ def evaluate(
         typer.Option(
             help="metric streams: the synthetic host metrics (faults found, time to detection, false incidents "
             "per host and week, with the post-score stage and with raw scores; host_metrics.json/.png), then the "
-            "SMD machines as streams by the Numenta Anomaly Benchmark's rules (probation, windows, early-detection "
-            "reward, one threshold per profile; streams.json) when DATA_DIR holds them, and each SMD metric as a "
-            "univariate stream trained on its probation only, the held-out corpus's protocol (smd_series.json)"
+            "hosts' metrics as univariate streams labelled per stream, each trained on its probation only (the "
+            "held-out corpus's protocol, by the Numenta Anomaly Benchmark's rules: probation, windows, "
+            "early-detection reward, one threshold per profile; host_series_SEED.json), then the SMD machines as "
+            "streams (streams.json) when DATA_DIR holds them, and each SMD metric as a univariate stream by the "
+            "same protocol (smd_series.json)"
         ),
     ] = False,
     contamination: Annotated[
@@ -549,6 +551,15 @@ def evaluate(
                     f"{r['median_minutes_to_detect']} min to detect, {r['false_incidents_per_host_week']:.2f} false "
                     f"incidents per host and week; NAB standard {hosts['nab_standard'][way]:.1f}"
                 )
+        from trainer.univariate import evaluate_host_series
+
+        variant = variants.split(",")[0]
+        for seed in (int(s) for s in seeds.split(",")):
+            corpus = evaluate_host_series(seed=seed, variant=variant, **hyper)
+            (out / f"host_series_{seed}.json").write_text(json.dumps(corpus, indent=2))
+            for way, profiles in corpus.items():
+                cells = ", ".join(f"{p} {v['score']:.1f}" for p, v in profiles.items())
+                console.print(f"NAB score, host metrics as univariate streams, seed {seed}, {variant} {way}: {cells}")
         if not (data_dir / "smd").exists():
             console.print(f"[yellow]{data_dir / 'smd'} not found: the SMD streams are skipped[/]")
             return
@@ -562,7 +573,6 @@ def evaluate(
             console.print(f"NAB score, SMD machines as streams, {method}: {cells}")
         from trainer.univariate import evaluate_smd_series
 
-        variant = variants.split(",")[0]
         series = evaluate_smd_series(data_dir, seed=int(seeds.split(",")[0]), variant=variant, **hyper)
         (out / "smd_series.json").write_text(json.dumps(series, indent=2))
         for way, profiles in series.items():
