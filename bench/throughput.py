@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from bench.environment import bench_environment, publish_bench_model
 from stream_ae.kafka.admin import ensure_topics
+from stream_ae.kafka.compression import use_fast_lz4
 from stream_ae.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES, event_fetch_options
 from stream_ae.kafka.local import resolve_jars
 from stream_ae.tools.produce import encode_events, send_raw
@@ -78,6 +79,7 @@ async def _passthrough(
         max_poll_records=batch,
         **event_fetch_options(DEFAULT_MAX_MESSAGE_BYTES, batch),  # the worker's fetch sizes
     )
+    use_fast_lz4()  # the worker's LZ4 (stream_ae.kafka.compression)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="lz4", max_batch_size=1_000_000
     )

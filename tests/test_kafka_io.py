@@ -82,6 +82,53 @@ def test_unkeyed_records_stick_to_one_partition_per_call(bootstrap: str, topic_n
     assert len(per_call) >= 2, "calls do not all pick the same partition"
 
 
+@pytest.mark.kafka
+def test_fast_lz4_batches_reach_a_consumer_intact(
+    bootstrap: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the worker's LZ4 (Kafka's own client's fast compressor, not aiokafka's LZ4HC) the
+    record batches are built by aiokafka's own builder, larger than LZ4HC makes them, and every
+    record comes back from the broker as it was sent."""
+    import importlib
+
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder as PythonBuilder
+
+    from stream_ae.kafka import compression
+
+    for name in compression._USERS:  # put aiokafka's encoder back after the test
+        module = importlib.import_module(name)
+        if hasattr(module, "lz4_encode"):
+            monkeypatch.setattr(module, "lz4_encode", module.lz4_encode)
+    events, _ = transactions(2000, seed=3)
+    values = [orjson.dumps(e) for e in events]
+
+    def built_size(builder_cls: type) -> int:
+        builder = builder_cls(2, 3, 0, -1, -1, -1, 10_000_000)  # magic 2, LZ4
+        for i, v in enumerate(values):
+            builder.append(i, timestamp=0, key=None, value=v, headers=[])
+        return len(builder.build())
+
+    from aiokafka.record._crecords.default_records import DefaultRecordBatchBuilder as CBuilder
+
+    high = built_size(CBuilder)
+    compression.use_fast_lz4()
+    assert built_size(CBuilder) > 1.15 * high and built_size(PythonBuilder) > 1.15 * high, "the fast compressor"
+
+    async def scenario() -> list[bytes]:
+        kw = {"bootstrap_servers": bootstrap}
+        await ensure_topics(kw, {topic_name: 2})
+        producer = AIOKafkaProducer(**kw, acks="all", compression_type="lz4", max_batch_size=1_000_000)
+        await producer.start()
+        try:
+            keys = [str(e["card"]).encode() for e in events]
+            await asyncio.gather(*await BatchPublisher(producer, 1_000_000).publish(topic_name, keys, values))
+        finally:
+            await producer.stop()
+        return [r.value for r in await read_all(bootstrap, [topic_name], until=len(values))]
+
+    assert sorted(run(scenario())) == sorted(values)
+
+
 def test_a_record_too_large_for_any_batch_is_refused_not_dropped() -> None:
     publisher = BatchPublisher(producer=None, batch_bytes=4096)  # type: ignore[arg-type]
     with pytest.raises(RecordTooLarge, match="5000 bytes"):

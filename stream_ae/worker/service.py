@@ -26,6 +26,7 @@ from mode import Service
 
 from stream_ae.entities.store import EntityStore
 from stream_ae.kafka.admin import ensure_topics, partition_counts, topic_max_message_bytes
+from stream_ae.kafka.compression import use_fast_lz4
 from stream_ae.kafka.limits import event_fetch_options, restore_fetch_options
 from stream_ae.kafka.publisher import BatchPublisher
 from stream_ae.operation.logs import quiet_retriable_kafka_errors
@@ -84,6 +85,8 @@ class BatchWorker(Service):
         # the batches carry their own changelog records only where the loop does not coalesce them
         per_batch = None if s.coalesces_changelog else changelog
         topics = Topics(s.output_topic, s.dead_letter_topic, s.scores_topic, batch_bytes, per_batch, s.incidents_topic)
+
+        use_fast_lz4()  # Kafka's own client's LZ4, not aiokafka's LZ4HC (stream_ae.kafka.compression)
 
         def make_producer() -> AIOKafkaProducer:
             return AIOKafkaProducer(
