@@ -50,6 +50,9 @@ from trainer.train import fit_events
 
 STEP_S = 60.0  # SMD's sampling
 SERIES_START = SMD_START  # the first row's epoch seconds, in every corpus here
+# the metric-streams guide's target rate: an alarm threshold of 4 on the published score
+# (per-stream labels: 8.5 NAB points more incidents than 1e-3; SMD's: the same within 0.5)
+GUIDE_TARGET_RATE = 1e-4
 
 
 def series_schema(cooldown_s: float, alarm: dict[str, Any] | None = None) -> FeatureSchema:
@@ -177,7 +180,7 @@ def score_series(
 def evaluate_smd_series(
     data_dir: Path,
     machines: Sequence[str] = SMD_MACHINES,
-    target_rate: float = 1e-3,
+    target_rate: float = GUIDE_TARGET_RATE,
     seed: int = 0,
     limit: int | None = None,
     on_series: Callable[[SeriesResult], None] | None = None,
@@ -193,7 +196,7 @@ def evaluate_smd_series(
 def evaluate_host_series(
     seed: int = 0,
     hosts: int = 10,
-    target_rate: float = 1e-3,
+    target_rate: float = GUIDE_TARGET_RATE,
     on_series: Callable[[SeriesResult], None] | None = None,
     **hyper: Any,
 ) -> dict[str, dict[str, dict[str, float]]]:
