@@ -17,6 +17,8 @@ JSON). Then, in the same run and on the same records, each of these drains it co
 
 All three keep the worker's discipline: one batch's acknowledgements and commit in flight
 while the next batch is fetched; a batch is produced only after the one before is committed.
+The passthroughs also fetch and compress as the worker does (its fetch sizes, and LZ4 by
+the fast compressor: :mod:`stream_ae.kafka.compression`).
 Figures are events/s from the first batch committed to the last (the worker's from its
 metrics). ``--java`` adds Kafka's own ``ProducerPerformance`` and ``ConsumerPerformance``
 (kafka-tools, resolved with Maven like the broker) on records of the same size, as a
