@@ -117,13 +117,14 @@ def raw_score(flags: NDArray[np.bool_], windows: Sequence[Window], profile: Prof
         else:
             missed += 1
     false = np.flatnonzero(flags & ~inside)
-    if len(false) and not windows:  # a stream without anomalies: each detection costs the whole fp
-        score -= profile.fp * len(false)
-    elif len(false):
+    if len(false):
         ends = np.array([w.end for w in windows], dtype=np.int64)
         widths = np.array([w.width for w in windows], dtype=np.int64)
         prev = np.searchsorted(ends, false) - 1  # the last window ending before the row (-1: none)
-        y = np.where(prev >= 0, (false - ends[prev.clip(0)]) / np.maximum(widths[prev.clip(0)] - 1, 1), np.inf)
+        # widths of that window after its end; none before the row (or none at all): the whole fp
+        y = np.full(len(false), np.inf)
+        after = prev >= 0
+        y[after] = (false[after] - ends[prev[after]]) / np.maximum(widths[prev[after]] - 1, 1)
         with np.errstate(over="ignore"):
             sig = np.where(y > 3.0, -1.0, 2.0 / (1.0 + np.exp(5.0 * np.minimum(y, 3.0))) - 1.0)
         score += profile.fp * float(sig.sum())
