@@ -3,6 +3,8 @@ training period shorter than a week cannot teach."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,35 @@ def test_inference_recognises_rfc3339_strings_and_epoch_values_under_a_time_name
     assert schema.time_field == "ts", "the first time field is the event time"
     ms = FeatureSchema.infer([{"event_time": (START + i) * 1000, "v": float(i)} for i in range(20)])
     assert ms.time_field == "event_time" and ms.fields[0].kind is FieldKind.TIMESTAMP
+
+
+def test_a_time_without_an_offset_is_utc_whatever_zone_the_host_runs_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CSV exports write times as ``2024-03-31 01:00:00``. Read in the host's zone, a worker
+    in Berlin and an offline replay in UTC gave the same event different hours of day, and the
+    stream repeated or skipped an hour at each daylight-saving change (here 02:00 that night)."""
+    every = [f"2024-03-{d:02d} {h:02d}:{m:02d}:00" for d in (30, 31) for h in range(24) for m in (0, 30)]
+    events = [{"ts": t, "value": float(i % 7)} for i, t in enumerate(every)]
+    explicit = [{"ts": t.replace(" ", "T") + "Z", "value": e["value"]} for t, e in zip(every, events, strict=True)]
+    explicit[50]["ts"] = str(explicit[50]["ts"]).lower()  # RFC 3339 allows 2024-03-31t01:00:00z
+    schema = FeatureSchema.infer(events)
+    assert schema.time_field == "ts"
+
+    def encoded(zone: str, rows: list[dict[str, object]]) -> np.ndarray:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        return FeatureEncoder(schema).fit(rows).transform(rows)
+
+    try:
+        in_berlin, in_utc = encoded("Europe/Berlin", events), encoded("UTC", events)
+        with_offset = encoded("Europe/Berlin", explicit)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    np.testing.assert_array_equal(in_berlin, in_utc)
+    np.testing.assert_array_equal(in_berlin, with_offset)
+    names = FeatureEncoder(schema).fit(events).feature_names
+    hours = in_berlin[:, [i for i, name in enumerate(names) if ".hour_" in name]]
+    assert len(np.unique(hours.round(6), axis=0)) == 48, "every half hour of the day, once a day"
 
 
 def test_a_training_period_shorter_than_a_week_drops_day_of_week_and_says_so() -> None:

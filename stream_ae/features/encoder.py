@@ -9,7 +9,8 @@ A :class:`FeatureSchema` declares the fields (``numeric``, ``categorical``, ``bo
 * categorical: a learned vocabulary (most frequent values) plus an unknown bucket, one-hot;
   or a stable CRC32 hash into ``hash_buckets`` buckets for high cardinality;
 * boolean: 0/1;
-* timestamp (epoch seconds or milliseconds, or ISO-8601): optional cyclic hour-of-day and,
+* timestamp (epoch seconds or milliseconds, or ISO-8601; a date-time without an offset is
+  UTC, never the host's zone): optional cyclic hour-of-day and,
   separately, day-of-week (``weekday``); fitting drops day-of-week when the training data
   spans less than a week, and hour-of-day too when it spans less than a day; inference
   recognises RFC 3339 strings, and epoch values under a time-like name, as timestamps
@@ -37,7 +38,7 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, overload
@@ -251,7 +252,7 @@ def looks_like_time(name: str, values: Sequence[Any]) -> bool:
             return False
         try:
             for v in values:
-                datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
+                parse_datetime(v)
         except ValueError:
             return False
         return True
@@ -278,12 +279,30 @@ class EncodedBatch:
     errors: dict[int, EncodeError] = field(default_factory=dict)
 
 
+def parse_datetime(text: str) -> datetime:
+    """An RFC 3339 / ISO-8601 date-time string as an aware datetime. One without an offset
+    (``2014-04-01 00:00:00``, as many CSV exports write it) is UTC: read in the host's own
+    zone, the same event would get another hour of day on another host, and a stream would
+    repeat or skip an hour at each daylight-saving change.
+
+    Example:
+        >>> parse_datetime("2014-04-01 00:00:00") == parse_datetime("2014-04-01T02:00:00+02:00")
+        True
+        >>> parse_datetime("2013-12-02t21:15:00z").isoformat()
+        '2013-12-02T21:15:00+00:00'
+    """
+    if text[-1:] in ("Z", "z"):  # RFC 3339 allows either case; fromisoformat only "Z" (and not before 3.11)
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 def _to_epoch(value: Any) -> float:
     if type(value) in _NUMBER_TYPES:
         v = float(value)
         return v / 1000.0 if v > 1e11 else v  # epoch milliseconds are accepted too
     if isinstance(value, str):
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return parse_datetime(value).timestamp()
     raise TypeError(type(value).__name__)
 
 
