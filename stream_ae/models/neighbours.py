@@ -68,7 +68,9 @@ class SubsampleNeighbours(nn.Module):
         a tournament (:func:`second_smallest`): pairwise minima and maxima of the two halves,
         recursively, all elementwise over contiguous blocks, about three times faster on the
         CPU than masking the ``argmin``, which is kept for other ``k``. On the CPU chunks of 256
-        rows keep the 2 MB matrix in cache; on a GPU each chunk costs some thirty kernel
+        rows keep the 2 MB matrix in cache, and a chunk's tournament stops at 8 positions: the
+        last rounds, tiny tensors whose cost is the operation's own overhead, run once for a
+        block of 1,024 rows (:func:`reduce_pairs`). On a GPU each chunk costs some thirty kernel
         launches whatever its size, so there a chunk is 16,384 rows (a 128 MB matrix): on an
         H200 the part took 7.8 ms of a 4,096-row batch in chunks of 256. The result is the
         same to float rounding (the matrix product's blocking may differ with the chunk).
@@ -80,27 +82,45 @@ class SubsampleNeighbours(nn.Module):
 
     def _score(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
         sets, size, d = self.points.shape
+        if x.shape[0] == 0:
+            return x.new_zeros(0)
         # position-major: column j * sets + s is row j of sample s
         flat = self.points.transpose(0, 1).reshape(size * sets, d)
         sq = (flat * flat).sum(1)
-        out = []
+        kths: list[torch.Tensor] = []  # per block of rows: the squared k-th distance minus |x|^2, [rows, sets]
+        lows: list[torch.Tensor] = []  # k = 2, per chunk of the block: the tournament's survivors
+        bests: list[torch.Tensor] = []  # and its best second-smallest candidate so far, [c, sets]
         for i in range(0, x.shape[0], chunk):
-            xc = x[i : i + chunk]
-            part = torch.addmm(sq, xc, flat.T, alpha=-2.0).view(-1, size, sets)  # d^2 - |x|^2
-            if self.k == 2:
-                kth_sq = second_smallest(part)
-            else:
+            part = torch.addmm(sq, x[i : i + chunk], flat.T, alpha=-2.0).view(-1, size, sets)  # d^2 - |x|^2
+            if self.k != 2:
                 for _ in range(self.k - 1):
                     part.scatter_(1, part.argmin(1, keepdim=True), float("inf"))
-                kth_sq = part.amin(1)
-            kth = (kth_sq + (xc * xc).sum(1, keepdim=True)).clamp_min(0.0).sqrt()  # [c, sets]
-            out.append(kth.log1p().mean(1))
-        return torch.cat(out) if out else x.new_zeros(0)
+                kths.append(part.amin(1))
+                continue
+            low, best = reduce_pairs(part, FINISH_AT)
+            lows.append(low)
+            if best is not None:
+                bests.append(best)
+            if i + chunk >= x.shape[0] or len(lows) * chunk >= FINISH_ROWS:
+                # the last, small rounds once for the block's chunks: a few ops, not a few per chunk
+                _, best = reduce_pairs(torch.cat(lows), 1, torch.cat(bests) if bests else None)
+                assert best is not None, "need at least two rows per sample"
+                kths.append(best)
+                lows, bests = [], []
+        kth_sq = torch.cat(kths)
+        kth = (kth_sq + (x * x).sum(1, keepdim=True)).clamp_min(0.0).sqrt()  # [n, sets]
+        return kth.log1p().mean(1)
+
+
+# positions per sample at which a chunk's tournament stops; the rounds left run once for a block
+# of FINISH_ROWS rows (its survivors, 1 MB at 32 samples, stay in cache), not once per chunk
+FINISH_AT = 8
+FINISH_ROWS = 1024
 
 
 def second_smallest(part: torch.Tensor) -> torch.Tensor:
     """The second-smallest value along dimension 1 of ``[n, m, s]`` (m >= 2), ties counted
-    (two equal minima: that value).
+    (two equal minima: that value). ``part`` is left as it was.
 
     The minimum is in the pairwise minima ``lo`` of the two halves; the second-smallest is
     either the minimum's partner (then it is the smallest of the pairwise maxima ``hi``) or
@@ -113,13 +133,26 @@ def second_smallest(part: torch.Tensor) -> torch.Tensor:
         >>> second_smallest(torch.tensor([[[5.0], [2.0], [3.0], [1.0], [9.0]]])).tolist()
         [[2.0]]
     """
-    best: torch.Tensor | None = None
-    while part.shape[1] > 1:
-        half = part.shape[1] // 2
-        a, b = part[:, :half], part[:, half : 2 * half]
-        low, high = torch.minimum(a, b), torch.maximum(a, b)
-        top = high.amin(1)
-        best = top if best is None else torch.minimum(best, top)
-        part = low if part.shape[1] % 2 == 0 else torch.cat([low, part[:, 2 * half :]], 1)
+    _, best = reduce_pairs(part.clone(), 1)
     assert best is not None, "need at least two rows per sample"
     return best
+
+
+def reduce_pairs(
+    part: torch.Tensor, stop: int, best: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rounds of :func:`second_smallest`'s tournament on ``part`` ``[n, m, s]`` until at most
+    ``stop`` positions remain: returns the survivors ``lo`` and the smallest pairwise maximum
+    so far (folded into ``best``; None when no round ran). The second-smallest of the whole is
+    the smaller of ``best`` and the survivors' second-smallest, so a caller can stop a chunk's
+    tournament early and finish the survivors of many chunks together. ``part`` is scratch:
+    each round's maxima are written over its first half."""
+    while part.shape[1] > stop:
+        m = part.shape[1]
+        half = m // 2
+        a, b = part[:, :half], part[:, half : 2 * half]
+        low = torch.minimum(a, b)
+        top = torch.maximum(a, b, out=a).amin(1)
+        best = top if best is None else torch.minimum(best, top)
+        part = low if m % 2 == 0 else torch.cat([low, part[:, 2 * half :]], 1)
+    return part, best
