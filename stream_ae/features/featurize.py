@@ -24,7 +24,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -170,19 +170,22 @@ def entity_keys(
 ) -> tuple[list[bytes | None], dict[int, tuple[str, str]]]:
     """Each event's entity key, and the events without a usable one."""
     bad: dict[int, tuple[str, str]] = {}
+    keys: list[bytes | None]
     if spec.field is None:
         if record_keys is None:
             raise ValueError("the entity is the Kafka record key: a file needs a key column (--key-field)")
         keys = list(record_keys)
     else:
         values = [e.get(spec.field) for e in events]
-        if not set(map(type, values)) <= {str}:
+        if set(map(type, values)) <= {str}:  # the common case, in one C-level pass
+            keys = list(map(str.encode, cast(list[str], values)))
+        else:
             for i, v in enumerate(values):
                 if v is None:
                     bad[i] = ("entity_missing", f"field {spec.field!r} is absent or null")
                 elif not isinstance(v, str | int) or isinstance(v, bool):
                     bad[i] = ("entity_not_scalar", f"field {spec.field!r} is a {type(v).__name__}")
-        keys = [str(v).encode() if i not in bad else None for i, v in enumerate(values)]
+            keys = [str(v).encode() if i not in bad else None for i, v in enumerate(values)]
         if check_record_key and record_keys is not None and keys != record_keys:
             for i, (k, rk) in enumerate(zip(keys, record_keys, strict=True)):
                 if k is not None and k != rk:
@@ -226,6 +229,8 @@ def codes(events: Sequence[Event], name: str, rows: NDArray[np.int64]) -> NDArra
     """A field's values as stable non-zero 32-bit codes (CRC-32 of the text, lowest bit set);
     0 where missing."""
     values: list[Any] = [events[i].get(name) for i in rows.tolist()]
+    if set(map(type, values)) <= {str}:  # the common case: no None, no str() of each value
+        return np.fromiter(map(zlib.crc32, map(str.encode, values)), np.uint32, count=len(values)) | np.uint32(1)
     present = [v is not None for v in values]
     crc = np.fromiter(map(zlib.crc32, map(str.encode, map(str, values))), np.uint32, count=len(values))
     return np.where(present, crc | np.uint32(1), np.uint32(0))
