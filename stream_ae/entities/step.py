@@ -107,6 +107,10 @@ class StepResult:
     first_offsets: Ints  # each touched entity's first and last offset in the batch
     last_offsets: Ints
     replayed: NDArray[np.bool_] | None = None  # per event: at or before its entity's last applied offset
+    # the touched entities' slots in the table before the batch (-1: not held) and their rows
+    # then (a new entity's: empty), as the step read them; None where no entity was touched
+    slots: Ints | None = None
+    prior: NDArray[np.void] | None = None
 
     @property
     def n_replayed(self) -> int:
@@ -134,7 +138,7 @@ def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool 
     if not replayed.any():
         features, rows = _run(spec, prior, held, inv, batch)
         first, last = _first_last(inv, batch.offsets, len(uniq))
-        return StepResult(features, uniq, rows, first, last)
+        return StepResult(features, uniq, rows, first, last, slots=slots, prior=prior)
     fresh = np.flatnonzero(~replayed)
     features = np.zeros((n, len(names)))
     old = np.flatnonzero(replayed)
@@ -143,7 +147,9 @@ def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool 
         return StepResult(features, [], empty_rows(table.dtype, 0), _ints(0), _ints(0), replayed)
     sub = step(spec, table, batch.take(fresh), dedupe=False)
     features[fresh] = sub.features
-    return StepResult(features, sub.keys, sub.rows, sub.first_offsets, sub.last_offsets, replayed)
+    return StepResult(
+        features, sub.keys, sub.rows, sub.first_offsets, sub.last_offsets, replayed, slots=sub.slots, prior=sub.prior
+    )
 
 
 def _ints(n: int) -> Ints:

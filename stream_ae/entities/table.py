@@ -114,21 +114,25 @@ class EntityTable:
         return np.fromiter(map(self.index.get, keys, itertools.repeat(-1, len(keys))), np.int64, count=len(keys))
 
     def insert(self, keys: Sequence[bytes]) -> NDArray[np.int64]:
-        """Slots for new keys (not held yet), rows reset to a new entity's."""
+        """Slots for new keys (not held yet), rows reset to a new entity's: freed slots first,
+        then a contiguous run of fresh ones (written by slice, not slot by slot)."""
         n = len(keys)
         reuse = min(n, len(self._free))
-        slots = [self._free.pop() for _ in range(reuse)]
-        fresh = n - reuse
-        if self._next + fresh > len(self.rows):
-            self._grow(self._next + fresh)
-        slots += range(self._next, self._next + fresh)
+        reused = [self._free.pop() for _ in range(reuse)]
+        start, fresh = self._next, n - reuse
+        if start + fresh > len(self.rows):
+            self._grow(start + fresh)
         self._next += fresh
-        out = np.asarray(slots, dtype=np.int64)
-        self.index.update(zip(keys, slots, strict=True))
-        for key, slot in zip(keys, slots, strict=True):
+        out = np.concatenate([np.asarray(reused, dtype=np.int64), np.arange(start, start + fresh, dtype=np.int64)])
+        self.index.update(zip(keys, out.tolist(), strict=True))
+        new = empty_rows(self.dtype, n)
+        for key, slot in zip(keys[:reuse], reused, strict=True):
             self.keys[slot] = key
-        self.rows[out] = empty_rows(self.dtype, n)
-        self.held[out] = True
+        self.rows[reused] = new[:reuse]
+        self.held[reused] = True
+        self.keys[start : start + fresh] = keys[reuse:]
+        self.rows[start : start + fresh] = new[reuse:]
+        self.held[start : start + fresh] = True
         return out
 
     def delete(self, slots: NDArray[np.int64]) -> list[bytes]:
