@@ -263,6 +263,16 @@ def looks_like_time(name: str, values: Sequence[Any]) -> bool:
     return any(a <= lo and hi <= b for a, b in (_EPOCH_S, _EPOCH_MS))
 
 
+def _down(x: float) -> str:
+    """``x`` to two decimals, rounded down: a span just short of a day reads 23.99 hours, not 24.0.
+
+    Example:
+        >>> _down(86_399 / 3600), _down(2.5)
+        ('23.99', '2.5')
+    """
+    return f"{math.floor(x * 100) / 100:g}"
+
+
 # the shortest training period that can teach day-of-week features: a week
 MIN_WEEKDAY_SPAN_S = 7 * 86400.0
 # the shortest training period that can teach hour-of-day features: a day
@@ -448,16 +458,16 @@ class FeatureEncoder:
             if span < MIN_HOUR_SPAN_S:
                 fields[i] = replace(spec, cyclic=False, weekday=False)
                 self.notices.append(
-                    f"calendar features of {spec.name!r} dropped: the training data spans {span / 3600:.1f} hours, "
+                    f"calendar features of {spec.name!r} dropped: the training data spans {_down(span / 3600)} hours, "
                     "less than a day (a model would flag every hour of the day it never saw); train on a day or "
                     "more to keep hour-of-day features, a week or more for day-of-week"
                 )
             elif spec.weekday and span < MIN_WEEKDAY_SPAN_S:
                 fields[i] = replace(spec, weekday=False)
                 self.notices.append(
-                    f"day-of-week features of {spec.name!r} dropped: the training data spans {span / 86400:.1f} days, "
-                    "less than a week (a model would flag every weekday it never saw); train on a week or more "
-                    "to keep them"
+                    f"day-of-week features of {spec.name!r} dropped: the training data spans "
+                    f"{_down(span / 86400)} days, less than a week (a model would flag every weekday it never saw); "
+                    "train on a week or more to keep them"
                 )
             else:
                 continue
