@@ -112,13 +112,17 @@ class WorkerMetrics:
         self.model_created.set(created)
         self.target_false_alarm.set(target_rate)
 
-    def observe_scores(self, scores: np.ndarray, window: int) -> np.ndarray:
-        """Keep the last ``window`` scores; update quantile gauges; return the window."""
+    def observe_scores(self, scores: np.ndarray, window: int) -> None:
+        """Keep the last ``window`` scores (a batch's array is appended, the oldest dropped);
+        the gauges over them are :meth:`summarise_scores`'s."""
         if len(scores):
             self._recent.append(scores)
             self._recent_n += len(scores)
             while self._recent and self._recent_n - len(self._recent[0]) >= window:
                 self._recent_n -= len(self._recent.popleft())
+
+    def summarise_scores(self) -> np.ndarray:
+        """Set the score quantile gauges from the window; return the window."""
         recent = np.concatenate(list(self._recent)) if self._recent else np.zeros(0)
         if len(recent):
             for q, v in zip(SCORE_QUANTILES, np.quantile(recent, SCORE_QUANTILES), strict=True):

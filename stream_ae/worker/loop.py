@@ -385,4 +385,4 @@ class BatchLoop:
         m.batch_seconds.observe(time.perf_counter() - started)
         m.last_batch.set(now)
         m.kafka_up.set(1)
-        self.health.observe_scores(routed.scores, self.follower.model)
+        self.health.observe_scores(routed.scores)

@@ -230,6 +230,10 @@ class BatchWorker(Service):
     async def _poll_registry(self) -> None:
         await self.follower.poll_registry()
 
+    @Service.timer(1.0)
+    async def _summarise_scores(self) -> None:
+        self.health.summarise(self.model)
+
     @Service.timer(5.0)
     async def _report_drift(self) -> None:
         if self.publisher is not None:
