@@ -141,6 +141,57 @@ def host_metric_series(
     return out
 
 
+def count_and_walk_series(
+    seed: int, per_kind: int = 10, rows: int = 4_032
+) -> list[tuple[str, NDArray[Any], NDArray[Any]]]:
+    """``(name, values, labels)``: two stream kinds the host generator lacks, labelled per
+    stream, five-minute rows, the probation fault-free, one to three anomalies each after it:
+
+    * ``counts-k``: event counts, Poisson with a log-rate that has a daily cycle and AR(1)
+      noise (bursty, heavy-tailed, as request or message counts are); anomalies: a burst
+      (five times the rate for 30 minutes), a lasting rise (2.5 times for a day) or an outage
+      (near zero for two hours);
+    * ``walk-k``: a mean-reverting random walk (a utilisation that wanders); anomalies: a
+      spike (10-25 up for three rows) or a level shift that stays (8-15 up; the first hour
+      labelled).
+
+    Example:
+        >>> [(name, len(v)) for name, v, _ in count_and_walk_series(0, per_kind=1, rows=1_000)]
+        [('counts-0', 1000), ('walk-0', 1000)]
+    """
+    rng = np.random.default_rng(seed)
+    quiet = probation_rows(rows)
+    t = np.arange(rows)
+    out: list[tuple[str, NDArray[Any], NDArray[Any]]] = []
+    for k in range(per_kind):
+        ar = np.zeros(rows)
+        for i in range(1, rows):
+            ar[i] = 0.8 * ar[i - 1] + rng.normal(0.0, 0.3)
+        log_rate = rng.uniform(1.5, 4.0) + 0.7 * np.sin(2 * np.pi * t / 288 + rng.uniform(0, 6)) + ar
+        y = np.zeros(rows, dtype=np.int64)
+        for _ in range(int(rng.integers(1, 4))):
+            s, kind = int(rng.integers(quiet + 50, rows - 100)), int(rng.integers(3))
+            span, change = ((6, np.log(5.0)), (288, np.log(2.5)), (24, -3.0))[kind]
+            log_rate[s : s + span] += change
+            y[s : s + span] = 1
+        out.append((f"counts-{k}", rng.poisson(np.exp(log_rate)).astype(np.float64), y))
+        level = rng.uniform(20, 60)
+        x = np.full(rows, level)
+        for i in range(1, rows):
+            x[i] = x[i - 1] + 0.01 * (level - x[i - 1]) + rng.normal(0.0, 0.4)
+        y = np.zeros(rows, dtype=np.int64)
+        for _ in range(int(rng.integers(1, 4))):
+            s = int(rng.integers(quiet + 50, rows - 100))
+            if rng.integers(2) == 0:
+                x[s : s + 3] += rng.uniform(10, 25)
+                y[s : s + 3] = 1
+            else:
+                x[s:] += rng.uniform(8, 15)
+                y[s : s + 12] = 1
+        out.append((f"walk-{k}", x, y))
+    return out
+
+
 def score_series(
     name: str,
     values: NDArray[np.float64],
