@@ -333,3 +333,24 @@ def test_repeats_counts_how_long_a_metric_has_been_stuck() -> None:
         e.update(amount=1.0, country=1)
     got, _ = replay(spec, stuck, 4)
     assert got[:, 0].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 4]  # the row after k stuck rows reads k - 1
+
+
+def test_log_measures_delta_mean_spread_and_seasonal_on_the_signed_log1p() -> None:
+    """``log: true`` on the row-window and seasonal features: the same features as on the
+    signed log1p of the field, named ``<field>_log_...``; a declaration without it keeps its
+    fingerprint; ``repeats`` (an equality) refuses it."""
+    plain = [{"delta_mean": ["amount"], "rows": 4}, {"spread": ["amount"], "rows": 4}, {"seasonal": ["amount"]}]
+    logged = [{**f, "log": True} for f in plain]
+    spec_log = EntitySpec.from_dict({"ttl": "2h", "features": logged})
+    spec_plain = EntitySpec.from_dict({"ttl": "2h", "features": plain})
+    assert spec_log.feature_names() == [
+        "entity.amount_log_delta4", "entity.amount_log_sd4", "entity.amount_log_season1d"
+    ]  # fmt: skip
+    events = stream(600, seed=4)
+    on_log = [{**e, "amount": float(np.sign(e["amount"]) * np.log1p(abs(e["amount"])))} for e in events]
+    np.testing.assert_allclose(replay(spec_log, events, 64)[0], replay(spec_plain, on_log, 64)[0], rtol=1e-12)
+    assert not np.allclose(replay(spec_log, events, 64)[0], replay(spec_plain, events, 64)[0], equal_nan=True)
+    assert "log" not in str(spec_plain.to_dict()), "older declarations keep their fingerprint"
+    assert EntitySpec.from_dict(spec_log.to_dict()) == spec_log
+    with pytest.raises(ValueError, match="log is an option of"):
+        EntitySpec.from_dict({"features": [{"repeats": ["amount"], "log": True}]})

@@ -76,9 +76,9 @@ def series_schema(cooldown_s: float, alarm: dict[str, Any] | None = None) -> Fea
                 "field": "series",
                 "ttl": "30d",
                 "features": [
-                    {"zscore": "value"},
-                    {"delta_mean": ["value"], "rows": 10},
-                    {"spread": ["value"], "rows": 10},
+                    {"zscore": "value", "log": True},
+                    {"delta_mean": ["value"], "rows": 10, "log": True},
+                    {"spread": ["value"], "rows": 10, "log": True},
                     {"repeats": ["value"], "rows": 10},
                 ],
                 "alarm": {**(alarm or {}), "cooldown": cooldown_s},

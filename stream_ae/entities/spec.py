@@ -22,6 +22,8 @@ In the schema file (YAML or JSON, frozen into the model's manifest)::
           rows: 10
         - spread: [cpu]                      # the standard deviation of its previous rows
           rows: 12
+        - delta_mean: [requests]             # log: true on delta_mean, spread or seasonal:
+          log: true                          # of the signed log1p (metrics that move by factors)
         - repeats: [cpu]                     # how many of its previous rows repeat the latest
           rows: 12                           # (a stuck metric)
         - seasonal: [cpu]                    # the row minus the entity's mean one period ago
@@ -69,6 +71,7 @@ KINDS: tuple[str, ...] = (
     "seasonal",
 )
 RECENT_ROWS = ("delta_mean", "spread", "repeats")  # the kinds that keep a ring of the entity's last rows
+LOG_KINDS = ("zscore", "delta_mean", "spread", "seasonal")  # the kinds with a log option
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PREFIX = "entity."
 OPTIONS = {
@@ -111,7 +114,9 @@ class Aggregate:
     min_history: int = 5  # zscore
     capacity: int = 16  # novelty
     rows: int = 10  # delta_mean, spread, repeats
-    log: bool = False  # zscore: of the signed log1p of the value (heavy-tailed fields: amounts)
+    # zscore, delta_mean, spread, seasonal: of the signed log1p of the value (heavy-tailed
+    # fields, and metrics that move by factors: counts, rates, latencies, bytes)
+    log: bool = False
     period: float = 86_400.0  # seasonal (seconds)
     buckets: int = 24  # seasonal: time-of-period buckets
 
@@ -131,8 +136,8 @@ class Aggregate:
             raise ValueError("novelty capacity must lie in 1..256")
         if self.kind == "zscore" and (self.half_life <= 0 or self.min_history < 1):
             raise ValueError("zscore needs a positive half_life and min_history >= 1")
-        if self.log and self.kind != "zscore":
-            raise ValueError("log is an option of zscore only")
+        if self.log and self.kind not in LOG_KINDS:
+            raise ValueError(f"log is an option of {', '.join(LOG_KINDS)} only")
 
     def feature_names(self) -> list[str]:
         k = self.kind
@@ -146,13 +151,14 @@ class Aggregate:
             return [f"{PREFIX}since_last_s"]
         if k == "novelty":
             return [f"{PREFIX}{self.field}_new"]
+        log = "_log" if self.log else ""  # the features are in log units: their names say so
         if k == "spread":
-            return [f"{PREFIX}{f}_sd{self.rows}" for f in self.fields]
+            return [f"{PREFIX}{f}{log}_sd{self.rows}" for f in self.fields]
         if k == "repeats":
             return [f"{PREFIX}{f}_repeats{self.rows}" for f in self.fields]
         if k == "seasonal":
-            return [f"{PREFIX}{f}_season{label(self.period)}" for f in self.fields]
-        return [f"{PREFIX}{f}_delta{self.rows}" for f in self.fields]
+            return [f"{PREFIX}{f}{log}_season{label(self.period)}" for f in self.fields]
+        return [f"{PREFIX}{f}{log}_delta{self.rows}" for f in self.fields]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
@@ -162,8 +168,8 @@ class Aggregate:
             out["windows"] = list(self.windows)
         if self.kind == "zscore":
             out.update(half_life=self.half_life, min_history=self.min_history)
-            if self.log:
-                out["log"] = True
+        if self.log:  # only when set: a declaration without it keeps its fingerprint
+            out["log"] = True
         if self.kind == "novelty":
             out["capacity"] = self.capacity
         if self.kind in RECENT_ROWS:

@@ -374,7 +374,7 @@ def _run(
             new[f"codes{i_nov}"][g] = _final_ring(H, hrun, hpos[last_pos], run_id[last_pos], K, empty=0)
         for i_dm, agg in enumerate(a for a in spec.aggregates if a.kind in RECENT_ROWS):
             K = agg.rows
-            rows = np.stack([batch.numbers[f][order] for f in agg.fields], axis=1)  # [n, F]
+            rows = np.stack([_signed_log(batch.numbers[f][order], agg.log) for f in agg.fields], axis=1)  # [n, F]
             ring = prior[f"recent{i_dm}"][g]  # [groups, K, F]
             H, hrun, hpos = _layout(rows, ring, K, r, empty=np.nan)
             window = hpos[:, None] - K + np.arange(K)[None, :]
@@ -416,7 +416,7 @@ def _seasonal(
     B = agg.buckets
     width = max(1, round(agg.period * 1000 / B))
     seg, run_id = r.seg, r.run_id
-    x = np.stack([batch.numbers[f][r.order] for f in agg.fields], axis=1)  # [n, F]
+    x = np.stack([_signed_log(batch.numbers[f][r.order], agg.log) for f in agg.fields], axis=1)  # [n, F]
     finite = np.isfinite(x)
     xv = np.where(finite, x, 0.0)
     b = (r.T + r.base) // width  # absolute bucket of each event
