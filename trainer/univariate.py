@@ -65,7 +65,9 @@ def series_schema(cooldown_s: float, alarm: dict[str, Any] | None = None) -> Fea
     the entity with the value's deviation from its own running mean (``zscore``) and from its
     last ten rows (``delta_mean``), the spread of those rows (``spread``: a variance change)
     and how many of them repeat the latest (``repeats``: a stuck value), the three fault
-    shapes of the host-metrics schema, and the post-score stage with a ``cooldown``. The value
+    shapes of the host-metrics schema, the first three on the signed log1p of the value
+    (``log``: relative change, for metrics that move by factors), and the post-score stage
+    with a ``cooldown``. The value
     itself is checked but is not a model input (``input: false``): a probation of a few hours
     cannot teach the stream's level, and a level it never saw is not a fault by itself."""
     return FeatureSchema(
