@@ -101,6 +101,9 @@ def test_evaluate_streams_scores_each_machine_as_a_stream(tmp_path) -> None:  # 
     corpus = json.loads((out / "host_series_0.json").read_text())
     assert set(corpus) == {"raw", "raw+cooldown", "likelihood+cooldown", "incidents"}
     assert corpus["likelihood+cooldown"]["standard"]["score"] > 40, "faults of six noise units and more are found"
+    counts = json.loads((out / "count_walk_series_0.json").read_text())
+    assert set(counts) == set(corpus)
+    assert counts["incidents"]["standard"]["score"] > 40, "bursty counts' outages and the walks' shifts are found"
     table = json.loads((out / "streams.json").read_text())
     ways = ("", "+cooldown", "+likelihood+cooldown")
     assert set(table) == {f"{m}{v}" for m in ("ae", "iforest", "pca") for v in ways}

@@ -262,6 +262,17 @@ def evaluate_host_series(
     return evaluate_series(host_metric_series(seed, hosts), 300.0, target_rate, seed, on_series, **hyper)
 
 
+def evaluate_count_walk_series(
+    seed: int = 0,
+    target_rate: float = GUIDE_TARGET_RATE,
+    on_series: Callable[[SeriesResult], None] | None = None,
+    **hyper: Any,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The protocol of the module docstring on :func:`count_and_walk_series` (bursty counts
+    and wandering levels, labelled per stream), as :func:`evaluate_smd_series` returns it."""
+    return evaluate_series(count_and_walk_series(seed), 300.0, target_rate, seed, on_series, **hyper)
+
+
 def evaluate_series(
     series: Sequence[tuple[str, NDArray[Any], NDArray[Any]]],
     step_s: float,

@@ -501,7 +501,8 @@ def evaluate(
             "per host and week, with the post-score stage and with raw scores; host_metrics.json/.png), then the "
             "hosts' metrics as univariate streams labelled per stream, each trained on its probation only (the "
             "held-out corpus's protocol, by the Numenta Anomaly Benchmark's rules: probation, windows, "
-            "early-detection reward, one threshold per profile; host_series_SEED.json), then the SMD machines as "
+            "early-detection reward, one threshold per profile; host_series_SEED.json) and bursty counts and "
+            "wandering levels by the same protocol (count_walk_series_SEED.json), then the SMD machines as "
             "streams (streams.json) when DATA_DIR holds them, and each SMD metric as a univariate stream by the "
             "same protocol (smd_series.json)"
         ),
@@ -551,15 +552,20 @@ def evaluate(
                     f"{r['median_minutes_to_detect']} min to detect, {r['false_incidents_per_host_week']:.2f} false "
                     f"incidents per host and week; NAB standard {hosts['nab_standard'][way]:.1f}"
                 )
-        from trainer.univariate import evaluate_host_series
+        from trainer.univariate import evaluate_count_walk_series, evaluate_host_series
 
         variant = variants.split(",")[0]
+        corpora = (
+            ("host_series", "host metrics", evaluate_host_series),
+            ("count_walk_series", "bursty counts and wandering levels", evaluate_count_walk_series),
+        )
         for seed in (int(s) for s in seeds.split(",")):
-            corpus = evaluate_host_series(seed=seed, variant=variant, **hyper)
-            (out / f"host_series_{seed}.json").write_text(json.dumps(corpus, indent=2))
-            for way, profiles in corpus.items():
-                cells = ", ".join(f"{p} {v['score']:.1f}" for p, v in profiles.items())
-                console.print(f"NAB score, host metrics as univariate streams, seed {seed}, {variant} {way}: {cells}")
+            for stem, label, evaluate_corpus in corpora:
+                corpus = evaluate_corpus(seed=seed, variant=variant, **hyper)
+                (out / f"{stem}_{seed}.json").write_text(json.dumps(corpus, indent=2))
+                for way, profiles in corpus.items():
+                    cells = ", ".join(f"{p} {v['score']:.1f}" for p, v in profiles.items())
+                    console.print(f"NAB score, {label} as univariate streams, seed {seed}, {variant} {way}: {cells}")
         if not (data_dir / "smd").exists():
             console.print(f"[yellow]{data_dir / 'smd'} not found: the SMD streams are skipped[/]")
             return
