@@ -106,11 +106,11 @@ class StepResult:
     rows: NDArray[np.void]  # their rows after the batch
     first_offsets: Ints  # each touched entity's first and last offset in the batch
     last_offsets: Ints
-    replayed: NDArray[np.bool_] | None = None  # per event: at or before its entity's last applied offset
     # the touched entities' slots in the table before the batch (-1: not held) and their rows
-    # then (a new entity's: empty), as the step read them; None where no entity was touched
-    slots: Ints | None = None
-    prior: NDArray[np.void] | None = None
+    # then (a new entity's: empty), as the step read them
+    slots: Ints
+    prior: NDArray[np.void]
+    replayed: NDArray[np.bool_] | None = None  # per event: at or before its entity's last applied offset
 
     @property
     def n_replayed(self) -> int:
@@ -126,7 +126,7 @@ def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool 
     n = len(batch)
     names = spec.feature_names()
     if n == 0:
-        return StepResult(np.zeros((0, len(names))), [], empty_rows(table.dtype, 0), _ints(0), _ints(0))
+        return StepResult(np.zeros((0, len(names))), [], *_untouched(table))
     uniq = list(dict.fromkeys(batch.keys))
     position = dict(zip(uniq, range(len(uniq)), strict=True))
     inv = np.fromiter(map(position.__getitem__, batch.keys), np.int64, count=n)
@@ -138,22 +138,25 @@ def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool 
     if not replayed.any():
         features, rows = _run(spec, prior, held, inv, batch)
         first, last = _first_last(inv, batch.offsets, len(uniq))
-        return StepResult(features, uniq, rows, first, last, slots=slots, prior=prior)
+        return StepResult(features, uniq, rows, first, last, slots, prior)
     fresh = np.flatnonzero(~replayed)
     features = np.zeros((n, len(names)))
     old = np.flatnonzero(replayed)
     features[old] = step(spec, table, batch.take(old), dedupe=False).features
     if not len(fresh):
-        return StepResult(features, [], empty_rows(table.dtype, 0), _ints(0), _ints(0), replayed)
+        return StepResult(features, [], *_untouched(table), replayed)
     sub = step(spec, table, batch.take(fresh), dedupe=False)
     features[fresh] = sub.features
-    return StepResult(
-        features, sub.keys, sub.rows, sub.first_offsets, sub.last_offsets, replayed, slots=sub.slots, prior=sub.prior
-    )
+    return StepResult(features, sub.keys, sub.rows, sub.first_offsets, sub.last_offsets, sub.slots, sub.prior, replayed)
 
 
 def _ints(n: int) -> Ints:
     return np.zeros(n, dtype=np.int64)
+
+
+def _untouched(table: EntityTable) -> tuple[NDArray[np.void], Ints, Ints, Ints, NDArray[np.void]]:
+    """A result's rows, first and last offsets, slots and prior rows when no entity was touched."""
+    return empty_rows(table.dtype, 0), _ints(0), _ints(0), _ints(0), empty_rows(table.dtype, 0)
 
 
 def _first_last(inv: Ints, offsets: Ints, groups: int) -> tuple[Ints, Ints]:

@@ -122,11 +122,7 @@ class EntityStore:
         table = self.table(partition)
         result = step(self.spec, table, batch)
         self.counts.replayed += result.n_replayed
-        if result.slots is not None and result.prior is not None:  # what the step read: the table is unchanged since
-            slots, pre = result.slots.copy(), result.prior
-        else:
-            slots, pre = table.lookup(result.keys), empty_rows(self.dtype, len(result.keys))
-            pre[slots >= 0] = table.rows[slots[slots >= 0]]
+        slots, pre = result.slots.copy(), result.prior  # what the step read: the table is unchanged since
         pre_held = slots >= 0
         if self.spec.alarm is not None:  # the post-score state is the alarm stage's to change
             for name in post_score_fields(self.spec.alarm):
