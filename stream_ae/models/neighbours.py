@@ -63,12 +63,12 @@ class SubsampleNeighbours(nn.Module):
         """``[n]``: mean over the samples of ``log(1 + d_k)``; larger = more isolated.
 
         Squared distances up to the row's own ``|x|^2`` come from one matrix product per
-        chunk (``|y|^2 - 2 x.y``), laid out ``[rows, position in sample, sample]``. For
+        chunk (``[x, 1] . [-2 y, |y|^2]``), laid out ``[rows, position in sample, sample]``. For
         ``k = 2`` (the default) the second-smallest per sample is found without indices, by
         a tournament (:func:`second_smallest`): pairwise minima and maxima of the two halves,
         recursively, all elementwise over contiguous blocks, about three times faster on the
-        CPU than masking the ``argmin``, which is kept for other ``k``. On the CPU chunks of 256
-        rows keep the 2 MB matrix in cache, and a chunk's tournament stops at 8 positions: the
+        CPU than masking the ``argmin``, which is kept for other ``k``. On the CPU chunks of 128
+        rows keep the 1 MB matrix in cache, and a chunk's tournament stops at 8 positions: the
         last rounds, tiny tensors whose cost is the operation's own overhead, run once for a
         block of 1,024 rows (:func:`reduce_pairs`). On a GPU each chunk costs some thirty kernel
         launches whatever its size, so there a chunk is 16,384 rows (a 128 MB matrix): on an
@@ -76,7 +76,7 @@ class SubsampleNeighbours(nn.Module):
         same to float rounding (the matrix product's blocking may differ with the chunk).
         """
         if chunk is None:
-            chunk = 256 if x.device.type == "cpu" else 16_384
+            chunk = 128 if x.device.type == "cpu" else 16_384
         with torch.autocast(x.device.type, enabled=False):  # |y|^2 - 2 x.y cancels: never in bf16
             return self._score(x.float(), chunk)
 
@@ -84,14 +84,17 @@ class SubsampleNeighbours(nn.Module):
         sets, size, d = self.points.shape
         if x.shape[0] == 0:
             return x.new_zeros(0)
-        # position-major: column j * sets + s is row j of sample s
+        # position-major: column j * sets + s is row j of sample s. The row's ``1`` against the
+        # sample's ``|y|^2`` folds the bias into the product: ``addmm``'s separate pass over the
+        # [chunk, size * sets] output cost as much as the product itself on the CPU.
         flat = self.points.transpose(0, 1).reshape(size * sets, d)
-        sq = (flat * flat).sum(1)
+        refs = torch.cat([flat * -2.0, (flat * flat).sum(1, keepdim=True)], 1).T.contiguous()  # [d + 1, m]
+        x1 = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
         kths: list[torch.Tensor] = []  # per block of rows: the squared k-th distance minus |x|^2, [rows, sets]
         lows: list[torch.Tensor] = []  # k = 2, per chunk of the block: the tournament's survivors
         bests: list[torch.Tensor] = []  # and its best second-smallest candidate so far, [c, sets]
         for i in range(0, x.shape[0], chunk):
-            part = torch.addmm(sq, x[i : i + chunk], flat.T, alpha=-2.0).view(-1, size, sets)  # d^2 - |x|^2
+            part = torch.mm(x1[i : i + chunk], refs).view(-1, size, sets)  # d^2 - |x|^2
             if self.k != 2:
                 for _ in range(self.k - 1):
                     part.scatter_(1, part.argmin(1, keepdim=True), float("inf"))
