@@ -30,6 +30,9 @@ SPEC = EntitySpec.from_dict(
 )
 
 
+SPEC_DTYPE = row_dtype(SPEC)
+
+
 def reference(spec: EntitySpec, events: list[dict[str, Any]]) -> np.ndarray:
     """The documented semantics, one event at a time, in plain Python."""
     ttl = spec.ttl * 1000
@@ -167,6 +170,32 @@ def test_features_do_not_depend_on_where_batches_split(batch_size: int) -> None:
         mine, theirs = table.rows[slot], split_table.rows[split_table.index[key]]
         for name in table.dtype.names or ():
             np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-12, atol=1e-9, err_msg=name)
+
+
+def test_partitions_stepped_together_equal_partitions_stepped_one_by_one() -> None:
+    """A worker reading many partitions steps them in one pass: the same features, new rows
+    and changes as one partition at a time, with the same keys in two partitions kept apart
+    (an entity's state is its partition's), one partition a day behind the others, and a
+    re-delivered batch."""
+    from stream_ae.entities.store import EntityStore
+
+    per_part = {p: stream(900, seed=10 + p, entities=6) for p in range(3)}
+    for e in per_part[2]:
+        e["t"] -= 86_400_000  # a partition replaying yesterday
+    together, alone = EntityStore(SPEC), EntityStore(SPEC)
+    for i in [*range(0, 900, 150), 300]:  # the last: offsets 300-449 again
+        batches = [(p, as_batch(per_part[p][i : i + 150], i)) for p in range(3)]
+        got = together.process_partitions(batches)
+        for (p, batch), (features, delta) in zip(batches, got, strict=True):
+            want_features, want_delta = alone.process(p, batch)
+            np.testing.assert_allclose(features, want_features, rtol=1e-12, atol=1e-12)
+            assert delta.keys == want_delta.keys
+            for name in SPEC_DTYPE.names or ():
+                np.testing.assert_array_equal(delta.post[name], want_delta.post[name], err_msg=name)
+                np.testing.assert_array_equal(delta.pre[name], want_delta.pre[name], err_msg=name)
+            assert np.array_equal(delta.replayed, want_delta.replayed)
+    assert together.held() == alone.held() == {0: 6, 1: 6, 2: 6}
+    assert delta.replayed.any(), "the last batch was a re-delivery (of entities still held)"
 
 
 def test_a_redelivered_event_is_not_counted_twice() -> None:

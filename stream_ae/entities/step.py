@@ -127,18 +127,12 @@ def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool 
     names = spec.feature_names()
     if n == 0:
         return StepResult(np.zeros((0, len(names))), [], *_untouched(table))
-    uniq = list(dict.fromkeys(batch.keys))
-    position = dict(zip(uniq, range(len(uniq)), strict=True))
-    inv = np.fromiter(map(position.__getitem__, batch.keys), np.int64, count=n)
-    slots = table.lookup(uniq)
-    held = slots >= 0
-    prior = empty_rows(table.dtype, len(uniq))
-    prior[held] = table.rows[slots[held]]
-    replayed = held[inv] & (batch.offsets <= prior["last_offset"][inv]) if dedupe else np.zeros(n, bool)
+    read = _read(table, batch)
+    replayed = read.replayed(batch) if dedupe else np.zeros(n, bool)
     if not replayed.any():
-        features, rows = _run(spec, prior, held, inv, batch)
-        first, last = _first_last(inv, batch.offsets, len(uniq))
-        return StepResult(features, uniq, rows, first, last, slots, prior)
+        features, rows = _run(spec, read.prior, read.held, read.inv, batch)
+        first, last = _first_last(read.inv, batch.offsets, len(read.uniq))
+        return StepResult(features, read.uniq, rows, first, last, read.slots, read.prior)
     fresh = np.flatnonzero(~replayed)
     features = np.zeros((n, len(names)))
     old = np.flatnonzero(replayed)
@@ -148,6 +142,64 @@ def step(spec: EntitySpec, table: EntityTable, batch: EntityBatch, dedupe: bool 
     sub = step(spec, table, batch.take(fresh), dedupe=False)
     features[fresh] = sub.features
     return StepResult(features, sub.keys, sub.rows, sub.first_offsets, sub.last_offsets, sub.slots, sub.prior, replayed)
+
+
+def step_partitions(spec: EntitySpec, tables: list[EntityTable], batches: list[EntityBatch]) -> list[StepResult]:
+    """:func:`step` of several partitions' batches (``batches[j]`` against ``tables[j]``) in
+    one pass: the same results, but the batch function's hundred-odd array operations run once
+    per micro-batch, not once per partition in it (a worker reading many partitions split each
+    batch that many ways). An entity lives in one partition: groups never span two. Batches
+    with a re-delivery (after a rewind) run partition by partition."""
+    if len(batches) <= 1 or any(len(b) == 0 for b in batches):
+        return [step(spec, t, b) for t, b in zip(tables, batches, strict=True)]
+    reads = [_read(t, b) for t, b in zip(tables, batches, strict=True)]
+    if any(r.replayed(b).any() for r, b in zip(reads, batches, strict=True)):
+        return [step(spec, t, b) for t, b in zip(tables, batches, strict=True)]
+    groups = np.cumsum([0] + [len(r.uniq) for r in reads])
+    events = np.cumsum([0] + [len(b) for b in batches])
+    inv = np.concatenate([r.inv + g for r, g in zip(reads, groups[:-1].tolist(), strict=True)])
+    both = EntityBatch(
+        [k for b in batches for k in b.keys],
+        np.concatenate([b.times_ms for b in batches]),
+        np.concatenate([b.offsets for b in batches]),
+        {f: np.concatenate([b.numbers[f] for b in batches]) for f in batches[0].numbers},
+        {f: np.concatenate([b.codes[f] for b in batches]) for f in batches[0].codes},
+    )
+    prior = np.concatenate([r.prior for r in reads])
+    features, rows = _run(spec, prior, np.concatenate([r.held for r in reads]), inv, both)
+    first, last = _first_last(inv, both.offsets, int(groups[-1]))
+    out = []
+    for j, r in enumerate(reads):
+        g, e = slice(groups[j], groups[j + 1]), slice(events[j], events[j + 1])
+        out.append(StepResult(features[e], r.uniq, rows[g], first[g], last[g], r.slots, r.prior))
+    return out
+
+
+@dataclass
+class _Read:
+    """What a batch reads from its table: its entities in order of first appearance, each
+    event's entity among them, their slots (-1: not held) and rows (a new entity's: empty)."""
+
+    uniq: list[bytes]
+    inv: Ints
+    slots: Ints
+    held: NDArray[np.bool_]
+    prior: NDArray[np.void]
+
+    def replayed(self, batch: EntityBatch) -> NDArray[np.bool_]:
+        """Per event: at or before its entity's last applied offset (a re-delivery)."""
+        return self.held[self.inv] & (batch.offsets <= self.prior["last_offset"][self.inv])
+
+
+def _read(table: EntityTable, batch: EntityBatch) -> _Read:
+    uniq = list(dict.fromkeys(batch.keys))
+    position = dict(zip(uniq, range(len(uniq)), strict=True))
+    inv = np.fromiter(map(position.__getitem__, batch.keys), np.int64, count=len(batch))
+    slots = table.lookup(uniq)
+    held = slots >= 0
+    prior = empty_rows(table.dtype, len(uniq))
+    prior[held] = table.rows[slots[held]]
+    return _Read(uniq, inv, slots, held, prior)
 
 
 def _ints(n: int) -> Ints:

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from stream_ae.entities.alarm import Closure, Judged, judge
 from stream_ae.entities.spec import EntitySpec
-from stream_ae.entities.step import EntityBatch, step
+from stream_ae.entities.step import EntityBatch, StepResult, step_partitions
 from stream_ae.entities.table import NO_TIME, EntityTable, empty_rows, post_score_fields, row_dtype
 
 EVICT_TO = 0.95  # a capacity eviction frees this much below max_entities, so it runs rarely
@@ -119,8 +119,25 @@ class EntityStore:
 
     def process(self, partition: int, batch: EntityBatch) -> tuple[NDArray[np.float64], PartitionDelta]:
         """Features of one partition's events (offset order) and the change they made."""
-        table = self.table(partition)
-        result = step(self.spec, table, batch)
+        [out] = self.process_partitions([(partition, batch)])
+        return out
+
+    def process_partitions(
+        self, batches: list[tuple[int, EntityBatch]]
+    ) -> list[tuple[NDArray[np.float64], PartitionDelta]]:
+        """:meth:`process` for several partitions' events at once (one batch function pass,
+        :func:`~stream_ae.entities.step.step_partitions`), one result per partition."""
+        tables = [self.table(p) for p, _ in batches]
+        results = step_partitions(self.spec, tables, [b for _, b in batches])
+        return [
+            self._apply(p, table, batch, result)
+            for (p, batch), table, result in zip(batches, tables, results, strict=True)
+        ]
+
+    def _apply(
+        self, partition: int, table: EntityTable, batch: EntityBatch, result: StepResult
+    ) -> tuple[NDArray[np.float64], PartitionDelta]:
+        """Write a step's new rows into the partition's table; the delta they make."""
         self.counts.replayed += result.n_replayed
         slots, pre = result.slots.copy(), result.prior  # what the step read: the table is unchanged since
         pre_held = slots >= 0

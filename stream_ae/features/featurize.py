@@ -21,6 +21,7 @@ slice of its entity's history.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -147,21 +148,37 @@ def entity_features(
     derived = np.zeros((len(kept), len(spec.feature_names())))
     deltas: list[PartitionDelta] = []
     groups: list[EntityRows] = []
-    parts = sub.partitions[kept]
-    for p in np.unique(parts).tolist():
-        mine = kept[parts == p]  # offset order within a partition: the order they were read
-        batch = EntityBatch(
-            [keys[i] for i in mine.tolist()],
-            times[mine],
-            sub.offsets[mine],
-            {f: numbers(good_events, f, mine) for f in spec.numeric_fields()},
-            {f: codes(good_events, f, mine) for f in spec.category_fields()},
+    # partitions together, offset order within each (the order they were read); the fields are
+    # read once for all, and the store runs one batch function pass over every partition
+    mine = kept[np.argsort(sub.partitions[kept], kind="stable")]
+    parts = sub.partitions[mine]
+    cuts = [0, *(np.flatnonzero(parts[1:] != parts[:-1]) + 1).tolist(), len(mine)]
+    all_keys = [keys[i] for i in mine.tolist()]
+    all_times, all_offsets = times[mine], sub.offsets[mine]
+    all_numbers = {f: numbers(good_events, f, mine) for f in spec.numeric_fields()}
+    all_codes = {f: codes(good_events, f, mine) for f in spec.category_fields()}
+    batches = [
+        (
+            int(parts[a]),
+            EntityBatch(
+                all_keys[a:b],
+                all_times[a:b],
+                all_offsets[a:b],
+                {f: v[a:b] for f, v in all_numbers.items()},
+                {f: v[a:b] for f, v in all_codes.items()},
+            ),
         )
-        features, delta = store.process(int(p), batch)
-        at = np.searchsorted(kept, mine)
+        for a, b in itertools.pairwise(cuts)
+        if a < b
+    ]
+    at_all = np.searchsorted(kept, mine)
+    done = 0
+    for (p, batch), (features, delta) in zip(batches, store.process_partitions(batches), strict=True):
+        at = at_all[done : done + len(batch)]
+        done += len(batch)
         derived[at] = features
         deltas.append(delta)
-        groups.append(EntityRows(int(p), at, batch))
+        groups.append(EntityRows(p, at, batch))
     return EntityFeatures(kept, derived, rejects, deltas, groups)
 
 
