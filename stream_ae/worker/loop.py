@@ -2,9 +2,7 @@
 
 Per micro-batch:
 
-1. ``getmany`` up to ``batch_max_size`` records or ``batch_max_wait_ms`` (the next batch's
-   ``getmany`` runs while this one is processed; a rewind seeks back over it, a rebalance
-   drops it);
+1. ``getmany`` up to ``batch_max_size`` records or ``batch_max_wait_ms``;
 2. decode, validate, encode, score and route on a dedicated single-thread executor
    (:func:`stream_ae.pipeline.process_batch`; device work never blocks the event loop);
 3. publish every output topic's records as per-partition record batches
@@ -80,7 +78,6 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         parts = list(revoked)
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in parts))
         async with self.loop.batch_lock:  # no batch is between processing and publishing
-            await self.loop.drop_fetch()  # the next assignment starts every partition at its committed offset
             await self.loop.wait_in_flight()
             await self.loop.commit_held_before_leaving()  # the next owner starts where this one stopped
             if self.loop.state is not None:
@@ -134,13 +131,13 @@ class BatchLoop:
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
         self._writing: asyncio.Future[None] | None = None  # the changelog write and commit in flight
-        self._next: asyncio.Future[Fetched] | None = None  # the next batch, fetched while this one is processed
 
     async def run(self, stopping: Callable[[], bool]) -> None:
+        s = self.settings
         while not stopping():
             self.follower.swap_if_pending()
             try:
-                fetched = await self._take_fetch()
+                fetched = await self.consumer.getmany(timeout_ms=s.batch_max_wait_ms or 1, max_records=s.batch_max_size)
             except Exception as exc:
                 log.warning("fetch failed: %s", exc)
                 self.metrics.kafka_up.set(0)
@@ -154,28 +151,6 @@ class BatchLoop:
                     await self._undo(failed.deltas)
                 else:
                     await self.commit_held()
-        await self.drop_fetch()  # not processed: read again after a restart
-
-    def _fetch(self) -> Awaitable[Fetched]:
-        s = self.settings
-        return self.consumer.getmany(timeout_ms=s.batch_max_wait_ms or 1, max_records=s.batch_max_size)  # type: ignore[no-any-return]
-
-    async def _take_fetch(self) -> Fetched:
-        """The next batch: the one fetched while the last was processed, else a fetch now."""
-        task, self._next = self._next, None
-        return await (task if task is not None else self._fetch())
-
-    async def drop_fetch(self) -> Fetched:
-        """Forget the batch fetched ahead (its records are read again from where the caller
-        puts the consumer: a rewind seeks back over them, a rebalance starts the partitions
-        at their committed offsets); returns it."""
-        task, self._next = self._next, None
-        if task is None:
-            return {}
-        try:
-            return await task
-        except Exception:  # a failed fetch took nothing
-            return {}
 
     def _still_ours(self, fetched: Fetched) -> Fetched:
         """Records of partitions revoked or still restoring since the fetch are left for later
@@ -199,10 +174,6 @@ class BatchLoop:
         offsets = {tp: msgs[-1].offset + 1 for tp, msgs in fetched.items()}
         for tp, msgs in fetched.items():
             self.metrics.consumed.labels(topic=tp.topic).inc(len(msgs))
-        if self._next is None and not stopping():
-            # the next batch's fetch (aiokafka's record objects are built on the event loop)
-            # runs while this one is processed on the hot thread, not after it
-            self._next = asyncio.ensure_future(self._fetch())
         routed = await self._process(records, stopping)
         if routed is None:
             return  # stopping: nothing was committed, the records are read again after restart
@@ -417,10 +388,6 @@ class BatchLoop:
         return router.routed
 
     async def _rewind(self, first: dict[TopicPartition, int]) -> None:
-        """Seek back to ``first``, and over the batch fetched ahead (later offsets: ``first``
-        wins where both have a partition)."""
-        ahead = await self.drop_fetch()
-        first = {**{tp: msgs[0].offset for tp, msgs in ahead.items() if msgs}, **first}
         assigned = self.consumer.assignment()
         for tp, offset in first.items():
             if tp in assigned:
