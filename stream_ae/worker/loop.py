@@ -42,7 +42,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 from stream_ae.entities.store import PartitionDelta
 from stream_ae.kafka.publisher import BatchPublisher, RecordTooLarge
 from stream_ae.operation.metrics import WorkerMetrics
-from stream_ae.output.route import OutputRecords, Routed, Router, Topics
+from stream_ae.output.route import Routed, Router, Topics
 from stream_ae.pipeline import process_batch
 from stream_ae.settings import Settings
 from stream_ae.worker.follower import ModelFollower
@@ -130,7 +130,6 @@ class BatchLoop:
         self._coalescing = state is not None and settings.coalesces_changelog
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
-        self._writing: asyncio.Future[None] | None = None  # the changelog write and commit in flight
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         s = self.settings
@@ -256,75 +255,36 @@ class BatchLoop:
     async def commit_held(self, now: bool = False) -> None:
         """Coalescing: once per commit interval (``now``: before a rebalance or a stop), write
         the held state changes to the changelog, one record per entity, then commit the offsets
-        of the batches they came from. The records are merged and encoded here (on the hot
-        thread); their acknowledgements and the commit are left in flight while batches go on
-        (:meth:`_write_held`), one write at a time: a million new cards a day made each write
-        tens of thousands of records, and the loop had waited for them. ``now`` waits for the
-        write in flight and then for its own. A failure keeps both the changes and the offsets
-        for the next try: the state in memory and the outputs are right, only their durability
-        waits."""
-        if self._writing is not None:
-            if not now and not self._writing.done():
-                return
-            await asyncio.shield(self._writing)  # it handles its own failure
-            self._writing = None
+        of the batches they came from. A failure keeps both for the next try: the state in
+        memory and the outputs are right, only their durability waits."""
         if not self._uncommitted or self.state is None:
             return
         if not now and (time.monotonic() - self._last_commit) * 1000 < self.settings.commit_interval_ms:
             return
-        offsets, self._uncommitted = self._uncommitted, {}
-        self._last_commit = time.monotonic()
         try:
-            held, out = await self.state.take_held()
-        except Exception as exc:  # a bug, not the broker: the changes are held again, retried next time
-            self._uncommitted = {**offsets, **self._uncommitted}
-            log.exception("encoding the changelog failed (%r); retrying at the next commit", exc)
-            self.metrics.batch_errors.labels(stage="commit").inc()
-            return
-        self._writing = asyncio.ensure_future(self._write_held(held, out, offsets))
-        if now:
-            await asyncio.shield(self._writing)
-            self._writing = None
-
-    async def _write_held(
-        self, held: list[PartitionDelta], out: OutputRecords, offsets: dict[TopicPartition, int]
-    ) -> None:
-        """Publish ``out`` (the changelog records of ``held``), wait for them, then commit
-        ``offsets``; on a failure (or a cancel) put ``held`` and ``offsets`` back in front of
-        what was held since, for the next commit."""
-        assert self.state is not None
-        try:
+            out = await self.state.held_records()
             futures = await self.publisher.publish(
                 self.state.changelog_topic, out.keys, out.values, partitions=out.partitions
             )
             if futures:
                 await asyncio.gather(*futures)
             assigned = self.consumer.assignment()
-            await self.consumer.commit({tp: o for tp, o in offsets.items() if tp in assigned})
-        except BaseException as exc:
-            self.state.put_back(held)
-            self._uncommitted = {**offsets, **self._uncommitted}  # later batches' offsets win
-            self._last_commit = 0.0  # try again at the next look
-            if not isinstance(exc, Exception):
-                raise
+            await self.consumer.commit({tp: o for tp, o in self._uncommitted.items() if tp in assigned})
+        except Exception as exc:
             log.warning("writing the changelog and committing failed (%r); retrying at the next commit", exc)
             self.metrics.batch_errors.labels(stage="commit").inc()
             self._renew_producer = True
             return
+        self._uncommitted = {}
+        self._last_commit = time.monotonic()
         self.state.written(len(out))
 
     async def commit_held_before_leaving(self) -> None:
         """:meth:`commit_held` now, for a rebalance or a stop, waiting at most
         ``IN_FLIGHT_WAIT_S`` (a broker that does not answer must not hold the worker: the
         batches since the last commit are then read again, onto the state of that commit)."""
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.commit_held(now=True), IN_FLIGHT_WAIT_S)
-        except TimeoutError:
-            writing, self._writing = self._writing, None
-            if writing is not None:  # it puts its changes and offsets back: read again after a restart
-                writing.cancel()
-                with contextlib.suppress(BaseException):
-                    await writing
 
     def reassigned(self, parts: Iterable[TopicPartition]) -> None:
         """Offsets of partitions no longer ours are never committed by this worker."""

@@ -136,27 +136,16 @@ class EntityState:
         """An acknowledged batch's changes, for the changelog at the next commit."""
         self._held += [d for d in deltas if len(d)]
 
-    async def take_held(self) -> tuple[list[PartitionDelta], OutputRecords]:
-        """The held changes, merged one per entity (on the hot thread), and their changelog
-        records; they are no longer held (:meth:`put_back` when writing them fails)."""
-        taken, self._held = self._held, []
-        try:
-            held = await self._on_hot(coalesce, taken)
-            records: OutputRecords = await self._on_hot(changelog_records, self.store, held)
-        except BaseException:
-            self.put_back(taken)
-            raise
-        return held, records
-
-    def put_back(self, held: list[PartitionDelta]) -> None:
-        """Changes whose write failed, before those held since (the next merge keeps each
-        entity's earliest row before and latest row after). Partitions that moved away
-        meanwhile are left out: their offsets are not committed by this worker either."""
-        mine = set(self.store.tables)
-        self._held = [d for d in held if d.partition in mine] + self._held
+    async def held_records(self) -> OutputRecords:
+        """The held changes as changelog records, one per entity (merged and encoded on the hot
+        thread; the merge replaces what is held, so a retry writes the same records)."""
+        self._held = await self._on_hot(coalesce, self._held)
+        records: OutputRecords = await self._on_hot(changelog_records, self.store, self._held)
+        return records
 
     def written(self, records: int) -> None:
-        """Held changes are in the changelog and their offsets committed."""
+        """The held changes are in the changelog and their offsets committed."""
+        self._held = []
         self.metrics.changelog_records.inc(records)
 
     def committed(self, routed: Routed) -> None:
