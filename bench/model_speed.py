@@ -36,6 +36,7 @@ from bench.environment import InputRecord
 from stream_ae.features.encoder import FeatureEncoder, FeatureSchema
 from stream_ae.lifecycle.artifacts import load_artifact
 from stream_ae.models import AutoencoderDetector, variants
+from stream_ae.models.detector import neighbour_options
 from stream_ae.models.feedback import DeviationHead
 from stream_ae.output.route import Topics
 from stream_ae.pipeline import ActiveModel, process_batch
@@ -91,8 +92,11 @@ def bench_encode(events: list[dict[str, Any]], batch: int) -> tuple[FeatureEncod
     return enc, X
 
 
-def bench_model(variant: str, X: np.ndarray, device: str, batch: int, steps: int) -> None:
-    det = AutoencoderDetector(variant, device=device, seed=0, min_steps=steps, max_steps=steps, early_stopping=False)
+def bench_model(variant: str, X: np.ndarray, device: str, batch: int, steps: int, neighbour_sets: int = 32) -> None:
+    det = AutoencoderDetector(
+        variant, device=device, seed=0, min_steps=steps, max_steps=steps, early_stopping=False,
+        **neighbour_options(variant, neighbour_sets),
+    )  # fmt: skip
     t0 = time.perf_counter()
     det.fit(X)
     fit_s = time.perf_counter() - t0
@@ -112,12 +116,13 @@ def bench_model(variant: str, X: np.ndarray, device: str, batch: int, steps: int
     )
 
 
-def bench_pipeline(device: str, batch: int = 4096, repeats: int = 10) -> None:
+def bench_pipeline(device: str, batch: int = 4096, repeats: int = 10, neighbour_sets: int = 32) -> None:
     # the card stream's declared fields (its schema without the entity features): an inferred schema
     # would take the card id for a field and hash it into 64 columns
     fitted = fit_events(
-        transactions(20_000, seed=1)[0], schema=CARD_SCHEMA_STATELESS, max_steps=300, min_steps=300, device=device
-    )
+        transactions(20_000, seed=1)[0], schema=CARD_SCHEMA_STATELESS, max_steps=300, min_steps=300, device=device,
+        **neighbour_options("ncae", neighbour_sets),
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         model = ActiveModel(load_artifact(fitted.save(Path(tmp) / "m", version="bench"), device=device), top_k=3)
     events, _ = transactions(batch, seed=3, anomaly_rate=0.005)
@@ -178,6 +183,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (1 = one core)")
     ap.add_argument("--variants", default=",".join(variants()))
+    ap.add_argument(
+        "--neighbour-sets", type=int, default=32, help="the ncae's neighbour samples (the named speed option)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -186,8 +194,8 @@ def main() -> None:
     _, X = bench_encode(events, args.batch)
     print(f"models   {X.shape[0]:,} rows x {X.shape[1]} features, score batch {args.batch}")
     for variant in args.variants.split(","):
-        bench_model(variant, X, args.device, args.batch, args.steps)
-    bench_pipeline(args.device)
+        bench_model(variant, X, args.device, args.batch, args.steps, args.neighbour_sets)
+    bench_pipeline(args.device, neighbour_sets=args.neighbour_sets)
 
 
 if __name__ == "__main__":

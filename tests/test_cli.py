@@ -49,6 +49,28 @@ def test_models_registry_commands(tmp_path: Path) -> None:
     assert shown["variant"] == "ae" and len(shown["manifest_sha256"]) == 64
 
 
+def test_train_sets_the_neighbour_samples_a_score_measures(tmp_path: Path) -> None:
+    """--neighbour-sets: the named speed option; fewer samples are what the artifact scores
+    with, 0 drops the part, and a variant without the part ignores it."""
+    from stream_ae.lifecycle.artifacts import load_artifact
+
+    X = tmp_path / "x.npz"
+    np.savez(X, X=np.random.default_rng(0).normal(size=(600, 4)).astype("float32"))
+    for variant, sets in (("ncae", 8), ("ncae", 0), ("ae", 8)):
+        out = tmp_path / f"{variant}{sets}"
+        args = ["train", str(X), "--out", str(out), "--variant", variant, "--neighbour-sets", str(sets)]
+        result = runner.invoke(app, [*args, "--max-steps", "30", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        detector = load_artifact(out).detector
+        parts = detector.component_scores(np.zeros((3, 4), dtype=np.float32))
+        neighbours = getattr(detector.net_, "neighbours", None)
+        if variant == "ncae" and sets:
+            assert neighbours is not None and neighbours.points.shape[:2] == (8, 64)
+            assert "neighbour" in parts and detector.hyper.net_options["neighbour_sets"] == 8
+        else:
+            assert neighbours is None and "neighbour" not in parts
+
+
 def test_evaluate_applies_options_and_writes_a_report(tmp_path: Path) -> None:
     """`stream-ae evaluate` on a generated ADBench-style set: options reach the detector and
     the report, the baselines give the bar (no ../shared/ needed)."""

@@ -115,6 +115,17 @@ def test_the_trainer_publishes_nothing_from_a_window_too_small_to_calibrate_its_
     assert trainer.train_and_gate(events, champion=None).reason != "window_too_small"
 
 
+def test_the_trainer_trains_the_neighbour_samples_its_settings_name(tmp_path: Path) -> None:
+    from stream_ae.lifecycle.artifacts import load_artifact
+
+    events, _ = CardStream(seed=4).next(3000)
+    settings = Settings(model_dir=tmp_path, target_false_alarm_rate=0.01, trainer_max_steps=60, trainer_neighbour_sets=8)
+    result = TrainerService(settings).train_and_gate(events, champion=None)
+    assert result.published is not None, result.reason
+    detector = load_artifact(Registry(tmp_path).path_of(result.published)).detector
+    assert detector.net_.neighbours.points.shape[0] == 8  # type: ignore[union-attr]
+
+
 def test_generated_anomalies_differ_from_their_sources() -> None:
     X = np.random.default_rng(1).normal(size=(400, 6)).astype(np.float32)
     A = generated_anomalies(X, seed=0)

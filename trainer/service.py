@@ -32,6 +32,7 @@ from stream_ae.kafka.admin import ensure_topics
 from stream_ae.lifecycle.artifacts import ArtifactError, LoadedModel
 from stream_ae.lifecycle.registry import Registry, announcement_bytes
 from stream_ae.models import AutoencoderDetector, DegenerateDataError
+from stream_ae.models.detector import neighbour_options
 from stream_ae.scoring.threshold import MIN_EXCEEDANCES
 from stream_ae.settings import Settings
 from trainer.feedback import FeedbackMetrics, FeedbackReader, Labels
@@ -473,7 +474,7 @@ class TrainerService:
         warm = champion.detector if (champion is not None and s.trainer_warm_start) else None
         detector = AutoencoderDetector(
             variant=s.variant, device=s.trainer_device, bf16=s.trainer_bf16, target_rate=s.target_false_alarm_rate,
-            max_steps=s.trainer_max_steps,
+            max_steps=s.trainer_max_steps, **neighbour_options(s.variant, s.trainer_neighbour_sets),
         )  # fmt: skip
         try:
             detector.fit(X[fit_rows], y_fit, init_from=warm, scale_floor=encoder.scale_floor())

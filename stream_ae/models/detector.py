@@ -76,6 +76,20 @@ DEFAULT_NET_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+def neighbour_options(variant: str, sets: int) -> dict[str, Any]:
+    """Detector keywords that give the NCAE ``sets`` neighbour samples (its scoring cost on
+    the CPU grows with them; docs/concepts/model.md measures 8, 16 and the default 32); none
+    for the variants without a neighbour part.
+
+    Example:
+        >>> neighbour_options("ncae", 16)
+        {'net_options': {'neighbour_sets': 16}}
+        >>> neighbour_options("ae", 16)
+        {}
+    """
+    return {"net_options": {"neighbour_sets": sets}} if "neighbour_sets" in DEFAULT_NET_OPTIONS.get(variant, {}) else {}
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU."""
     if device == "auto":

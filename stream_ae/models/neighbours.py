@@ -67,16 +67,18 @@ class SubsampleNeighbours(nn.Module):
         ``k = 2`` (the default) the second-smallest per sample is found without indices, by
         a tournament (:func:`second_smallest`): pairwise minima and maxima of the two halves,
         recursively, all elementwise over contiguous blocks, about three times faster on the
-        CPU than masking the ``argmin``, which is kept for other ``k``. On the CPU chunks of 128
-        rows keep the 1 MB matrix in cache, and a chunk's tournament stops at 8 positions: the
+        CPU than masking the ``argmin``, which is kept for other ``k``. On the CPU a chunk's
+        matrix is 1 MB (128 rows of the default 32 samples of 64; more rows with fewer samples),
+        which stays in cache, and a chunk's tournament stops at 8 positions: the
         last rounds, tiny tensors whose cost is the operation's own overhead, run once for a
         block of 1,024 rows (:func:`reduce_pairs`). On a GPU each chunk costs some thirty kernel
         launches whatever its size, so there a chunk is 16,384 rows (a 128 MB matrix): on an
         H200 the part took 7.8 ms of a 4,096-row batch in chunks of 256. The result is the
         same to float rounding (the matrix product's blocking may differ with the chunk).
         """
-        if chunk is None:
-            chunk = 128 if x.device.type == "cpu" else 16_384
+        if chunk is None:  # on the CPU a chunk's matrix stays about 1 MB whatever the samples
+            sets, size, _ = self.points.shape
+            chunk = min(1024, max(64, CPU_CHUNK_FLOATS // (sets * size))) if x.device.type == "cpu" else 16_384
         with torch.autocast(x.device.type, enabled=False):  # |y|^2 - 2 x.y cancels: never in bf16
             return self._score(x.float(), chunk)
 
@@ -115,6 +117,8 @@ class SubsampleNeighbours(nn.Module):
         return kth.log1p().mean(1)
 
 
+# a CPU chunk's distance matrix: 256K floats, 1 MB (128 rows of the default 32 samples of 64)
+CPU_CHUNK_FLOATS = 1 << 18
 # positions per sample at which a chunk's tournament stops; the rounds left run once for a block
 # of FINISH_ROWS rows (its survivors, 1 MB at 32 samples, stay in cache), not once per chunk
 FINISH_AT = 8
