@@ -37,10 +37,11 @@ def assert_same(nb: SubsampleNeighbours, x: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("size", [64, 37])
-def test_the_neighbour_kernel_equals_the_masked_argmin(k: int, size: int) -> None:
-    gen = torch.Generator().manual_seed(k * size)
+@pytest.mark.parametrize("sets", [8, 16, 32, 5])
+def test_the_neighbour_kernel_equals_the_masked_argmin(k: int, size: int, sets: int) -> None:
+    gen = torch.Generator().manual_seed(k * size + sets)
     train = torch.cat([torch.randn(3_000, 5, generator=gen), torch.zeros(50, 5)])  # ties: 50 equal rows
-    nb = SubsampleNeighbours(5, sets=8, size=size, k=k).fit(train, gen)
+    nb = SubsampleNeighbours(5, sets=sets, size=size, k=k).fit(train, gen)
     assert_same(nb, torch.cat([torch.randn(700, 5, generator=gen) * 2, torch.zeros(5, 5), train[:30]]))
 
 

@@ -125,6 +125,28 @@ FINISH_AT = 8
 FINISH_ROWS = 1024
 
 
+def amin_positions(h: torch.Tensor) -> torch.Tensor:
+    """``h.amin(1)`` of ``[n, m, s]`` whose rows are each contiguous. On the CPU torch reduces a
+    middle dimension quickly only along an inner one of 32 floats or more: with 16 or 8 samples
+    it took 14 times as long (200 against 15 µs for a chunk's round). So positions are folded
+    into a 32-wide inner dimension first (each column then holds one sample's positions of one
+    residue), and the 32 columns halved down to the samples.
+
+    Example:
+        >>> h = torch.randn(5, 12, 8)
+        >>> torch.equal(amin_positions(h), h.amin(1))
+        True
+    """
+    n, m, s = h.shape
+    if s >= 32 or 32 % s or (m * s) % 32:
+        return h.amin(1)
+    folded = h.reshape(n, m * s // 32, 32).amin(1)  # column c: sample c % s
+    while folded.shape[1] > s:
+        half = folded.shape[1] // 2
+        folded = torch.minimum(folded[:, :half], folded[:, half:])
+    return folded
+
+
 def second_smallest(part: torch.Tensor) -> torch.Tensor:
     """The second-smallest value along dimension 1 of ``[n, m, s]`` (m >= 2), ties counted
     (two equal minima: that value). ``part`` is left as it was.
@@ -159,7 +181,7 @@ def reduce_pairs(
         half = m // 2
         a, b = part[:, :half], part[:, half : 2 * half]
         low = torch.minimum(a, b)
-        top = torch.maximum(a, b, out=a).amin(1)
+        top = amin_positions(torch.maximum(a, b, out=a))
         best = top if best is None else torch.minimum(best, top)
         part = low if m % 2 == 0 else torch.cat([low, part[:, 2 * half :]], 1)
     return part, best
