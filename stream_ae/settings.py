@@ -148,9 +148,9 @@ class Settings(BaseSettings):
     """Optimiser steps per refresh at most (the training budget)."""
     trainer_neighbour_sets: int = Field(32, ge=0)
     """The ``ncae`` variant's neighbour part: in how many random samples of 64 training rows a score measures how
-    isolated an event is. Its share of the CPU's scoring time grows with it: 16 halves it at about the same quality
-    on the shared sets, 8 quarters it at a small loss under contamination (docs/concepts/model.md); 0 drops the
-    part."""
+    isolated an event is. Its share of the CPU's scoring time grows with it: 16 about halves it at about the same
+    quality on the shared sets, 8 cuts it to a third at a small loss under contamination (docs/concepts/model.md); 0
+    drops the part."""
     trainer_feedback_holdout: float = Field(0.3, ge=0.0, lt=1.0)
     """Share of the labelled events held back from training for the gate's labelled precision and recall (none
     with fewer than five labels)."""

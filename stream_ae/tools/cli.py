@@ -125,7 +125,7 @@ def train(
         int,
         typer.Option(
             help="ncae: random samples of training rows the neighbour part measures isolation in; "
-            "fewer score faster (16: half the part's cost, about the same quality; 0: no neighbour part)",
+            "fewer score faster (16: about half the part's cost at about the same quality; 0: no neighbour part)",
             min=0,
         ),
     ] = 32,
