@@ -119,7 +119,9 @@ def test_the_trainer_trains_the_neighbour_samples_its_settings_name(tmp_path: Pa
     from stream_ae.lifecycle.artifacts import load_artifact
 
     events, _ = CardStream(seed=4).next(3000)
-    settings = Settings(model_dir=tmp_path, target_false_alarm_rate=0.01, trainer_max_steps=60, trainer_neighbour_sets=8)
+    settings = Settings(
+        model_dir=tmp_path, target_false_alarm_rate=0.01, trainer_max_steps=60, trainer_neighbour_sets=8
+    )
     result = TrainerService(settings).train_and_gate(events, champion=None)
     assert result.published is not None, result.reason
     detector = load_artifact(Registry(tmp_path).path_of(result.published)).detector
