@@ -12,8 +12,10 @@ the same worker stateless, restore rate, changelog volume and memory per entity.
   the stateful worker wrote per input event, and the entities it held.
 * **hot path** (``--hot-path-only`` runs it alone): the same three streams through
   ``pipeline.process_batch`` in-process (no Kafka, one torch thread, 100,000 events in batches
-  of 2,048), stateful against stateless, with the share of events each model flags: what the
-  entity state costs the hot path itself, apart from the client and the broker.
+  of 2,048, each card's events in one of ``--hot-partitions`` partitions, 4 as the workers'
+  topic has; before 2026-12-05 all in one), stateful against stateless, with the share of
+  events each model flags: what the entity state costs the hot path itself, apart from the
+  client and the broker.
 * **models**: for each stream, the stateful and the stateless model are trained on a day of
   payments drawn the same way (same pool, skew and payments per day, another seed), as the
   trainer would refresh them from live traffic: both then flag about their target rate, and
@@ -35,6 +37,7 @@ import asyncio
 import tempfile
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +96,10 @@ async def fill(bootstrap: str, topic: str, events: list[dict[str, object]]) -> N
     await send_raw({"bootstrap_servers": bootstrap}, topic, encode_events(events), chunk=5000)
 
 
-def hot_path(models_of: dict[str, tuple[Path, Path]], events: int) -> None:
-    """The three streams through ``process_batch`` in-process, stateful and stateless."""
+def hot_path(models_of: dict[str, tuple[Path, Path]], events: int, partitions: int = 4) -> None:
+    """The three streams through ``process_batch`` in-process, stateful and stateless; each
+    card's payments in one of ``partitions`` partitions (by a hash of the card), a batch holding
+    every partition's share as a worker's does."""
     torch.set_num_threads(1)
     topics = Topics("out", "dead", "scores")
     for name, cards, hot in CONFIGS:
@@ -104,7 +109,14 @@ def hot_path(models_of: dict[str, tuple[Path, Path]], events: int) -> None:
             "stateless": ActiveModel(load_artifact(Registry(stateless).path_of("bench")), 3),
         }
         stream = card_stream(events, cards, hot)
-        records = [InputRecord("in", 0, i, str(e["card"]).encode(), orjson.dumps(e)) for i, e in enumerate(stream)]
+        keys = [str(e["card"]).encode() for e in stream]
+        records = sorted(
+            (
+                InputRecord("in", zlib.crc32(k) % partitions, i, k, orjson.dumps(e))
+                for i, (k, e) in enumerate(zip(keys, stream, strict=True))
+            ),
+            key=lambda r: (r.offset // 2048, r.partition),  # each batch of 2,048 grouped by partition, as fetched
+        )
         line = []
         rates = {}
         for kind, model in models.items():
@@ -202,6 +214,9 @@ def main() -> None:
     ap.add_argument("--hot-path-only", action="store_true")
     ap.add_argument("--hot-events", type=int, default=100_000, help="events per stream in the hot-path run")
     ap.add_argument(
+        "--hot-partitions", type=int, default=4, help="input partitions in the hot-path run (the workers': 4)"
+    )
+    ap.add_argument(
         "--generic-model", action="store_true", help="score every stream with the demo-traffic model, not its own"
     )
     args = ap.parse_args()
@@ -210,14 +225,20 @@ def main() -> None:
         return
     if args.hot_path_only:
         with tempfile.TemporaryDirectory() as tmp:
-            hot_path(stream_models(Path(tmp), args.hot_events, args.generic_model), args.hot_events)
+            hot_path(
+                stream_models(Path(tmp), args.hot_events, args.generic_model), args.hot_events, args.hot_partitions
+            )
         return
     print(f"memory per entity (card features: 10-minute count, since_last, 16-slot novelty ring): "
           f"{memory_per_entity():,.0f} bytes")  # fmt: skip
     with bench_environment(args.bootstrap, "stream-ae-entities-") as env:
         rate, seconds = asyncio.run(restore_rate(env.bootstrap, args.restore))
         print(f"restore: {args.restore:,} entities in {seconds:.1f} s, {rate:,.0f} entities/s")
-        hot_path(stream_models(env.work / "hot-path-models", args.hot_events, args.generic_model), args.hot_events)
+        hot_path(
+            stream_models(env.work / "hot-path-models", args.hot_events, args.generic_model),
+            args.hot_events,
+            args.hot_partitions,
+        )
         throughput(
             env.bootstrap, stream_models(env.work / "models", args.events, args.generic_model), env.work, args.events
         )
