@@ -66,6 +66,7 @@ from numpy.typing import NDArray
 
 from stream_ae.entities.spec import RECENT_ROWS, Aggregate, EntitySpec
 from stream_ae.entities.table import NO_BUCKET, EntityTable, empty_rows
+from stream_ae.transforms import signed_log1p
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -535,7 +536,7 @@ def _seasonal(
 
 
 def _signed_log(x: Floats, on: bool) -> Floats:
-    return np.sign(x) * np.log1p(np.abs(x)) if on else x
+    return signed_log1p(x) if on else x
 
 
 def _layout(

@@ -41,12 +41,13 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from stream_ae.entities.spec import EntitySpec
+from stream_ae.transforms import signed_expm1, signed_log1p
 
 Event = Mapping[str, Any]
 log = logging.getLogger("stream_ae.features")
@@ -768,29 +769,6 @@ class FeatureEncoder:
             s.name: {v: i for i, v in enumerate(enc.stats[s.name].get("vocab", []))} for s in enc.schema.fields
         }
         return enc
-
-
-def signed_log1p(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The transform of a heavy-tailed numeric field (``FieldSpec.log``)."""
-    return np.asarray(np.sign(x) * np.log1p(np.abs(x)), dtype=np.float64)
-
-
-@overload
-def signed_expm1(y: float) -> float: ...
-@overload
-def signed_expm1(y: NDArray[np.float64]) -> NDArray[np.float64]: ...
-def signed_expm1(y: float | NDArray[np.float64]) -> float | NDArray[np.float64]:
-    """The inverse of :func:`signed_log1p` (magnitudes capped where float64 overflows). A float
-    gives a float by scalar arithmetic: a flagged event's explanation decodes one value at a
-    time, where numpy's per-call cost was several times the arithmetic.
-
-    Example:
-        >>> signed_expm1(np.log1p(5.0)), signed_expm1(np.array([-np.log1p(5.0)])).tolist()
-        (5.0, [-5.0])
-    """
-    if isinstance(y, float):
-        return math.copysign(math.expm1(min(abs(y), 700.0)), y) if y == y else y
-    return np.asarray(np.sign(y) * np.expm1(np.minimum(np.abs(y), 700.0)), dtype=np.float64)
 
 
 def _field_dict(spec: FieldSpec) -> dict[str, Any]:
