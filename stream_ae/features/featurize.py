@@ -153,6 +153,7 @@ def entity_features(
     mine = kept[np.argsort(sub.partitions[kept], kind="stable")]
     parts = sub.partitions[mine]
     cuts = [0, *(np.flatnonzero(parts[1:] != parts[:-1]) + 1).tolist(), len(mine)]
+    spans = [(a, b) for a, b in itertools.pairwise(cuts) if a < b]  # one per partition
     all_keys = [keys[i] for i in mine.tolist()]
     all_times, all_offsets = times[mine], sub.offsets[mine]
     all_numbers = {f: numbers(good_events, f, mine) for f in spec.numeric_fields()}
@@ -168,17 +169,13 @@ def entity_features(
                 {f: v[a:b] for f, v in all_codes.items()},
             ),
         )
-        for a, b in itertools.pairwise(cuts)
-        if a < b
+        for a, b in spans
     ]
-    at_all = np.searchsorted(kept, mine)
-    done = 0
-    for (p, batch), (features, delta) in zip(batches, store.process_partitions(batches), strict=True):
-        at = at_all[done : done + len(batch)]
-        done += len(batch)
-        derived[at] = features
+    at_all = np.searchsorted(kept, mine)  # each event's row among the kept ones
+    for (a, b), (p, batch), (features, delta) in zip(spans, batches, store.process_partitions(batches), strict=True):
+        derived[at_all[a:b]] = features
         deltas.append(delta)
-        groups.append(EntityRows(p, at, batch))
+        groups.append(EntityRows(p, at_all[a:b], batch))
     return EntityFeatures(kept, derived, rejects, deltas, groups)
 
 
