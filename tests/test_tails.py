@@ -58,3 +58,32 @@ def test_a_warm_started_model_learns_the_tails_of_its_own_training_window() -> N
     knots = {name: det.state_dict()["tails.knots"] for name, det in (("warm", warm), ("cold", cold), ("old", champion))}
     assert torch.equal(knots["warm"], knots["cold"])
     assert not torch.equal(knots["warm"], knots["old"])
+
+
+def test_flags_and_one_hot_columns_score_as_the_general_table_does() -> None:
+    """Tables of one or two distinct values take a path without the binary search; its values
+    are the general path's to the bit: at each value, between, beyond, at the edges of a tie."""
+    rng = np.random.default_rng(5)
+    n = 4_000
+    columns = [
+        (rng.random(n) < 0.03).astype(np.float32),  # a rare flag
+        (rng.random(n) < 0.5).astype(np.float32) * 3.0 - 1.0,  # two values, balanced
+        np.full(n, 2.5, dtype=np.float32),  # a constant
+        np.where(rng.random(n) < 1e-3, 7.0, 0.0).astype(np.float32),  # a flag rarer than the table's levels
+        rng.normal(size=n).astype(np.float32),  # a continuous one: the general path
+    ]
+    tails = MarginalTails(len(columns)).fit(torch.from_numpy(np.stack(columns, 1)))
+    probes = np.array([-1e30, -3.0, -1.0, -0.5, 0.0, 1e-7, 0.3, 1.0, 2.0, 2.5, 3.0, 7.0, 9.0, np.inf, -np.inf])
+    values = torch.from_numpy(np.stack([np.concatenate([probes, rng.normal(size=200) * 4])] * len(columns), 1))
+    values = values.float()
+    v = values.T.contiguous()
+    general = tails._general(v, tails.knots, tails.tie_start)
+    assert torch.equal(tails.log_tail(values).T, general)
+    # a flag's table is two-valued unless a level falls between its last 0 and first 1, where
+    # the quantiles interpolate (the two rare flags here); the constant's is one-valued
+    two = ((tails.knots[:, 1:] != tails.knots[:, :-1]).sum(1) <= 1).nonzero().squeeze(1)
+    assert two.tolist() == [1, 2]
+    assert torch.equal(tails._two_valued(v[two], tails.knots[two], tails.tie_start[two]), general[two])
+    # and the flag's two values mean what they did: 0 is ordinary, 1 a 3 % tail
+    zero, one = tails.log_tail(torch.tensor([[0.0, -1.0, 2.5, 0.0, 0.0], [1.0, -1.0, 2.5, 0.0, 0.0]]))[:, 0].tolist()
+    assert zero == 0.0 and abs(one - -math.log(2 * columns[0].mean())) < 0.15

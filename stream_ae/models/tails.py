@@ -80,9 +80,28 @@ class MarginalTails(nn.Module):
         return self
 
     def log_tail(self, x: torch.Tensor) -> torch.Tensor:
-        """``[n, d]``: ``-log(2 t)`` per feature (0 at the median, larger the more extreme)."""
+        """``[n, d]``: ``-log(2 t)`` per feature (0 at the median, larger the more extreme).
+
+        Features whose table holds at most two distinct values (flags, one-hot columns: most
+        of a wide event's) take :meth:`_two_valued`, the same arithmetic without the binary
+        search and the gathers; the rest take :meth:`_general`. The values are the same.
+        """
         v = x.T.contiguous()  # [d, n]
-        knots, k = self.knots, self.knots.shape[1]
+        knots = self.knots
+        two = (knots[:, 1:] != knots[:, :-1]).sum(1) <= 1  # at most one step between the knots
+        if not bool(two.any()) or bool(torch.isnan(v).any()):
+            return self._general(v, knots, self.tie_start).T
+        if bool(two.all()):
+            return self._two_valued(v, knots, self.tie_start).T
+        out = torch.empty_like(v)
+        rows, others = two.nonzero().squeeze(1), (~two).nonzero().squeeze(1)
+        out[rows] = self._two_valued(v[rows], knots[rows], self.tie_start[rows])
+        out[others] = self._general(v[others], knots[others], self.tie_start[others])
+        return out.T
+
+    def _general(self, v: torch.Tensor, knots: torch.Tensor, tie_start: torch.Tensor) -> torch.Tensor:
+        """``[d, n]`` for values ``v`` ``[d, n]`` of the features whose table is ``knots``."""
+        k = knots.shape[1]
         idx = torch.searchsorted(knots, v, right=True)  # how many knots are <= v
         i0, i1 = (idx - 1).clamp(0, k - 1), idx.clamp(max=k - 1)
         k0, k1 = torch.gather(knots, 1, i0), torch.gather(knots, 1, i1)
@@ -90,12 +109,33 @@ class MarginalTails(nn.Module):
         l0, l1 = torch.gather(levels, 1, i0), torch.gather(levels, 1, i1)
         frac = ((v - k0) / (k1 - k0).clamp_min(1e-12)).clamp(0, 1)
         le = torch.where(idx >= k, torch.ones_like(v), l0 + frac * (l1 - l0))  # P(X <= v)
-        lt = torch.where(v == k0, torch.gather(self.tie_start, 1, i0), le)  # P(X < v): a tie counts as >= v
-        t = torch.minimum(le, 1.0 - lt)
+        lt = torch.where(v == k0, torch.gather(tie_start, 1, i0), le)  # P(X < v): a tie counts as >= v
+        return self._finish(v, knots, torch.minimum(le, 1.0 - lt))
+
+    def _two_valued(self, v: torch.Tensor, knots: torch.Tensor, tie_start: torch.Tensor) -> torch.Tensor:
+        """:meth:`_general` for tables of at most two distinct values ``lo <= hi``: a value
+        between them interpolates from the last ``lo`` knot to the first ``hi`` one, a value
+        equal to one takes its tie's mass, as there; each feature's constants are read once."""
+        k = knots.shape[1]
+        lo, hi = knots[:, :1], knots[:, -1:]
+        n_lo = (knots == lo).sum(1, keepdim=True)  # knots equal to lo; k when there is one value
+        l0 = self.levels[n_lo - 1]  # the level of the last lo knot
+        l1 = self.levels[n_lo.clamp(max=k - 1)]  # of the first hi knot
+        frac = ((v - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+        le = l0 + frac * (l1 - l0)
+        between = torch.minimum(le, 1.0 - le)
+        at_lo = torch.minimum(l0, 1.0 - torch.gather(tie_start, 1, n_lo - 1))  # lo < hi: P(X <= lo), P(X < lo)
+        at_hi = torch.minimum(torch.ones_like(hi), 1.0 - tie_start[:, -1:])  # P(X <= hi) = 1
+        t = torch.where(v == hi, at_hi, torch.where(v == lo, at_lo, between))
+        return self._finish(v, knots, t)
+
+    def _finish(self, v: torch.Tensor, knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``-log(2 t)``, clipped at 0, and beyond the table's range the floor's log less the
+        distance out."""
         beyond = (knots[:, :1] - v).clamp_min(0) + (v - knots[:, -1:]).clamp_min(0)
         floor = self.floor.to(v.dtype)
         log_t = torch.where(beyond > 0, torch.log(floor) - beyond, torch.log(t.clamp_min(floor)))
-        return (-(log_t + math.log(2.0))).clamp_min(0.0).T
+        return (-(log_t + math.log(2.0))).clamp_min(0.0)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """``[n]``: the row's tail score, ``sum_i -log(2 t_i)``."""
