@@ -89,9 +89,10 @@ class MarginalTails(nn.Module):
         v = x.T.contiguous()  # [d, n]
         knots = self.knots
         two = (knots[:, 1:] != knots[:, :-1]).sum(1) <= 1  # at most one step between the knots
-        if not bool(two.any()) or bool(torch.isnan(v).any()):
+        some, every, nan = torch.stack([two.any(), two.all(), torch.isnan(v).any()]).tolist()  # one device sync
+        if not some or nan:
             return self._general(v, knots, self.tie_start).T
-        if bool(two.all()):
+        if every:
             return self._two_valued(v, knots, self.tie_start).T
         out = torch.empty_like(v)
         rows, others = two.nonzero().squeeze(1), (~two).nonzero().squeeze(1)
