@@ -111,29 +111,35 @@ class MarginalTails(nn.Module):
         frac = ((v - k0) / (k1 - k0).clamp_min(1e-12)).clamp(0, 1)
         le = torch.where(idx >= k, torch.ones_like(v), l0 + frac * (l1 - l0))  # P(X <= v)
         lt = torch.where(v == k0, torch.gather(tie_start, 1, i0), le)  # P(X < v): a tie counts as >= v
-        return self._finish(v, knots, torch.minimum(le, 1.0 - lt))
+        return self._finish(v, knots[:, :1], knots[:, -1:], torch.minimum(le, 1.0 - lt))
 
     def _two_valued(self, v: torch.Tensor, knots: torch.Tensor, tie_start: torch.Tensor) -> torch.Tensor:
         """:meth:`_general` for tables of at most two distinct values ``lo <= hi``: a value
         between them interpolates from the last ``lo`` knot to the first ``hi`` one, a value
-        equal to one takes its tie's mass, as there; each feature's constants are read once."""
+        equal to one takes its tie's mass, as there. A value equal to ``lo`` or ``hi`` (nearly
+        every value of a flag) takes its feature's answer for that value, computed once; the
+        arithmetic runs only for the others."""
         k = knots.shape[1]
         lo, hi = knots[:, :1], knots[:, -1:]
         n_lo = (knots == lo).sum(1, keepdim=True)  # knots equal to lo; k when there is one value
         l0 = self.levels[n_lo - 1]  # the level of the last lo knot
         l1 = self.levels[n_lo.clamp(max=k - 1)]  # of the first hi knot
-        frac = ((v - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
-        le = l0 + frac * (l1 - l0)
-        between = torch.minimum(le, 1.0 - le)
         at_lo = torch.minimum(l0, 1.0 - torch.gather(tie_start, 1, n_lo - 1))  # lo < hi: P(X <= lo), P(X < lo)
         at_hi = torch.minimum(torch.ones_like(hi), 1.0 - tie_start[:, -1:])  # P(X <= hi) = 1
-        t = torch.where(v == hi, at_hi, torch.where(v == lo, at_lo, between))
-        return self._finish(v, knots, t)
+        on_hi, on_lo = v == hi, v == lo
+        out = torch.where(on_hi, self._finish(hi, lo, hi, at_hi), self._finish(lo, lo, hi, at_lo))
+        row, col = (~(on_hi | on_lo)).nonzero(as_tuple=True)
+        if len(row):
+            w = v[row, col].unsqueeze(1)
+            frac = ((w - lo[row]) / (hi[row] - lo[row]).clamp_min(1e-12)).clamp(0, 1)
+            le = l0[row] + frac * (l1[row] - l0[row])
+            out[row, col] = self._finish(w, lo[row], hi[row], torch.minimum(le, 1.0 - le)).squeeze(1)
+        return out
 
-    def _finish(self, v: torch.Tensor, knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``-log(2 t)``, clipped at 0, and beyond the table's range the floor's log less the
-        distance out."""
-        beyond = (knots[:, :1] - v).clamp_min(0) + (v - knots[:, -1:]).clamp_min(0)
+    def _finish(self, v: torch.Tensor, first: torch.Tensor, last: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``-log(2 t)``, clipped at 0, and beyond the table's range (``first`` to ``last``
+        knot) the floor's log less the distance out."""
+        beyond = (first - v).clamp_min(0) + (v - last).clamp_min(0)
         floor = self.floor.to(v.dtype)
         log_t = torch.where(beyond > 0, torch.log(floor) - beyond, torch.log(t.clamp_min(floor)))
         return (-(log_t + math.log(2.0))).clamp_min(0.0)
