@@ -84,7 +84,9 @@ class MarginalTails(nn.Module):
 
         Features whose table holds at most two distinct values (flags, one-hot columns: most
         of a wide event's) take :meth:`_two_valued`, the same arithmetic without the binary
-        search and the gathers; the rest take :meth:`_general`. The values are the same.
+        search and the gathers; the rest take :meth:`_general`. The values are the same. A
+        batch holding NaN takes the general path throughout (the other does not repeat what
+        the binary search does with NaN).
         """
         v = x.T.contiguous()  # [d, n]
         knots = self.knots
